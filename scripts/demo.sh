@@ -1,0 +1,229 @@
+#!/usr/bin/env bash
+# The body of `make demo`: a source and a target cluster on this machine, sample time-series
+# data, and livesync keeping a TimescaleDB hypertable on the target in sync with the source.
+#
+#   scripts/demo.sh          start (or reuse) both clusters and run the demo; re-runnable
+#   scripts/demo.sh stop     stop both clusters
+#   scripts/demo.sh clean    stop both clusters and delete their data
+#
+# Assumes scripts/setup.sh ran and livesync is installed (`cargo pgrx install`), as the
+# Makefile arranges. The servers run as the `postgres` OS user when this runs as root.
+set -euo pipefail
+
+PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+DEMO_DIR=${LIVESYNC_DEMO_DIR:-/tmp/livesync-demo}
+SRC_PORT=${LIVESYNC_DEMO_SOURCE_PORT:-54321}
+TGT_PORT=${LIVESYNC_DEMO_TARGET_PORT:-54322}
+DB=demo
+SUB=livesync
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
+
+as_pg() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+psql_at() { # port db args...
+  local port=$1 db=$2; shift 2
+  "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d "$db" "$@"
+}
+src() { psql_at "$SRC_PORT" "$DB" "$@"; }
+tgt() { psql_at "$TGT_PORT" "$DB" "$@"; }
+src_val() { psql_at "$SRC_PORT" "$DB" -At -c "$1"; }
+tgt_val() { psql_at "$TGT_PORT" "$DB" -At -c "$1"; }
+
+running() { as_pg "$PG_BIN/pg_ctl" status -D "$DEMO_DIR/$1/data" >/dev/null 2>&1; }
+
+stop_cluster() {
+  if running "$1"; then
+    as_pg "$PG_BIN/pg_ctl" stop -D "$DEMO_DIR/$1/data" -m fast -w >/dev/null
+    echo "stopped $1"
+  fi
+}
+
+# ensure_cluster NAME PORT KIND: create once, start if not running.
+ensure_cluster() {
+  local name=$1 port=$2 kind=$3 dir=$DEMO_DIR/$1
+  if [ ! -f "$dir/data/PG_VERSION" ]; then
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    [ "$(id -u)" = 0 ] && chown postgres: "$DEMO_DIR" "$dir"
+    as_pg "$PG_BIN/initdb" -D "$dir/data" --auth=trust -E UTF8 --locale=C -U postgres \
+      --no-instructions >/dev/null
+    {
+      echo "# --- livesync demo ---"
+      echo "port = $port"
+      echo "listen_addresses = '127.0.0.1'"
+      echo "unix_socket_directories = '$dir'"
+      echo "wal_level = logical"
+      echo "max_replication_slots = 20"
+      echo "max_wal_senders = 20"
+      echo "timezone = 'UTC'"
+      if [ "$kind" = target ]; then
+        echo "shared_preload_libraries = 'timescaledb,livesync'"
+        echo "max_worker_processes = 32"
+        echo "timescaledb.telemetry_level = off"
+      fi
+    } >>"$dir/data/postgresql.conf"
+  fi
+  if running "$name"; then
+    echo "$name: already running on port $port (reused)"
+  else
+    if ! as_pg "$PG_BIN/pg_ctl" start -D "$dir/data" -l "$dir/server.log" -w -t 60 >/dev/null; then
+      tail -20 "$dir/server.log" >&2
+      die "could not start the $name cluster (log: $dir/server.log)"
+    fi
+    echo "$name: started on port $port (log: $dir/server.log)"
+  fi
+}
+
+case "${1:-start}" in
+  stop)
+    stop_cluster target
+    stop_cluster source
+    exit 0
+    ;;
+  clean)
+    stop_cluster target
+    stop_cluster source
+    rm -rf "$DEMO_DIR"
+    echo "removed $DEMO_DIR"
+    exit 0
+    ;;
+  start | "") ;;
+  *) die "usage: $0 [start|stop|clean]" ;;
+esac
+
+[ -x "$PG_BIN/initdb" ] || die "PostgreSQL 15 not found in $PG_BIN (run scripts/setup.sh)"
+libdir=$("$PG_BIN/pg_config" --pkglibdir)
+[ -f "$libdir/timescaledb.so" ] || die "TimescaleDB is not installed (run scripts/setup.sh)"
+[ -f "$libdir/livesync.so" ] ||
+  die "livesync is not installed: cargo pgrx install --release --pg-config $PG_BIN/pg_config"
+
+mkdir -p "$DEMO_DIR"
+chmod 755 "$DEMO_DIR"
+say "Clusters: source on 127.0.0.1:$SRC_PORT, target on 127.0.0.1:$TGT_PORT ($DEMO_DIR)"
+ensure_cluster source "$SRC_PORT" source
+ensure_cluster target "$TGT_PORT" target
+
+say "Resetting the demo databases (re-runnable)"
+if [ "$(psql_at "$TGT_PORT" postgres -At -c "SELECT 1 FROM pg_database WHERE datname = '$DB'")" = 1 ]; then
+  # Drop the earlier run's syncs first: that also drops their slots on the source.
+  tgt -c "DO \$\$ BEGIN IF to_regclass('livesync.subscription') IS NOT NULL THEN
+            PERFORM livesync_drop(subname::text) FROM livesync.subscription; END IF; END \$\$" ||
+    echo "(could not drop the earlier syncs; continuing)"
+  psql_at "$TGT_PORT" postgres -c "DROP DATABASE $DB WITH (FORCE)"
+fi
+# Any slot left behind by an earlier run would keep WAL forever.
+psql_at "$SRC_PORT" postgres -At -c "
+  SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+   WHERE slot_name LIKE '$SUB%' AND active_pid IS NOT NULL" >/dev/null
+sleep 0.5
+psql_at "$SRC_PORT" postgres -At -c "
+  SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+   WHERE slot_name LIKE '$SUB%' AND NOT active" >/dev/null
+psql_at "$SRC_PORT" postgres -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
+psql_at "$SRC_PORT" postgres -c "CREATE DATABASE $DB"
+psql_at "$TGT_PORT" postgres -c "CREATE DATABASE $DB"
+
+say "Source: sample time-series data and publication 'analytics'"
+src <<'SQL'
+CREATE TABLE devices (id int PRIMARY KEY, name text NOT NULL, site text);
+CREATE TABLE metrics (
+    ts     timestamptz NOT NULL,
+    device int NOT NULL,
+    value  double precision,
+    PRIMARY KEY (device, ts)
+);
+INSERT INTO devices SELECT g, 'sensor-' || g, CASE WHEN g % 2 = 0 THEN 'north' ELSE 'south' END
+  FROM generate_series(1, 50) g;
+-- 100,000 readings: 50 devices every 5 minutes over ~7 days
+INSERT INTO metrics
+SELECT date_trunc('hour', now()) - interval '7 days' + (g / 50) * interval '5 minutes',
+       g % 50 + 1,
+       round((20 + 10 * sin(g / 500.0) + random())::numeric, 3)
+  FROM generate_series(0, 99999) g;
+CREATE PUBLICATION analytics FOR TABLE metrics, devices;
+SQL
+src -c "SELECT (SELECT count(*) FROM metrics) AS metrics_rows, (SELECT count(*) FROM devices) AS devices_rows"
+
+say "Target: schema from pg_dump --schema-only, metrics as a hypertable, livesync"
+tgt -c "SET client_min_messages = warning; CREATE EXTENSION IF NOT EXISTS timescaledb"
+"$PG_BIN/pg_dump" --schema-only --no-publications --no-subscriptions --no-owner --no-privileges \
+  -h 127.0.0.1 -p "$SRC_PORT" -U postgres -d "$DB" | tgt >/dev/null
+tgt -c "SELECT create_hypertable('metrics', 'ts', chunk_time_interval => interval '1 day', migrate_data => true)"
+tgt -c "CREATE EXTENSION livesync"
+echo "SELECT livesync_start(source => 'postgres://postgres@127.0.0.1:$SRC_PORT/$DB', publication => 'analytics', subscription => '$SUB');"
+tgt -c "SELECT livesync_start(source => 'postgres://postgres@127.0.0.1:$SRC_PORT/$DB',
+                               publication => 'analytics', subscription => '$SUB')"
+
+say "Initial copy: livesync.subscription_rel (i queued, d copying, f copied, s catching up, r ready)"
+deadline=$((SECONDS + 180))
+last=""
+while :; do
+  states=$(tgt_val "SELECT coalesce(string_agg(tablename || '=' || state, ' ' ORDER BY tablename), '(none yet)')
+                     FROM livesync.subscription_rel WHERE subname = '$SUB'")
+  [ "$states" != "$last" ] && printf '  %5ss  %s\n' "$SECONDS" "$states" && last=$states
+  notready=$(tgt_val "SELECT count(*) FILTER (WHERE state <> 'r') + (count(*) = 0)::int
+                        FROM livesync.subscription_rel WHERE subname = '$SUB'")
+  [ "$notready" = 0 ] && break
+  if [ $SECONDS -ge $deadline ]; then
+    tgt -c "SELECT * FROM livesync.subscription"
+    die "tables not ready after 180 s (target log: $DEMO_DIR/target/server.log)"
+  fi
+  sleep 1
+done
+tgt -c "SELECT * FROM _ts_live_sync.subscription_rel"
+
+# wait_synced: until applied_lsn has reached the source's current WAL position.
+wait_synced() {
+  local lsn deadline=$((SECONDS + 60))
+  lsn=$(src_val "SELECT pg_current_wal_lsn()")
+  until [ "$(tgt_val "SELECT applied_lsn >= '$lsn' FROM livesync.subscription WHERE subname = '$SUB'")" = t ]; do
+    [ $SECONDS -ge $deadline ] && die "target did not catch up to $lsn within 60 s"
+    sleep 0.2
+  done
+}
+compare() {
+  for t in metrics devices; do
+    local q="SELECT count(*) || ' rows, md5 ' || md5(coalesce(string_agg(x::text, E'\n' ORDER BY x::text), '')) FROM $t x"
+    printf '  %-8s source: %s\n  %-8s target: %s\n' "$t" "$(src_val "$q")" "$t" "$(tgt_val "$q")"
+  done
+}
+wait_synced
+compare
+tgt -c "SELECT (SELECT count(*) FROM ONLY metrics) AS rows_in_root,
+               (SELECT count(*) FROM show_chunks('metrics')) AS chunks,
+               (SELECT count(*) FROM metrics) AS rows_in_chunks"
+
+say "Live changes on the source"
+src -e <<'SQL'
+INSERT INTO devices VALUES (51, 'sensor-51', 'east');
+INSERT INTO metrics SELECT now() + g * interval '1 minute', 51, 42.0 + g FROM generate_series(1, 10) g;
+-- a reading far in the future: the target gets a new chunk for it
+INSERT INTO metrics VALUES (now() + interval '30 days', 1, 99.9);
+UPDATE metrics SET value = -1 WHERE device = 2 AND ts = (SELECT max(ts) FROM metrics WHERE device = 2 AND ts < now());
+DELETE FROM metrics WHERE device = 3 AND ts < (SELECT min(ts) + interval '1 hour' FROM metrics WHERE device = 3);
+UPDATE devices SET name = 'sensor-2 (recalibrated)' WHERE id = 2;
+SQL
+t0=$SECONDS
+wait_synced
+echo "  target caught up in about $((SECONDS - t0)) s"
+tgt -c "SELECT * FROM metrics WHERE device = 51 ORDER BY ts LIMIT 5"
+tgt -c "SELECT * FROM devices WHERE id IN (2, 51) ORDER BY id"
+compare
+tgt -c "SELECT (SELECT count(*) FROM ONLY metrics) AS rows_in_root,
+               (SELECT count(*) FROM show_chunks('metrics')) AS chunks"
+tgt -x -c "SELECT * FROM livesync.subscription"
+
+say "Done. The sync keeps running."
+cat <<EOF
+Connect:
+  source:  $PG_BIN/psql -h 127.0.0.1 -p $SRC_PORT -U postgres $DB
+  target:  $PG_BIN/psql -h 127.0.0.1 -p $TGT_PORT -U postgres $DB
+Try on the source:  INSERT INTO metrics VALUES (now(), 7, 1.5);
+Watch the target:   SELECT * FROM livesync.subscription_rel;  SELECT * FROM livesync.subscription;
+                    SELECT count(*) FROM ONLY metrics;  -- always 0: rows live in chunks
+Pause / resume:     SELECT livesync_stop('$SUB');  SELECT livesync_start(source => 'postgres://postgres@127.0.0.1:$SRC_PORT/$DB', publication => 'analytics', subscription => '$SUB');
+Stop the clusters:  scripts/demo.sh stop      (delete everything: scripts/demo.sh clean)
+EOF

@@ -1,0 +1,464 @@
+//! The SQL API: `livesync_start`, `livesync_stop`, `livesync_drop` (see shared/API.md),
+//! the status function behind the `livesync.subscription` view, and the hook that makes
+//! `DROP EXTENSION livesync` clean up.
+//!
+//! Each function validates synchronously and raises a clear ERROR (SQLSTATE, message,
+//! hint) before changing anything; catalog rows are written in the caller's transaction
+//! and mirrored into shared memory only when that transaction commits.
+
+use crate::catalog;
+use crate::error::{Error, OrRaise, Result};
+use crate::lsn;
+use crate::remote;
+use crate::shmem::{self, REGISTRY};
+use crate::source::{ConnInfo, Connection};
+use crate::worker;
+use pgrx::callbacks::{register_xact_callback, PgXactCallbackEvent};
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode as Code;
+use std::time::{Duration, Instant};
+
+/// Subscription names become slot names on the source: keep them simple and short enough
+/// for the `_sync_<oid>` suffix of table-sync slots.
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 40
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::user(Code::ERRCODE_INVALID_NAME, format!("invalid subscription name \"{name}\""))
+            .detail("The name becomes the replication slot's name on the source.")
+            .hint("Use 1 to 40 lowercase letters, digits and underscores, e.g. 'livesync' or 'analytics_sync'."))
+    }
+}
+
+fn required<'a>(value: Option<&'a str>, what: &str) -> Result<&'a str> {
+    match value {
+        Some(v) if !v.trim().is_empty() => Ok(v),
+        Some(_) => Err(Error::user(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("{what} must not be empty"),
+        )
+        .hint(format!("Pass a non-empty {what}."))),
+        None => Err(Error::user(
+            Code::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            format!("{what} must not be NULL"),
+        )
+        .hint(format!("Pass a non-NULL {what}."))),
+    }
+}
+
+fn require_preload() -> Result<()> {
+    if shmem::available() {
+        return Ok(());
+    }
+    Err(Error::user(
+        Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        "livesync must be loaded via shared_preload_libraries",
+    )
+    .hint("Add livesync to shared_preload_libraries in postgresql.conf (e.g. shared_preload_libraries = 'timescaledb,livesync') and restart the server."))
+}
+
+fn dboid() -> u32 {
+    // SAFETY: MyDatabaseId is set once the backend is connected.
+    unsafe { pg_sys::MyDatabaseId }.to_u32()
+}
+
+fn parse_conninfo(source: &str) -> Result<ConnInfo> {
+    ConnInfo::parse(source)
+        .map_err(|e| Error::from_source("invalid connection string for the source", e))
+}
+
+/// Connect to the source as a replication client and check it can serve a sync.
+async fn connect_checked(info: &ConnInfo) -> Result<Connection> {
+    let mut conn = Connection::connect(info, true, "livesync")
+        .await
+        .map_err(|e| Error::from_source("could not connect to the source", e))?;
+    remote::check_wal_level(&mut conn).await?;
+    Ok(conn)
+}
+
+#[pg_extern(volatile, parallel_unsafe)]
+fn livesync_start(
+    source: Option<&str>,
+    publication: Option<&str>,
+    subscription: default!(Option<&str>, "'livesync'"),
+    copy_data: default!(Option<bool>, true),
+) {
+    start(source, publication, subscription, copy_data.unwrap_or(true)).or_raise()
+}
+
+fn start(
+    source: Option<&str>,
+    publication: Option<&str>,
+    subscription: Option<&str>,
+    copy_data: bool,
+) -> Result<()> {
+    require_preload()?;
+    let name = required(subscription, "subscription")?;
+    validate_name(name)?;
+    let source = required(source, "source")?;
+    let publication = required(publication, "publication")?;
+    let info = parse_conninfo(source)?;
+    let db = dboid();
+
+    let existing = catalog::sync_by_name(name)?;
+    if let Some(row) = &existing {
+        if row.enabled {
+            return Err(Error::user(
+                Code::ERRCODE_DUPLICATE_OBJECT,
+                format!("livesync subscription \"{name}\" already exists and is running"),
+            )
+            .hint(format!("Stop it first with SELECT livesync_stop('{name}'), or choose another subscription name.")));
+        }
+        if row.source != source || row.publication != publication {
+            return Err(Error::user(
+                Code::ERRCODE_DUPLICATE_OBJECT,
+                format!("livesync subscription \"{name}\" already exists with another source or publication"),
+            )
+            .hint(format!("Resume it with its original arguments, or drop it with SELECT livesync_drop('{name}') first.")));
+        }
+    }
+
+    let rt = worker::runtime();
+    let mut conn = worker::block_on(&rt, connect_checked(&info))??;
+    let subid = match existing {
+        Some(row) => {
+            catalog::set_enabled(row.subid, true)?;
+            row.subid
+        }
+        None => {
+            let pub_exists =
+                worker::block_on(&rt, remote::publication_exists(&mut conn, publication))??;
+            let subid = catalog::insert_sync(name, source, publication, copy_data, pub_exists)?;
+            if pub_exists {
+                // The main slot is created last: any error above leaves nothing behind.
+                worker::block_on(&rt, remote::create_slot(&mut conn, name, "nothing"))??;
+            } else {
+                pgrx::notice!(
+                    "publication \"{publication}\" does not exist on the source yet; livesync will wait for it"
+                );
+            }
+            subid
+        }
+    };
+    let _ = worker::block_on(&rt, conn.close());
+
+    register_xact_callback(PgXactCallbackEvent::Commit, move || {
+        let mut reg = REGISTRY.exclusive();
+        if let Some(slot) = reg.sync_entry(db, subid) {
+            slot.enabled = true;
+            slot.stopping = false;
+            slot.failures = 0;
+            slot.not_before_ms = 0;
+        }
+        drop(reg);
+        shmem::wake_launcher();
+    });
+    Ok(())
+}
+
+fn find_sync(subscription: Option<&str>) -> Result<catalog::SyncRow> {
+    let name = required(subscription, "subscription")?;
+    catalog::sync_by_name(name)?.ok_or_else(|| {
+        Error::user(
+            Code::ERRCODE_UNDEFINED_OBJECT,
+            format!("livesync subscription \"{name}\" does not exist"),
+        )
+        .hint("SELECT subname FROM livesync.subscription lists the existing ones.")
+    })
+}
+
+/// Signal every process of the sync to exit and wait until they have. Until the caller's
+/// transaction ends, the launcher starts nothing for it.
+fn stop_workers(subid: i32) -> Result<()> {
+    let db = dboid();
+    {
+        let mut reg = REGISTRY.exclusive();
+        if let Some(s) = reg.sync_mut(db, subid) {
+            s.stopping = true;
+        }
+    }
+    register_xact_callback(PgXactCallbackEvent::Abort, move || {
+        if let Some(s) = REGISTRY.exclusive().sync_mut(db, subid) {
+            s.stopping = false;
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pids = REGISTRY.share().pids_of(db, subid);
+        if pids.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::user(
+                Code::ERRCODE_LOCK_NOT_AVAILABLE,
+                format!("livesync workers {pids:?} did not exit within 60 s"),
+            )
+            .hint("Look at the server log for what they are doing, then try again."));
+        }
+        pids.into_iter().for_each(shmem::terminate);
+        std::thread::sleep(Duration::from_millis(20));
+        worker::check_interrupts()?;
+    }
+}
+
+#[pg_extern(volatile, parallel_unsafe)]
+fn livesync_stop(subscription: default!(Option<&str>, "'livesync'")) {
+    stop(subscription).or_raise()
+}
+
+fn stop(subscription: Option<&str>) -> Result<()> {
+    require_preload()?;
+    let row = find_sync(subscription)?;
+    catalog::set_enabled(row.subid, false)?;
+    stop_workers(row.subid)?;
+    let (db, subid) = (dboid(), row.subid);
+    register_xact_callback(PgXactCallbackEvent::Commit, move || {
+        if let Some(s) = REGISTRY.exclusive().sync_mut(db, subid) {
+            s.enabled = false;
+            s.stopping = false;
+        }
+    });
+    Ok(())
+}
+
+#[pg_extern(volatile, parallel_unsafe)]
+fn livesync_drop(
+    subscription: default!(Option<&str>, "'livesync'"),
+    drop_slots: default!(Option<bool>, true),
+) {
+    drop_sync(subscription, drop_slots.unwrap_or(true)).or_raise()
+}
+
+fn drop_sync(subscription: Option<&str>, drop_slots: bool) -> Result<()> {
+    require_preload()?;
+    let row = find_sync(subscription)?;
+    drop_one(&row, drop_slots, false)
+}
+
+/// Stop the sync, drop its slots on the source, forget it. With `lenient`, a source that
+/// cannot be reached is a WARNING that names the slots left behind, not an ERROR.
+fn drop_one(row: &catalog::SyncRow, drop_slots: bool, lenient: bool) -> Result<()> {
+    stop_workers(row.subid)?;
+    if drop_slots {
+        if let Err(e) = drop_remote_slots(row) {
+            if !lenient {
+                return Err(match e {
+                    Error::User { .. } => e,
+                    other => Error::user(Code::ERRCODE_CONNECTION_FAILURE, other.to_string()),
+                }
+                .hint(format!(
+                    "To forget the sync without dropping its slots, call SELECT livesync_drop('{}', drop_slots => false) and drop slots named '{}%' on the source yourself.",
+                    row.subname, row.subname
+                )));
+            }
+            pgrx::warning!(
+                "could not drop the replication slots of livesync subscription \"{}\" on the source: {e}; drop slots named '{}%' there yourself",
+                row.subname,
+                row.subname
+            );
+        }
+    }
+    let db = dboid();
+    drop_origins(db, row.subid)?;
+    catalog::delete_sync(row.subid)?;
+    let subid = row.subid;
+    register_xact_callback(PgXactCallbackEvent::Commit, move || {
+        REGISTRY.exclusive().forget_sync(db, subid);
+    });
+    Ok(())
+}
+
+fn drop_remote_slots(row: &catalog::SyncRow) -> Result<()> {
+    let info = parse_conninfo(&row.source)?;
+    let rt = worker::runtime();
+    worker::block_on(&rt, async {
+        let mut conn = Connection::connect(&info, true, "livesync")
+            .await
+            .map_err(|e| {
+                Error::from_source(
+                    "could not connect to the source to drop replication slots",
+                    e,
+                )
+            })?;
+        for slot in remote::slots_of(&mut conn, &row.subname).await? {
+            remote::drop_slot(&mut conn, &slot).await?;
+        }
+        conn.close().await;
+        Ok::<(), Error>(())
+    })?
+}
+
+/// Drop the replication origins of a sync (the apply one and any table-sync ones).
+fn drop_origins(db: u32, subid: i32) -> Result<()> {
+    let prefix = catalog::apply_origin_name(db, subid);
+    Spi::run_with_args(
+        "SELECT pg_catalog.pg_replication_origin_drop(roname) FROM pg_catalog.pg_replication_origin \
+          WHERE roname = $1 OR roname LIKE $1 || '\\_%'",
+        &[prefix.as_str().into()],
+    )?;
+    Ok(())
+}
+
+/// Live state of this database's syncs, from shared memory (behind `livesync.subscription`).
+#[pg_extern(schema = "livesync", name = "_status", volatile)]
+#[allow(clippy::type_complexity)]
+fn status() -> TableIterator<
+    'static,
+    (
+        name!(subid, i32),
+        name!(pid, Option<i32>),
+        name!(received_lsn, Option<String>),
+        name!(applied_lsn, Option<String>),
+        name!(source_end_lsn, Option<String>),
+        name!(last_msg_time, Option<pgrx::datum::TimestampWithTimeZone>),
+    ),
+> {
+    let db = dboid();
+    let rows: Vec<_> = if shmem::available() {
+        let reg = REGISTRY.share();
+        reg.syncs
+            .iter()
+            .filter(|s| s.in_use && s.dboid == db)
+            .map(|s| {
+                let l = |v: u64| (v > 0).then(|| lsn::format(v));
+                (
+                    s.subid,
+                    (s.apply_pid > 0).then_some(s.apply_pid),
+                    l(s.received_lsn),
+                    l(s.applied_lsn),
+                    l(s.source_end_lsn),
+                    (s.last_msg_ms > 0)
+                        .then(|| {
+                            pgrx::datum::TimestampWithTimeZone::try_from(unix_ms_to_pg(
+                                s.last_msg_ms,
+                            ))
+                            .ok()
+                        })
+                        .flatten(),
+                )
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    TableIterator::new(rows)
+}
+
+fn unix_ms_to_pg(ms: i64) -> i64 {
+    // PostgreSQL timestamps count microseconds from 2000-01-01.
+    ms * 1000 - 946_684_800_000_000
+}
+
+/// The connection string with any password removed, for display.
+#[pg_extern(schema = "livesync", name = "_redact", immutable, strict)]
+fn redact(source: &str) -> String {
+    ConnInfo::parse(source)
+        .map(|i| i.redacted())
+        .unwrap_or_else(|_| "(invalid connection string)".into())
+}
+
+// ---- DROP EXTENSION livesync ----------------------------------------------------------
+
+static mut PREV_UTILITY_HOOK: pg_sys::ProcessUtility_hook_type = None;
+
+pub fn install_utility_hook() {
+    // SAFETY: _PG_init runs once per process on the main thread; we chain the previous hook.
+    unsafe {
+        PREV_UTILITY_HOOK = pg_sys::ProcessUtility_hook;
+        pg_sys::ProcessUtility_hook = Some(utility_hook);
+    }
+}
+
+/// Is this statement `DROP EXTENSION ... livesync ...`?
+///
+/// # Safety
+/// `pstmt` must be a valid PlannedStmt.
+unsafe fn drops_livesync(pstmt: *mut pg_sys::PlannedStmt) -> bool {
+    let node = (*pstmt).utilityStmt;
+    if node.is_null() || (*node).type_ != pg_sys::NodeTag::T_DropStmt {
+        return false;
+    }
+    let drop = node as *mut pg_sys::DropStmt;
+    if (*drop).removeType != pg_sys::ObjectType::OBJECT_EXTENSION {
+        return false;
+    }
+    let list = (*drop).objects;
+    if list.is_null() {
+        return false;
+    }
+    (0..(*list).length as usize).any(|i| {
+        let s = (*(*list).elements.add(i)).ptr_value as *mut pg_sys::String;
+        !s.is_null()
+            && (*s).type_ == pg_sys::NodeTag::T_String
+            && std::ffi::CStr::from_ptr((*s).sval).to_bytes() == b"livesync"
+    })
+}
+
+#[pg_guard]
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C-unwind" fn utility_hook(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query_string: *const core::ffi::c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    if drops_livesync(pstmt) && catalog::extension_installed().unwrap_or(false) {
+        let syncs = catalog::all_syncs().or_raise();
+        for row in syncs {
+            drop_one(&row, true, true).or_raise();
+        }
+    }
+    match PREV_UTILITY_HOOK {
+        Some(prev) => prev(
+            pstmt,
+            query_string,
+            read_only_tree,
+            context,
+            params,
+            query_env,
+            dest,
+            qc,
+        ),
+        None => pg_sys::standard_ProcessUtility(
+            pstmt,
+            query_string,
+            read_only_tree,
+            context,
+            params,
+            query_env,
+            dest,
+            qc,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_name;
+    #[test]
+    fn names() {
+        for ok in ["livesync", "a", "sync_2", &"x".repeat(40)] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "Mixed",
+            "has space",
+            "quo\"te",
+            "dash-ed",
+            &"x".repeat(41),
+            "é",
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+}

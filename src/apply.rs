@@ -1,0 +1,532 @@
+//! Decoded changes -> rows on the target, through SPI.
+//!
+//! Speed is designed in (shared/DESIGN.md):
+//! - one prepared plan per (relation, kind of change, set of unchanged-TOAST columns),
+//!   kept across transactions; no SQL text is built per row;
+//! - runs of INSERTs into one table are buffered and written by one statement,
+//!   `INSERT ... SELECT CAST(u.aN AS type) ... FROM unnest($1::text[], ...)`, which the
+//!   executor routes into hypertable chunks (a direct COPY into the root would not);
+//! - values travel as text, exactly as the source printed them, and are converted by the
+//!   target's input functions, as COPY and native logical replication do.
+//!
+//! The initial copy (`worker::tablesync`) feeds its rows through the same buffered insert.
+//! The caller (a worker) decides which changes to apply and owns transactions; every
+//! method here must run inside a transaction.
+
+use crate::error::{Error, Result};
+use crate::pgoutput::{Datum, OldKind, RelId, Relation, ReplicaIdentity, TupleData};
+use crate::relmap::{self, Mapping};
+use bytes::Bytes;
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::spi::OwnedPreparedStatement;
+use pgrx::PgSqlErrorCode as Code;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// Rows buffered for one multi-row INSERT before it is flushed.
+const INSERT_BATCH: usize = 2000;
+
+thread_local! {
+    /// Relations invalidated since the applier last looked (relcache callback).
+    static INVALIDATED: RefCell<Vec<pg_sys::Oid>> = const { RefCell::new(Vec::new()) };
+    static CALLBACK_REGISTERED: RefCell<bool> = const { RefCell::new(false) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    INVALIDATED.with(|v| v.borrow_mut().push(relid));
+}
+
+/// One buffered run of INSERTs into one relation, column-major.
+struct Pending {
+    relid: RelId,
+    cols: Vec<Vec<Option<Bytes>>>,
+    rows: usize,
+}
+
+#[derive(Default)]
+pub struct Applier {
+    remote: HashMap<RelId, Relation>,
+    maps: HashMap<RelId, Rc<Mapping>>,
+    insert_plans: HashMap<RelId, OwnedPreparedStatement>,
+    update_plans: HashMap<(RelId, Vec<bool>), OwnedPreparedStatement>,
+    delete_plans: HashMap<RelId, OwnedPreparedStatement>,
+    pending: Option<Pending>,
+}
+
+fn text_of(b: &Bytes) -> Result<&str> {
+    std::str::from_utf8(b).map_err(|_| {
+        Error::user(
+            Code::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
+            "a value from the source is not valid UTF-8",
+        )
+        .hint("livesync needs the source database to use the UTF8 encoding.")
+    })
+}
+
+fn prepare(sql: &str, nargs: usize, argtype: pg_sys::Oid) -> Result<OwnedPreparedStatement> {
+    let types = vec![pgrx::PgOid::from(argtype); nargs];
+    Ok(Spi::connect(|c| {
+        c.prepare_mut(sql, &types).map(|p| p.keep())
+    })?)
+}
+
+impl Applier {
+    pub fn new() -> Self {
+        CALLBACK_REGISTERED.with(|r| {
+            if !*r.borrow() {
+                // SAFETY: registers a static callback; called once per process on the main thread.
+                unsafe {
+                    pg_sys::CacheRegisterRelcacheCallback(
+                        Some(relcache_callback),
+                        pg_sys::Datum::from(0),
+                    )
+                };
+                *r.borrow_mut() = true;
+            }
+        });
+        Self::default()
+    }
+
+    /// Remember a source relation (from a Relation message); its mapping is rebuilt.
+    pub fn relation(&mut self, rel: Relation) -> Result<()> {
+        self.flush()?;
+        self.forget(rel.id);
+        self.remote.insert(rel.id, rel);
+        Ok(())
+    }
+
+    pub fn knows(&self, relid: RelId) -> bool {
+        self.remote.contains_key(&relid)
+    }
+
+    fn forget(&mut self, relid: RelId) {
+        self.maps.remove(&relid);
+        self.insert_plans.remove(&relid);
+        self.delete_plans.remove(&relid);
+        self.update_plans.retain(|(r, _), _| *r != relid);
+    }
+
+    /// Drop mappings and plans of target tables that changed (ALTER TABLE, new chunks...).
+    fn process_invalidations(&mut self) {
+        let invalid: Vec<pg_sys::Oid> = INVALIDATED.with(|v| std::mem::take(&mut *v.borrow_mut()));
+        if invalid.is_empty() {
+            return;
+        }
+        let stale: Vec<RelId> = self
+            .maps
+            .iter()
+            .filter(|(_, m)| {
+                invalid
+                    .iter()
+                    .any(|o| *o == m.local_oid || *o == pg_sys::InvalidOid)
+            })
+            .map(|(r, _)| *r)
+            .collect();
+        for r in stale {
+            self.forget(r);
+        }
+    }
+
+    fn mapping(&mut self, relid: RelId) -> Result<Rc<Mapping>> {
+        self.process_invalidations();
+        if let Some(m) = self.maps.get(&relid) {
+            return Ok(m.clone());
+        }
+        let rel = self.remote.get(&relid).ok_or_else(|| {
+            Error::user(
+                Code::ERRCODE_PROTOCOL_VIOLATION,
+                format!("change for unknown source relation {relid}"),
+            )
+        })?;
+        let m = Rc::new(relmap::resolve(rel)?);
+        self.maps.insert(relid, m.clone());
+        Ok(m)
+    }
+
+    fn check_width(&self, relid: RelId, t: &TupleData) -> Result<()> {
+        let want = self
+            .remote
+            .get(&relid)
+            .map(|r| r.columns.len())
+            .unwrap_or(0);
+        if t.0.len() != want {
+            return Err(Error::user(
+                Code::ERRCODE_PROTOCOL_VIOLATION,
+                format!(
+                    "row of source relation {relid} has {} columns, its description {want}",
+                    t.0.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    // ---- INSERT ---------------------------------------------------------------------
+
+    pub fn insert(&mut self, relid: RelId, new: &TupleData) -> Result<()> {
+        self.check_width(relid, new)?;
+        let mut row = Vec::with_capacity(new.0.len());
+        for d in &new.0 {
+            row.push(match d {
+                Datum::Null => None,
+                Datum::Text(b) => Some(b.clone()),
+                Datum::UnchangedToast | Datum::Binary(_) => {
+                    return Err(Error::user(
+                        Code::ERRCODE_PROTOCOL_VIOLATION,
+                        "an inserted row holds an unchanged-TOAST or binary value",
+                    ))
+                }
+            });
+        }
+        self.push_row(relid, row)
+    }
+
+    /// Buffer one row (values in the remote relation's column order).
+    pub fn push_row(&mut self, relid: RelId, row: Vec<Option<Bytes>>) -> Result<()> {
+        if self.pending.as_ref().is_some_and(|p| p.relid != relid) {
+            self.flush()?;
+        }
+        let p = self.pending.get_or_insert_with(|| Pending {
+            relid,
+            cols: vec![Vec::with_capacity(INSERT_BATCH); row.len()],
+            rows: 0,
+        });
+        for (col, v) in p.cols.iter_mut().zip(row) {
+            col.push(v);
+        }
+        p.rows += 1;
+        if p.rows >= INSERT_BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Write buffered INSERTs. Must be called before commit and before any other change.
+    pub fn flush(&mut self) -> Result<()> {
+        let Some(p) = self.pending.take() else {
+            return Ok(());
+        };
+        let m = self.mapping(p.relid)?;
+        if !self.insert_plans.contains_key(&p.relid) {
+            let plan = prepare(
+                &insert_sql(&m),
+                m.cols.iter().flatten().count(),
+                pg_sys::TEXTARRAYOID,
+            )?;
+            self.insert_plans.insert(p.relid, plan);
+        }
+        let plan = &self.insert_plans[&p.relid];
+        Spi::connect_mut(|c| {
+            let mut args: Vec<DatumWithOid> = Vec::with_capacity(m.cols.len());
+            for (i, t) in m.cols.iter().enumerate() {
+                if t.is_some() {
+                    let vals = p.cols[i]
+                        .iter()
+                        .map(|v| v.as_ref().map(text_of).transpose())
+                        .collect::<Result<Vec<Option<&str>>>>()?;
+                    args.push(vals.into());
+                }
+            }
+            c.update(plan, None, &args)?;
+            Ok::<(), Error>(())
+        })
+    }
+
+    // ---- UPDATE / DELETE ------------------------------------------------------------
+
+    fn require_identity(m: &Mapping) -> Result<()> {
+        if m.identity == ReplicaIdentity::Nothing || m.key.is_empty() {
+            return Err(Error::user(
+                Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("cannot apply UPDATE or DELETE to \"{}\": the source table has no replica identity", m.display),
+            )
+            .hint(format!(
+                "On the source, add a primary key to {} or set ALTER TABLE ... REPLICA IDENTITY FULL.",
+                m.display
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn update(
+        &mut self,
+        relid: RelId,
+        old: Option<(OldKind, &TupleData)>,
+        new: &TupleData,
+    ) -> Result<()> {
+        self.flush()?;
+        self.check_width(relid, new)?;
+        let m = self.mapping(relid)?;
+        Self::require_identity(&m)?;
+        // Columns to SET: mapped and sent (unchanged TOAST keeps the target's value).
+        let set: Vec<bool> = m
+            .cols
+            .iter()
+            .zip(&new.0)
+            .map(|(t, d)| t.is_some() && !matches!(d, Datum::UnchangedToast))
+            .collect();
+        let key_source = old.map(|(_, t)| t).unwrap_or(new);
+        self.check_width(relid, key_source)?;
+        let plan_key = (relid, set.clone());
+        if !self.update_plans.contains_key(&plan_key) {
+            let (sql, n) = update_sql(&m, &set);
+            self.update_plans
+                .insert(plan_key.clone(), prepare(&sql, n, pg_sys::TEXTOID)?);
+        }
+        let plan = &self.update_plans[&plan_key];
+        let mut vals: Vec<Option<&str>> = Vec::new();
+        for (i, d) in new.0.iter().enumerate() {
+            if set[i] {
+                vals.push(datum_text(d)?);
+            }
+        }
+        for &k in &m.key {
+            vals.push(datum_text(&key_source.0[k])?);
+        }
+        let n = exec_text(plan, &vals)?;
+        if n == 0 {
+            pgrx::debug1!("livesync: row to update in \"{}\" not found", m.display);
+        }
+        Ok(())
+    }
+
+    pub fn delete(&mut self, relid: RelId, old: &TupleData) -> Result<()> {
+        self.flush()?;
+        self.check_width(relid, old)?;
+        let m = self.mapping(relid)?;
+        Self::require_identity(&m)?;
+        if !self.delete_plans.contains_key(&relid) {
+            let (sql, n) = delete_sql(&m);
+            self.delete_plans
+                .insert(relid, prepare(&sql, n, pg_sys::TEXTOID)?);
+        }
+        let plan = &self.delete_plans[&relid];
+        let vals = m
+            .key
+            .iter()
+            .map(|&k| datum_text(&old.0[k]))
+            .collect::<Result<Vec<_>>>()?;
+        if exec_text(plan, &vals)? == 0 {
+            pgrx::debug1!("livesync: row to delete in \"{}\" not found", m.display);
+        }
+        Ok(())
+    }
+
+    pub fn truncate(
+        &mut self,
+        relids: &[RelId],
+        cascade: bool,
+        restart_identity: bool,
+    ) -> Result<()> {
+        self.flush()?;
+        if relids.is_empty() {
+            return Ok(());
+        }
+        let mut names = Vec::new();
+        for &r in relids {
+            names.push(self.mapping(r)?.qualified.clone());
+        }
+        let sql = format!(
+            "TRUNCATE {}{}{}",
+            names.join(", "),
+            if restart_identity {
+                " RESTART IDENTITY"
+            } else {
+                ""
+            },
+            if cascade { " CASCADE" } else { "" }
+        );
+        Spi::run(&sql)?;
+        Ok(())
+    }
+}
+
+fn datum_text(d: &Datum) -> Result<Option<&str>> {
+    match d {
+        Datum::Null => Ok(None),
+        Datum::Text(b) => text_of(b).map(Some),
+        Datum::UnchangedToast => Err(Error::user(
+            Code::ERRCODE_PROTOCOL_VIOLATION,
+            "an unchanged-TOAST value was sent where a value is needed to find the row",
+        )),
+        Datum::Binary(_) => Err(Error::user(
+            Code::ERRCODE_PROTOCOL_VIOLATION,
+            "unexpected binary value",
+        )),
+    }
+}
+
+/// Execute a plan whose parameters are all text; returns rows processed.
+fn exec_text(plan: &OwnedPreparedStatement, vals: &[Option<&str>]) -> Result<usize> {
+    Spi::connect_mut(|c| {
+        let args: Vec<DatumWithOid> = vals.iter().map(|v| (*v).into()).collect();
+        Ok(c.update(plan, None, &args)?.len())
+    })
+}
+
+fn cast(expr: &str, type_name: &str) -> String {
+    format!("CAST({expr} AS {type_name})")
+}
+
+/// `INSERT INTO t (a, b) OVERRIDING SYSTEM VALUE SELECT CAST(u.a1 AS int), ... FROM unnest($1::text[], ...) AS u(a1, ...)`
+pub fn insert_sql(m: &Mapping) -> String {
+    let targets: Vec<_> = m.cols.iter().flatten().collect();
+    let cols: Vec<_> = targets.iter().map(|t| t.column.as_str()).collect();
+    let exprs: Vec<_> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| cast(&format!("u.a{}", i + 1), &t.type_name))
+        .collect();
+    let params: Vec<_> = (1..=targets.len())
+        .map(|i| format!("${i}::text[]"))
+        .collect();
+    let aliases: Vec<_> = (1..=targets.len()).map(|i| format!("a{i}")).collect();
+    format!(
+        "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM unnest({}) AS u({})",
+        m.qualified,
+        cols.join(", "),
+        exprs.join(", "),
+        params.join(", "),
+        aliases.join(", ")
+    )
+}
+
+/// The WHERE clause that finds a row by its identity, parameters from `$first` on.
+fn key_predicate(m: &Mapping, first: usize, prefix: &str) -> String {
+    m.key
+        .iter()
+        .enumerate()
+        .map(|(i, &k)| {
+            let p = format!("${}", first + i);
+            match &m.cols[k] {
+                Some(t) if m.identity != ReplicaIdentity::Full => {
+                    format!("{prefix}{} = {}", t.column, cast(&p, &t.type_name))
+                }
+                // FULL: compare text forms, which works for types without equality
+                // (json, point...) and NULLs; both sides print with the same settings.
+                Some(t) => format!("{prefix}{}::text IS NOT DISTINCT FROM {p}", t.column),
+                None => "true".to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// UPDATE by key; with REPLICA IDENTITY FULL it touches exactly one matching row, as the
+/// source did (tableoid + ctid, which stays unique across hypertable chunks).
+pub fn update_sql(m: &Mapping, set: &[bool]) -> (String, usize) {
+    let mut n = 0;
+    let assignments: Vec<_> = m
+        .cols
+        .iter()
+        .zip(set)
+        .filter(|(_, s)| **s)
+        .map(|(t, _)| {
+            n += 1;
+            let t = t.as_ref().expect("set only for mapped columns");
+            format!("{} = {}", t.column, cast(&format!("${n}"), &t.type_name))
+        })
+        .collect();
+    let total = n + m.key.len();
+    let sql = if m.identity == ReplicaIdentity::Full {
+        format!(
+            "WITH r AS (SELECT tableoid AS toid, ctid AS tid FROM {q} WHERE {pred} LIMIT 1) \
+             UPDATE {q} t SET {a} FROM r WHERE t.tableoid = r.toid AND t.ctid = r.tid",
+            q = m.qualified,
+            pred = key_predicate(m, n + 1, ""),
+            a = assignments.join(", ")
+        )
+    } else {
+        format!(
+            "UPDATE {} SET {} WHERE {}",
+            m.qualified,
+            assignments.join(", "),
+            key_predicate(m, n + 1, "")
+        )
+    };
+    (sql, total)
+}
+
+pub fn delete_sql(m: &Mapping) -> (String, usize) {
+    let sql = if m.identity == ReplicaIdentity::Full {
+        format!(
+            "WITH r AS (SELECT tableoid AS toid, ctid AS tid FROM {q} WHERE {pred} LIMIT 1) \
+             DELETE FROM {q} t USING r WHERE t.tableoid = r.toid AND t.ctid = r.tid",
+            q = m.qualified,
+            pred = key_predicate(m, 1, "")
+        )
+    } else {
+        format!(
+            "DELETE FROM {} WHERE {}",
+            m.qualified,
+            key_predicate(m, 1, "")
+        )
+    };
+    (sql, m.key.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relmap::Target;
+
+    fn mapping(identity: ReplicaIdentity) -> Mapping {
+        Mapping {
+            local_oid: pg_sys::Oid::from(1u32),
+            qualified: "\"public\".\"t\"".into(),
+            display: "public.t".into(),
+            cols: vec![
+                Some(Target {
+                    column: "\"id\"".into(),
+                    type_name: "integer".into(),
+                }),
+                None,
+                Some(Target {
+                    column: "\"v\"".into(),
+                    type_name: "text".into(),
+                }),
+            ],
+            key: vec![0],
+            identity,
+        }
+    }
+
+    #[test]
+    fn insert_statement() {
+        assert_eq!(
+            insert_sql(&mapping(ReplicaIdentity::Default)),
+            "INSERT INTO \"public\".\"t\" (\"id\", \"v\") OVERRIDING SYSTEM VALUE SELECT \
+             CAST(u.a1 AS integer), CAST(u.a2 AS text) FROM unnest($1::text[], $2::text[]) AS u(a1, a2)"
+        );
+    }
+
+    #[test]
+    fn update_and_delete_statements() {
+        let m = mapping(ReplicaIdentity::Default);
+        let (sql, n) = update_sql(&m, &[true, false, true]);
+        assert_eq!(
+            sql,
+            "UPDATE \"public\".\"t\" SET \"id\" = CAST($1 AS integer), \"v\" = CAST($2 AS text) \
+             WHERE \"id\" = CAST($3 AS integer)"
+        );
+        assert_eq!(n, 3);
+        let (sql, n) = update_sql(&m, &[false, false, true]);
+        assert!(sql.contains("SET \"v\" = CAST($1 AS text) WHERE \"id\" = CAST($2 AS integer)"));
+        assert_eq!(n, 2);
+        assert_eq!(
+            delete_sql(&m).0,
+            "DELETE FROM \"public\".\"t\" WHERE \"id\" = CAST($1 AS integer)"
+        );
+        let mut full = mapping(ReplicaIdentity::Full);
+        full.key = vec![0, 2];
+        let (sql, n) = delete_sql(&full);
+        assert!(sql.contains(
+            "\"id\"::text IS NOT DISTINCT FROM $1 AND \"v\"::text IS NOT DISTINCT FROM $2 LIMIT 1"
+        ));
+        assert_eq!(n, 2);
+    }
+}

@@ -1,0 +1,315 @@
+//! The catalog: the only code that reads or writes the `livesync.*` tables.
+//!
+//! `livesync.sync` holds one row per sync (its source connection string, publication and
+//! whether it is enabled); `livesync.sync_rel` one row per published table with its state
+//! (see [`crate::state`]). Every function here runs inside the caller's transaction, so a
+//! state change commits together with whatever data the caller wrote.
+
+use crate::lsn;
+use crate::state::TableState;
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::spi::SpiResult;
+
+#[derive(Debug, Clone)]
+pub struct SyncRow {
+    pub subid: i32,
+    pub subname: String,
+    pub source: String,
+    pub publication: String,
+    pub enabled: bool,
+    pub copy_data: bool,
+    pub slot_created: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RelRow {
+    pub rrelid: u32,
+    pub srcschema: String,
+    pub srcname: String,
+    pub schemaname: String,
+    pub tablename: String,
+    pub state: TableState,
+    /// The source LSN at which the copy became consistent.
+    pub lsn: Option<u64>,
+    /// The position up to which the table-sync worker applied changes (state s).
+    pub sync_lsn: Option<u64>,
+    /// The apply worker's position the table-sync worker must reach (state f).
+    pub catchup_lsn: Option<u64>,
+}
+
+impl RelRow {
+    pub fn qualified_target(&self) -> String {
+        format!("{}.{}", self.schemaname, self.tablename)
+    }
+}
+
+const SYNC_COLS: &str =
+    "subid, subname::text, source, publication, enabled, copy_data, slot_created";
+const REL_COLS: &str = "rrelid, srcschema::text, srcname::text, schemaname::text, \
+     tablename::text, state::text, lsn::text, sync_lsn::text, catchup_lsn::text";
+
+fn sync_query(where_clause: &str, args: &[DatumWithOid]) -> SpiResult<Vec<SyncRow>> {
+    Spi::connect(|client| {
+        let sql =
+            format!("SELECT {SYNC_COLS} FROM livesync.sync WHERE {where_clause} ORDER BY subid");
+        let mut out = Vec::new();
+        for row in client.select(&sql, None, args)? {
+            out.push(SyncRow {
+                subid: row.get(1)?.unwrap_or_default(),
+                subname: row.get(2)?.unwrap_or_default(),
+                source: row.get(3)?.unwrap_or_default(),
+                publication: row.get(4)?.unwrap_or_default(),
+                enabled: row.get(5)?.unwrap_or_default(),
+                copy_data: row.get(6)?.unwrap_or_default(),
+                slot_created: row.get(7)?.unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    })
+}
+
+pub fn sync_by_name(name: &str) -> SpiResult<Option<SyncRow>> {
+    Ok(sync_query("subname = $1", &[name.into()])?
+        .into_iter()
+        .next())
+}
+
+pub fn sync_by_id(subid: i32) -> SpiResult<Option<SyncRow>> {
+    Ok(sync_query("subid = $1", &[subid.into()])?
+        .into_iter()
+        .next())
+}
+
+pub fn all_syncs() -> SpiResult<Vec<SyncRow>> {
+    sync_query("true", &[])
+}
+
+fn run(sql: &str, args: &[DatumWithOid]) -> SpiResult<usize> {
+    Spi::connect_mut(|client| Ok(client.update(sql, None, args)?.len()))
+}
+
+pub fn insert_sync(
+    name: &str,
+    source: &str,
+    publication: &str,
+    copy_data: bool,
+    slot_created: bool,
+) -> SpiResult<i32> {
+    Spi::connect_mut(|client| {
+        let row = client
+            .update(
+                "INSERT INTO livesync.sync (subname, source, publication, copy_data, slot_created) \
+                 VALUES ($1, $2, $3, $4, $5) RETURNING subid",
+                None,
+                &[name.into(), source.into(), publication.into(), copy_data.into(), slot_created.into()],
+            )?
+            .first()
+            .get_one::<i32>()?;
+        Ok(row.unwrap_or_default())
+    })
+}
+
+pub fn set_enabled(subid: i32, enabled: bool) -> SpiResult<()> {
+    run(
+        "UPDATE livesync.sync SET enabled = $2 WHERE subid = $1",
+        &[subid.into(), enabled.into()],
+    )
+    .map(drop)
+}
+
+pub fn set_slot_created(subid: i32) -> SpiResult<()> {
+    run(
+        "UPDATE livesync.sync SET slot_created = true WHERE subid = $1",
+        &[subid.into()],
+    )
+    .map(drop)
+}
+
+pub fn delete_sync(subid: i32) -> SpiResult<()> {
+    run(
+        "DELETE FROM livesync.sync_rel WHERE subid = $1",
+        &[subid.into()],
+    )?;
+    run(
+        "DELETE FROM livesync.sync WHERE subid = $1",
+        &[subid.into()],
+    )
+    .map(drop)
+}
+
+/// Record (or with `None`, clear) the sync's last error.
+pub fn set_sync_error(subid: i32, error: Option<&str>) -> SpiResult<()> {
+    match error {
+        Some(e) => run(
+            "UPDATE livesync.sync SET last_error = $2, last_error_time = now() WHERE subid = $1",
+            &[subid.into(), e.into()],
+        ),
+        None => run(
+            "UPDATE livesync.sync SET last_error = NULL, last_error_time = NULL \
+             WHERE subid = $1 AND last_error IS NOT NULL",
+            &[subid.into()],
+        ),
+    }
+    .map(drop)
+}
+
+fn opt_lsn(s: Option<String>) -> Option<u64> {
+    s.and_then(|s| lsn::parse(&s))
+}
+
+fn rel_query(where_clause: &str, args: &[DatumWithOid]) -> SpiResult<Vec<RelRow>> {
+    Spi::connect(|client| {
+        let sql = format!(
+            "SELECT {REL_COLS} FROM livesync.sync_rel WHERE {where_clause} ORDER BY added_at, rrelid"
+        );
+        let mut out = Vec::new();
+        for row in client.select(&sql, None, args)? {
+            let state: String = row.get(6)?.unwrap_or_default();
+            out.push(RelRow {
+                rrelid: row
+                    .get::<pg_sys::Oid>(1)?
+                    .map(|o| o.to_u32())
+                    .unwrap_or_default(),
+                srcschema: row.get(2)?.unwrap_or_default(),
+                srcname: row.get(3)?.unwrap_or_default(),
+                schemaname: row.get(4)?.unwrap_or_default(),
+                tablename: row.get(5)?.unwrap_or_default(),
+                state: state
+                    .chars()
+                    .next()
+                    .and_then(TableState::from_char)
+                    .unwrap_or(TableState::Init),
+                lsn: opt_lsn(row.get(7)?),
+                sync_lsn: opt_lsn(row.get(8)?),
+                catchup_lsn: opt_lsn(row.get(9)?),
+            });
+        }
+        Ok(out)
+    })
+}
+
+fn oid(relid: u32) -> DatumWithOid<'static> {
+    pg_sys::Oid::from(relid).into()
+}
+
+pub fn rels(subid: i32) -> SpiResult<Vec<RelRow>> {
+    rel_query("subid = $1", &[subid.into()])
+}
+
+pub fn rel(subid: i32, relid: u32) -> SpiResult<Option<RelRow>> {
+    Ok(
+        rel_query("subid = $1 AND rrelid = $2", &[subid.into(), oid(relid)])?
+            .into_iter()
+            .next(),
+    )
+}
+
+/// Add a published table; its target table has the same schema and name as on the source.
+pub fn insert_rel(
+    subid: i32,
+    relid: u32,
+    schema: &str,
+    name: &str,
+    state: TableState,
+) -> SpiResult<()> {
+    run(
+        "INSERT INTO livesync.sync_rel (subid, rrelid, srcschema, srcname, schemaname, tablename, state) \
+         VALUES ($1, $2, $3, $4, $3, $4, $5::\"char\") ON CONFLICT DO NOTHING",
+        &[subid.into(), oid(relid), schema.into(), name.into(), state.as_char().to_string().into()],
+    )
+    .map(drop)
+}
+
+pub fn delete_rel(subid: i32, relid: u32) -> SpiResult<()> {
+    run(
+        "DELETE FROM livesync.sync_rel WHERE subid = $1 AND rrelid = $2",
+        &[subid.into(), oid(relid)],
+    )
+    .map(drop)
+}
+
+/// Move a table to `state`; `lsn` (when given) becomes the copy's consistent LSN.
+pub fn set_rel_state(
+    subid: i32,
+    relid: u32,
+    state: TableState,
+    copy_lsn: Option<u64>,
+) -> SpiResult<()> {
+    run(
+        "UPDATE livesync.sync_rel SET state = $3::\"char\", \
+           lsn = COALESCE($4::pg_lsn, lsn), catchup_lsn = NULL, \
+           last_error = NULL, last_error_time = NULL \
+         WHERE subid = $1 AND rrelid = $2",
+        &[
+            subid.into(),
+            oid(relid),
+            state.as_char().to_string().into(),
+            copy_lsn.map(lsn::format).into(),
+        ],
+    )
+    .map(drop)
+}
+
+/// f -> s, but only while the apply worker still waits at `catchup` (it may have given up
+/// and moved on, in which case the table-sync worker must wait for a new position).
+pub fn set_rel_syncdone(subid: i32, relid: u32, sync_lsn: u64, catchup: u64) -> SpiResult<bool> {
+    Ok(run(
+        "UPDATE livesync.sync_rel SET state = 's', sync_lsn = $3::pg_lsn, catchup_lsn = NULL \
+         WHERE subid = $1 AND rrelid = $2 AND state = 'f' AND catchup_lsn = $4::pg_lsn",
+        &[
+            subid.into(),
+            oid(relid),
+            lsn::format(sync_lsn).into(),
+            lsn::format(catchup).into(),
+        ],
+    )? == 1)
+}
+
+pub fn set_catchup(subid: i32, relid: u32, catchup: Option<u64>) -> SpiResult<()> {
+    run(
+        "UPDATE livesync.sync_rel SET catchup_lsn = $3::pg_lsn WHERE subid = $1 AND rrelid = $2",
+        &[subid.into(), oid(relid), catchup.map(lsn::format).into()],
+    )
+    .map(drop)
+}
+
+pub fn clear_all_catchups(subid: i32) -> SpiResult<()> {
+    run(
+        "UPDATE livesync.sync_rel SET catchup_lsn = NULL WHERE subid = $1 AND catchup_lsn IS NOT NULL",
+        &[subid.into()],
+    )
+    .map(drop)
+}
+
+pub fn set_rel_error(subid: i32, relid: u32, error: &str) -> SpiResult<()> {
+    run(
+        "UPDATE livesync.sync_rel SET last_error = $3, last_error_time = now() \
+         WHERE subid = $1 AND rrelid = $2",
+        &[subid.into(), oid(relid), error.into()],
+    )
+    .map(drop)
+}
+
+/// Is the extension installed in the current database?
+pub fn extension_installed() -> SpiResult<bool> {
+    Ok(Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'livesync')",
+    )?
+    .unwrap_or(false))
+}
+
+/// Names of the replication origins livesync uses (origins are cluster-wide, so the
+/// database oid is part of the name).
+pub fn apply_origin_name(dboid: u32, subid: i32) -> String {
+    format!("livesync_{dboid}_{subid}")
+}
+
+pub fn tablesync_origin_name(dboid: u32, subid: i32, relid: u32) -> String {
+    format!("livesync_{dboid}_{subid}_{relid}")
+}
+
+/// Slot names on the source all start with the sync's name (API contract).
+pub fn tablesync_slot_name(subname: &str, relid: u32) -> String {
+    format!("{subname}_sync_{relid}")
+}

@@ -1,0 +1,168 @@
+//! livesync's one error type, and its conversion into a PostgreSQL error report.
+//!
+//! Code below the SQL functions and worker loops returns `Result<_, Error>`; only those
+//! boundaries turn an [`Error`] into `ereport` with an SQLSTATE, a message in PostgreSQL's
+//! style (lowercase, no trailing period), and a hint that tells the user what to do.
+
+use crate::pgoutput::DecodeError;
+use crate::source::SourceError;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode as Code;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An error with everything the user needs: SQLSTATE, message, detail, hint.
+    #[error("{msg}")]
+    User {
+        code: Code,
+        msg: String,
+        detail: Option<String>,
+        hint: Option<String>,
+    },
+    #[error("{0}")]
+    Source(#[from] SourceError),
+    #[error("could not decode a change from the source: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("{0}")]
+    Spi(#[from] pgrx::spi::SpiError),
+    /// The worker was asked to stop (SIGTERM) while waiting.
+    #[error("terminated")]
+    Terminated,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn user(code: Code, msg: impl Into<String>) -> Self {
+        Error::User {
+            code,
+            msg: msg.into(),
+            detail: None,
+            hint: None,
+        }
+    }
+
+    pub fn hint(mut self, h: impl Into<String>) -> Self {
+        if let Error::User { hint, .. } = &mut self {
+            *hint = Some(h.into());
+        }
+        self
+    }
+
+    pub fn detail(mut self, d: impl Into<String>) -> Self {
+        if let Error::User { detail, .. } = &mut self {
+            *detail = Some(d.into());
+        }
+        self
+    }
+
+    /// A failure to reach or use the source, phrased for `livesync_start` and the workers.
+    pub fn from_source(what: &str, e: SourceError) -> Self {
+        let hint = match &e {
+            SourceError::InvalidConnInfo(_) => {
+                "Pass a libpq connection string, e.g. 'postgres://user:password@host:5432/db' or 'host=h dbname=db user=u'."
+            }
+            SourceError::Timeout { .. } | SourceError::Connect { .. } | SourceError::Io(_) | SourceError::Closed => {
+                "Check that the source server is running and reachable from the target, and that host and port are right."
+            }
+            SourceError::Tls(_) => "Check sslmode, sslrootcert and the source server's certificate.",
+            SourceError::Auth(_) => "Check the user name and password in the connection string.",
+            SourceError::Server(s) if s.code == "28P01" || s.code == "28000" => {
+                "Check the user name and password in the connection string, and the source's pg_hba.conf."
+            }
+            SourceError::Server(s) if s.code == "42501" => {
+                "The source role needs the REPLICATION attribute: ALTER ROLE ... WITH REPLICATION on the source."
+            }
+            _ => "See the source server's log for details.",
+        };
+        let code = match &e {
+            SourceError::InvalidConnInfo(_) => Code::ERRCODE_SYNTAX_ERROR,
+            SourceError::Server(s) if s.code == "42501" => Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            SourceError::Server(s) if s.code == "28P01" || s.code == "28000" => {
+                Code::ERRCODE_INVALID_PASSWORD
+            }
+            _ => Code::ERRCODE_CONNECTION_FAILURE,
+        };
+        let detail = match &e {
+            SourceError::Server(s) => s.detail.clone(),
+            _ => None,
+        };
+        let mut err = Error::user(code, format!("{what}: {e}")).hint(hint);
+        if let Some(d) = detail {
+            err = err.detail(d);
+        }
+        err
+    }
+
+    fn parts(&self) -> (Code, String, Option<String>, Option<String>) {
+        match self {
+            Error::User {
+                code,
+                msg,
+                detail,
+                hint,
+            } => (*code, msg.clone(), detail.clone(), hint.clone()),
+            Error::Source(e) => {
+                let Error::User {
+                    code,
+                    msg,
+                    detail,
+                    hint,
+                } = Error::from_source("source connection failed", clone_source(e))
+                else {
+                    unreachable!()
+                };
+                (code, msg, detail, hint)
+            }
+            Error::Decode(_) => (
+                Code::ERRCODE_PROTOCOL_VIOLATION,
+                self.to_string(),
+                None,
+                None,
+            ),
+            Error::Spi(_) => (Code::ERRCODE_INTERNAL_ERROR, self.to_string(), None, None),
+            Error::Terminated => (Code::ERRCODE_ADMIN_SHUTDOWN, self.to_string(), None, None),
+        }
+    }
+
+    /// Raise as a PostgreSQL ERROR (does not return).
+    pub fn raise(self) -> ! {
+        self.report(PgLogLevel::ERROR);
+        unreachable!("ERROR does not return")
+    }
+
+    /// Report at `level` (LOG/WARNING return; ERROR does not).
+    pub fn report(&self, level: PgLogLevel) {
+        let (code, msg, detail, hint) = self.parts();
+        let mut r = ErrorReport::new(code, msg, "livesync");
+        if let Some(d) = detail {
+            r = r.set_detail(d);
+        }
+        if let Some(h) = hint {
+            r = r.set_hint(h);
+        }
+        r.report(level);
+    }
+}
+
+fn clone_source(e: &SourceError) -> SourceError {
+    match e {
+        SourceError::Server(s) => SourceError::Server(s.clone()),
+        other => SourceError::Protocol(other.to_string()),
+    }
+}
+
+/// Raise `Err` as a PostgreSQL ERROR; pass `Ok` through.
+pub trait OrRaise<T> {
+    fn or_raise(self) -> T;
+}
+
+impl<T, E: Into<Error>> OrRaise<T> for std::result::Result<T, E> {
+    fn or_raise(self) -> T {
+        match self {
+            Ok(v) => v,
+            Err(e) => e.into().raise(),
+        }
+    }
+}

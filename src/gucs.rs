@@ -1,0 +1,62 @@
+//! livesync's configuration parameters (`livesync.*` GUCs).
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+
+pub static MAX_SYNC_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(4);
+pub static REFRESH_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(10);
+pub static MAX_RETRY_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60);
+pub static APPLY_BATCH_ROWS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+pub static APPLY_BATCH_MS: GucSetting<i32> = GucSetting::<i32>::new(200);
+
+pub fn init() {
+    GucRegistry::define_int_guc(
+        c"livesync.max_sync_workers_per_subscription",
+        c"Maximum number of table-sync workers (parallel initial copies) per sync.",
+        c"",
+        &MAX_SYNC_WORKERS,
+        1,
+        64,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"livesync.publication_refresh_interval",
+        c"Seconds between checks of the source publication for added or dropped tables.",
+        c"",
+        &REFRESH_INTERVAL,
+        1,
+        3600,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"livesync.max_retry_interval",
+        c"Upper bound, in seconds, of the backoff before a failed worker is restarted.",
+        c"",
+        &MAX_RETRY_INTERVAL,
+        1,
+        3600,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"livesync.apply_batch_rows",
+        c"Changes applied in one target transaction before it commits (it always ends on a source commit).",
+        c"",
+        &APPLY_BATCH_ROWS,
+        1,
+        1_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"livesync.apply_batch_delay",
+        c"Milliseconds a target transaction may stay open to group several source transactions.",
+        c"",
+        &APPLY_BATCH_MS,
+        0,
+        10_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+}

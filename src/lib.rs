@@ -1,0 +1,141 @@
+//! livesync: keep this (target) database in sync with a PostgreSQL source through logical
+//! replication, applying every change through SPI so that rows land in TimescaleDB
+//! hypertable chunks.
+//!
+//! How bytes from the source become rows here:
+//!
+//! ```text
+//!  source walsender --CopyBoth--> source::Connection      (our replication client)
+//!        --XLogData bytes-->      pgoutput::Decoder        (bytes -> Message)
+//!        --Message-->             worker::apply            (transactions, batching, progress)
+//!        --Insert/Update/...-->   apply::Applier           (prepared SPI plans, batched INSERTs)
+//!        --rows-->                the target table / hypertable chunks
+//! ```
+//!
+//! The initial copy of each table runs in `worker::tablesync` (COPY OUT under the snapshot
+//! of a fresh slot, loaded through the same `apply::Applier`), and hands the table over to
+//! the apply worker through the states of [`state::TableState`].
+//!
+//! This file owns the module list, `_PG_init` (GUCs, shared memory, the launcher, the
+//! DROP EXTENSION hook) and the extension's SQL objects.
+
+use pgrx::prelude::*;
+
+::pgrx::pg_module_magic!();
+
+pub mod api;
+pub mod apply;
+pub mod catalog;
+pub mod copytext;
+pub mod error;
+pub mod gucs;
+pub mod lsn;
+pub mod pgoutput;
+pub mod relmap;
+pub mod remote;
+pub mod shmem;
+pub mod source;
+pub mod state;
+pub mod worker;
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+    // SAFETY: a plain read of a backend-global flag set by the postmaster while it loads
+    // shared_preload_libraries.
+    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        // Loaded by CREATE EXTENSION or a function call only: no shared memory and no
+        // launcher; livesync_start says so with a hint.
+        return;
+    }
+    shmem::init();
+    worker::launcher::register();
+    api::install_utility_hook();
+}
+
+extension_sql!(
+    r#"
+CREATE SCHEMA livesync;
+CREATE SCHEMA _ts_live_sync;
+
+-- One row per sync. "source" may hold a password: only superusers may read this table.
+CREATE TABLE livesync.sync (
+    subid           serial PRIMARY KEY,
+    subname         name NOT NULL UNIQUE,
+    source          text NOT NULL,
+    publication     text NOT NULL,
+    enabled         boolean NOT NULL DEFAULT true,
+    copy_data       boolean NOT NULL DEFAULT true,
+    slot_created    boolean NOT NULL DEFAULT false,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    last_error      text,
+    last_error_time timestamptz
+);
+
+-- One row per published table of each sync; state as in livesync's src/state.rs.
+CREATE TABLE livesync.sync_rel (
+    subid           int NOT NULL,
+    rrelid          oid NOT NULL,
+    srcschema       name NOT NULL,
+    srcname         name NOT NULL,
+    schemaname      name NOT NULL,
+    tablename       name NOT NULL,
+    state           "char" NOT NULL DEFAULT 'i' CHECK (state IN ('i', 'd', 'f', 's', 'r')),
+    lsn             pg_lsn,
+    sync_lsn        pg_lsn,
+    catchup_lsn     pg_lsn,
+    last_error      text,
+    last_error_time timestamptz,
+    added_at        timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (subid, rrelid)
+);
+
+REVOKE ALL ON livesync.sync, livesync.sync_rel FROM PUBLIC;
+"#,
+    name = "bootstrap",
+    bootstrap
+);
+
+extension_sql!(
+    r#"
+CREATE VIEW livesync.subscription_rel AS
+SELECT s.subname, r.schemaname, r.tablename, r.rrelid, r.state, r.lsn,
+       r.last_error, r.last_error_time, r.sync_lsn
+  FROM livesync.sync s JOIN livesync.sync_rel r USING (subid);
+
+CREATE VIEW _ts_live_sync.subscription_rel AS
+SELECT subname, schemaname, tablename, rrelid, state, lsn FROM livesync.subscription_rel;
+
+CREATE VIEW livesync.subscription AS
+SELECT s.subname, s.enabled, s.publication, st.pid,
+       st.received_lsn::pg_lsn AS received_lsn,
+       GREATEST(st.applied_lsn::pg_lsn, o.remote_lsn) AS applied_lsn,
+       CASE WHEN st.source_end_lsn IS NOT NULL
+            THEN greatest(st.source_end_lsn::pg_lsn - GREATEST(st.applied_lsn::pg_lsn, o.remote_lsn), 0)::bigint
+       END AS lag_bytes,
+       s.last_error, s.last_error_time, st.last_msg_time,
+       livesync._redact(s.source) AS source, s.copy_data, s.subid
+  FROM livesync.sync s
+  LEFT JOIN livesync._status() st USING (subid)
+  LEFT JOIN pg_replication_origin_status o
+         ON o.external_id = 'livesync_' || (SELECT oid FROM pg_database WHERE datname = current_database()) || '_' || s.subid;
+
+GRANT USAGE ON SCHEMA livesync, _ts_live_sync TO PUBLIC;
+GRANT SELECT ON livesync.subscription_rel, _ts_live_sync.subscription_rel, livesync.subscription TO PUBLIC;
+REVOKE EXECUTE ON FUNCTION livesync_start(text, text, text, boolean) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION livesync_stop(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION livesync_drop(text, boolean) FROM PUBLIC;
+"#,
+    name = "views",
+    finalize
+);
+
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["shared_preload_libraries = 'livesync'"]
+    }
+}

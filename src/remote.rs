@@ -1,0 +1,171 @@
+//! What livesync asks of the source, over a [`source::Connection`]: checks, slots and the
+//! publication's table list. Async and free of pgrx, so both the SQL functions and the
+//! workers can drive it from their own runtime.
+
+use crate::error::{Error, Result};
+use crate::lsn;
+use crate::source::{Connection, SourceError};
+use pgrx::PgSqlErrorCode as Code;
+
+/// `'...'` with quotes doubled (the source runs with standard_conforming_strings = on).
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// `"..."` with quotes doubled: always quoted, which is always valid.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+pub async fn check_wal_level(conn: &mut Connection) -> Result<()> {
+    let rows = conn.simple_query("SHOW wal_level").await?;
+    let level = rows
+        .first()
+        .and_then(|r| r.get(0))
+        .unwrap_or("")
+        .to_string();
+    if level != "logical" {
+        return Err(Error::user(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("the source has wal_level = {level}; logical replication needs wal_level = logical"),
+        )
+        .hint("Set wal_level = logical in the source's postgresql.conf and restart the source server."));
+    }
+    Ok(())
+}
+
+pub async fn publication_exists(conn: &mut Connection, publication: &str) -> Result<bool> {
+    let sql = format!(
+        "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = {}",
+        quote_literal(publication)
+    );
+    Ok(!conn.simple_query(&sql).await?.is_empty())
+}
+
+pub async fn slot_exists(conn: &mut Connection, slot: &str) -> Result<bool> {
+    let sql = format!(
+        "SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
+        quote_literal(slot)
+    );
+    Ok(!conn.simple_query(&sql).await?.is_empty())
+}
+
+/// Create a logical slot with pgoutput. `snapshot` is `nothing` or `use` (the latter inside
+/// a REPEATABLE READ transaction, whose snapshot then matches the slot). Returns the slot's
+/// consistent point.
+pub async fn create_slot(conn: &mut Connection, slot: &str, snapshot: &str) -> Result<u64> {
+    let sql = format!(
+        "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT '{snapshot}')",
+        quote_ident(slot)
+    );
+    let rows = match conn.simple_query(&sql).await {
+        Ok(rows) => rows,
+        Err(SourceError::Server(e)) if e.code == "42710" => {
+            return Err(Error::user(
+                Code::ERRCODE_DUPLICATE_OBJECT,
+                format!("replication slot \"{slot}\" already exists on the source"),
+            )
+            .hint(format!(
+                "Choose another subscription name, or drop the slot on the source with SELECT pg_drop_replication_slot('{slot}')."
+            )))
+        }
+        Err(SourceError::Server(e)) if e.code == "53400" => {
+            return Err(Error::user(
+                Code::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+                format!("could not create replication slot \"{slot}\" on the source: {}", e.message),
+            )
+            .hint("Raise max_replication_slots on the source, or drop slots that are no longer used."))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    rows.first()
+        .and_then(|r| r.get(1))
+        .and_then(lsn::parse)
+        .ok_or_else(|| {
+            SourceError::Protocol("CREATE_REPLICATION_SLOT returned no consistent point".into())
+                .into()
+        })
+}
+
+/// Drop a slot, waiting for a walsender that still holds it to let go. Ok(false): no such slot.
+pub async fn drop_slot(conn: &mut Connection, slot: &str) -> Result<bool> {
+    let sql = format!("DROP_REPLICATION_SLOT {} WAIT", quote_ident(slot));
+    match conn.simple_query(&sql).await {
+        Ok(_) => Ok(true),
+        Err(SourceError::Server(e)) if e.code == "42704" => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Every slot of this sync: the main one (exactly its name) and the table-sync ones.
+pub async fn slots_of(conn: &mut Connection, subname: &str) -> Result<Vec<String>> {
+    let prefix = format!("{subname}_sync_");
+    let sql = format!(
+        "SELECT slot_name FROM pg_catalog.pg_replication_slots \
+          WHERE slot_name = {} OR left(slot_name, {}) = {}",
+        quote_literal(subname),
+        prefix.len(),
+        quote_literal(&prefix)
+    );
+    Ok(conn
+        .simple_query(&sql)
+        .await?
+        .iter()
+        .filter_map(|r| r.get(0).map(str::to_string))
+        .collect())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PubTable {
+    pub relid: u32,
+    pub schema: String,
+    pub name: String,
+}
+
+/// The tables `pg_publication_tables` lists for the publication (leaf partitions, or roots
+/// with publish_via_partition_root), with their source oids.
+pub async fn publication_tables(conn: &mut Connection, publication: &str) -> Result<Vec<PubTable>> {
+    let sql = format!(
+        "SELECT c.oid, pt.schemaname, pt.tablename \
+           FROM pg_catalog.pg_publication_tables pt \
+           JOIN pg_catalog.pg_namespace n ON n.nspname = pt.schemaname \
+           JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
+          WHERE pt.pubname = {}",
+        quote_literal(publication)
+    );
+    let mut out = Vec::new();
+    for r in conn.simple_query(&sql).await? {
+        let relid = r.get(0).and_then(|s| s.parse().ok()).unwrap_or(0);
+        out.push(PubTable {
+            relid,
+            schema: r.get(1).unwrap_or_default().to_string(),
+            name: r.get(2).unwrap_or_default().to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// Column names of a source table that a COPY must read (no dropped or generated columns).
+pub async fn copy_columns(conn: &mut Connection, relid: u32) -> Result<Vec<String>> {
+    let sql = format!(
+        "SELECT attname FROM pg_catalog.pg_attribute \
+          WHERE attrelid = {relid} AND attnum > 0 AND NOT attisdropped AND attgenerated = '' \
+          ORDER BY attnum"
+    );
+    Ok(conn
+        .simple_query(&sql)
+        .await?
+        .iter()
+        .filter_map(|r| r.get(0).map(str::to_string))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_literal("a'b"), "'a''b'");
+        assert_eq!(quote_ident("Mixed \"Q\""), "\"Mixed \"\"Q\"\"\"");
+    }
+}

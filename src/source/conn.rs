@@ -1,0 +1,1088 @@
+//! [`Connection`]: startup, authentication, simple query, COPY OUT and CopyBoth streaming.
+//!
+//! All reads go through one `BytesMut` read buffer owned by the connection; a message is only
+//! removed from it once it is complete, so every read path is cancel-safe. Writes go through a
+//! write buffer, so a write interrupted by cancellation is completed by the next one.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+
+use super::conninfo::{ConnInfo, HostSpec, SslMode};
+use super::proto::{self, Frame, Reader};
+use super::{tls, ReplMessage, ServerError, SourceError};
+
+/// How much we pull from the socket without waiting, after a read, at most.
+const DRAIN_LIMIT: usize = 4 << 20;
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    fn raw_fd(&self) -> RawFd {
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Tls(s) => s.get_ref().0.as_raw_fd(),
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Ready for a new command.
+    Idle,
+    /// Messages up to ReadyForQuery must be read (and discarded) before the next command,
+    /// e.g. after a [`CopyOut`] was dropped early.
+    Draining,
+    /// Inside CopyBoth (after START_REPLICATION).
+    CopyBoth,
+}
+
+/// One result row of a simple query, all values in text form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    columns: Arc<[String]>,
+    values: Vec<Option<String>>,
+}
+
+impl Row {
+    /// The value of column `idx` (`None` for NULL or out of range).
+    pub fn get(&self, idx: usize) -> Option<&str> {
+        self.values.get(idx).and_then(|v| v.as_deref())
+    }
+
+    /// The value of the first column called `name` (`None` for NULL or no such column).
+    pub fn get_by_name(&self, name: &str) -> Option<&str> {
+        let idx = self.columns.iter().position(|c| c == name)?;
+        self.get(idx)
+    }
+
+    /// Number of columns.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// Column names.
+    pub fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
+    /// True when column `idx` is NULL (or out of range).
+    pub fn is_null(&self, idx: usize) -> bool {
+        self.get(idx).is_none()
+    }
+}
+
+/// A connection to the source server.
+pub struct Connection {
+    stream: Stream,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    params: HashMap<String, String>,
+    pid: i32,
+    secret_key: i32,
+    state: State,
+    target: String,
+    tls: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum TlsAttempt {
+    /// No SSLRequest.
+    Plain,
+    /// SSLRequest; plain if the server says 'N'.
+    Try,
+    /// SSLRequest; error if the server says 'N'.
+    Required,
+}
+
+fn connect_err(target: &str, msg: impl Into<String>) -> SourceError {
+    SourceError::Connect {
+        target: target.to_string(),
+        msg: msg.into(),
+    }
+}
+
+impl Connection {
+    /// Full startup, bounded by `connect_timeout` (default 10 s) per host. Hosts of a
+    /// multi-host connection string are tried in order; the last error is returned.
+    pub async fn connect(
+        info: &ConnInfo,
+        replication: bool,
+        application_name: &str,
+    ) -> Result<Connection, SourceError> {
+        let timeout = info.connect_timeout();
+        let mut last_err = None;
+        for host in &info.hosts {
+            let fut = Self::connect_host(info, host, replication, application_name);
+            let res = match timeout {
+                Some(d) => match tokio::time::timeout(d, fut).await {
+                    Ok(r) => r,
+                    Err(_) => Err(SourceError::Timeout {
+                        target: host.display(),
+                        secs: d.as_secs(),
+                    }),
+                },
+                None => fut.await,
+            };
+            match res {
+                Ok(c) => return Ok(c),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| SourceError::InvalidConnInfo("no host given".into())))
+    }
+
+    async fn connect_host(
+        info: &ConnInfo,
+        host: &HostSpec,
+        replication: bool,
+        app: &str,
+    ) -> Result<Connection, SourceError> {
+        // SSL is never attempted over Unix-domain sockets (as libpq).
+        if host.is_unix() {
+            return Self::attempt(info, host, replication, app, TlsAttempt::Plain).await;
+        }
+        match info.sslmode {
+            SslMode::Disable => {
+                Self::attempt(info, host, replication, app, TlsAttempt::Plain).await
+            }
+            SslMode::Allow => {
+                match Self::attempt(info, host, replication, app, TlsAttempt::Plain).await {
+                    // The server may insist on SSL (pg_hba hostssl): retry with it, as libpq.
+                    Err(SourceError::Server(e)) => {
+                        Self::attempt(info, host, replication, app, TlsAttempt::Try)
+                            .await
+                            .map_err(|_| SourceError::Server(e))
+                    }
+                    r => r,
+                }
+            }
+            SslMode::Prefer => {
+                match Self::attempt(info, host, replication, app, TlsAttempt::Try).await {
+                    // The server may refuse SSL connections (pg_hba hostnossl): retry without.
+                    Err(SourceError::Server(e)) => {
+                        match Self::attempt(info, host, replication, app, TlsAttempt::Plain).await {
+                            Ok(c) => Ok(c),
+                            Err(_) => Err(SourceError::Server(e)),
+                        }
+                    }
+                    r => r,
+                }
+            }
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                Self::attempt(info, host, replication, app, TlsAttempt::Required).await
+            }
+        }
+    }
+
+    async fn open_socket(info: &ConnInfo, host: &HostSpec) -> Result<Stream, SourceError> {
+        let target = host.display();
+        if host.is_unix() {
+            let path = host.socket_path();
+            return UnixStream::connect(&path)
+                .await
+                .map(Stream::Unix)
+                .map_err(|e| connect_err(&target, e.to_string()));
+        }
+        let addrs: Vec<SocketAddr> = if let Some(a) = &host.hostaddr {
+            let ip: std::net::IpAddr = a.parse().map_err(|_| {
+                SourceError::InvalidConnInfo(format!("could not parse network address \"{a}\""))
+            })?;
+            vec![SocketAddr::new(ip, host.port)]
+        } else if let Ok(ip) = host.host.parse::<std::net::IpAddr>() {
+            vec![SocketAddr::new(ip, host.port)]
+        } else {
+            tokio::net::lookup_host((host.host.as_str(), host.port))
+                .await
+                .map_err(|e| {
+                    connect_err(
+                        &target,
+                        format!(
+                            "could not translate host name \"{}\" to address: {e}",
+                            host.host
+                        ),
+                    )
+                })?
+                .collect()
+        };
+        let mut last = None;
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    configure_keepalive(&s, info);
+                    return Ok(Stream::Tcp(s));
+                }
+                Err(e) => last = Some(format!("{e} (address {addr})")),
+            }
+        }
+        Err(connect_err(
+            &target,
+            last.unwrap_or_else(|| format!("host name \"{}\" has no address", host.host)),
+        ))
+    }
+
+    async fn attempt(
+        info: &ConnInfo,
+        host: &HostSpec,
+        replication: bool,
+        app: &str,
+        tls_attempt: TlsAttempt,
+    ) -> Result<Connection, SourceError> {
+        let target = host.display();
+        let mut stream = Self::open_socket(info, host).await?;
+        let mut tls_on = false;
+        if tls_attempt != TlsAttempt::Plain {
+            let config = tls::client_config(info)?;
+            let mut req = BytesMut::new();
+            frontend::ssl_request(&mut req);
+            stream.write_all(&req).await?;
+            stream.flush().await?;
+            // Exactly one byte: nothing may be read past it before the handshake.
+            let mut answer = [0u8; 1];
+            match stream.read_exact(&mut answer).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Err(SourceError::Closed)
+                }
+                Err(e) => return Err(e.into()),
+            }
+            match answer[0] {
+                b'S' => {
+                    let Stream::Tcp(tcp) = stream else {
+                        unreachable!("SSL is only attempted over TCP")
+                    };
+                    let name = tls::server_name(&host.host, info.sslsni, info.sslmode)?;
+                    let connector = tokio_rustls::TlsConnector::from(config);
+                    let tls = connector
+                        .connect(name, tcp)
+                        .await
+                        .map_err(|e| SourceError::Tls(tls::describe_tls_error(&e)))?;
+                    stream = Stream::Tls(Box::new(tls));
+                    tls_on = true;
+                }
+                b'N' => {
+                    if tls_attempt == TlsAttempt::Required {
+                        return Err(SourceError::Tls(
+                            "server does not support SSL, but SSL was required".into(),
+                        ));
+                    }
+                }
+                b'E' => {
+                    return Err(SourceError::Protocol(
+                        "server sent an error response during SSL exchange".into(),
+                    ))
+                }
+                other => {
+                    return Err(SourceError::Protocol(format!(
+                        "received invalid response to SSL negotiation: \"{}\"",
+                        proto::printable(other)
+                    )))
+                }
+            }
+        }
+
+        let mut conn = Connection {
+            stream,
+            rbuf: BytesMut::with_capacity(64 * 1024),
+            wbuf: BytesMut::with_capacity(1024),
+            params: HashMap::new(),
+            pid: 0,
+            secret_key: 0,
+            state: State::Idle,
+            target,
+            tls: tls_on,
+        };
+        conn.startup(info, host, replication, app).await?;
+        Ok(conn)
+    }
+
+    async fn startup(
+        &mut self,
+        info: &ConnInfo,
+        host: &HostSpec,
+        replication: bool,
+        app: &str,
+    ) -> Result<(), SourceError> {
+        let app_name = info
+            .application_name
+            .as_deref()
+            .or(if app.is_empty() { None } else { Some(app) })
+            .or(info.fallback_application_name.as_deref());
+        let mut params: Vec<(&str, &str)> = vec![
+            ("user", &info.user),
+            ("database", &info.dbname),
+            ("client_encoding", "UTF8"),
+            ("DateStyle", "ISO"),
+            ("IntervalStyle", "postgres"),
+            ("extra_float_digits", "3"),
+            ("bytea_output", "hex"),
+        ];
+        if let Some(a) = app_name {
+            params.push(("application_name", a));
+        }
+        if let Some(o) = info.options.as_deref() {
+            params.push(("options", o));
+        }
+        if replication {
+            params.push(("replication", "database"));
+        }
+        frontend::startup_message(params.iter().copied(), &mut self.wbuf)?;
+        self.flush().await?;
+
+        let mut password: Option<String> = None;
+        let get_password = |password: &mut Option<String>| -> Result<Vec<u8>, SourceError> {
+            if password.is_none() {
+                *password = info.password_for(host);
+            }
+            password.clone().map(String::into_bytes).ok_or_else(|| {
+                SourceError::Auth(format!(
+                    "no password supplied for user \"{}\" (the server requested password authentication)",
+                    info.user
+                ))
+            })
+        };
+        let mut scram: Option<ScramSha256> = None;
+
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag {
+                b'R' => {
+                    let mut r = Reader::new(f.body);
+                    match r.i32()? {
+                        0 => {}
+                        3 => {
+                            let pw = get_password(&mut password)?;
+                            frontend::password_message(&pw, &mut self.wbuf)?;
+                            self.flush().await?;
+                        }
+                        5 => {
+                            let salt = r.bytes(4)?;
+                            let pw = get_password(&mut password)?;
+                            let hash = md5_hash(
+                                info.user.as_bytes(),
+                                &pw,
+                                [salt[0], salt[1], salt[2], salt[3]],
+                            );
+                            frontend::password_message(hash.as_bytes(), &mut self.wbuf)?;
+                            self.flush().await?;
+                        }
+                        10 => {
+                            let mut mechs = Vec::new();
+                            loop {
+                                let m = r.cstr()?;
+                                if m.is_empty() {
+                                    break;
+                                }
+                                mechs.push(m);
+                            }
+                            if !mechs.iter().any(|m| m == SCRAM_SHA_256) {
+                                return Err(SourceError::Auth(format!(
+                                    "none of the server's SASL authentication mechanisms are supported (server offers: {})",
+                                    mechs.join(", ")
+                                )));
+                            }
+                            let pw = get_password(&mut password)?;
+                            // We do not do channel binding; "n" (not "y") so a server offering
+                            // SCRAM-SHA-256-PLUS over TLS does not suspect a downgrade.
+                            let s = ScramSha256::new(&pw, ChannelBinding::unsupported());
+                            frontend::sasl_initial_response(
+                                SCRAM_SHA_256,
+                                s.message(),
+                                &mut self.wbuf,
+                            )?;
+                            self.flush().await?;
+                            scram = Some(s);
+                        }
+                        11 => {
+                            let s = scram.as_mut().ok_or_else(|| {
+                                SourceError::Protocol("unexpected SASL continue message".into())
+                            })?;
+                            s.update(&r.rest()).map_err(|e| {
+                                SourceError::Auth(format!("SCRAM authentication failed: {e}"))
+                            })?;
+                            frontend::sasl_response(s.message(), &mut self.wbuf)?;
+                            self.flush().await?;
+                        }
+                        12 => {
+                            let s = scram.as_mut().ok_or_else(|| {
+                                SourceError::Protocol("unexpected SASL final message".into())
+                            })?;
+                            s.finish(&r.rest()).map_err(|e| {
+                                SourceError::Auth(format!(
+                                    "SCRAM authentication failed: invalid server signature: {e}"
+                                ))
+                            })?;
+                        }
+                        2 => return Err(unsupported_auth("Kerberos V5")),
+                        7 | 8 => return Err(unsupported_auth("GSSAPI")),
+                        9 => return Err(unsupported_auth("SSPI")),
+                        n => return Err(unsupported_auth(&format!("request {n}"))),
+                    }
+                }
+                b'S' => self.handle_parameter_status(f.body)?,
+                b'K' => {
+                    let mut r = Reader::new(f.body);
+                    self.pid = r.i32()?;
+                    self.secret_key = r.i32()?;
+                }
+                b'Z' => return Ok(()),
+                b'E' => return Err(SourceError::Server(proto::parse_error_fields(f.body)?)),
+                b'N' | b'v' => {}
+                t => return Err(unexpected(t, "during startup")),
+            }
+        }
+    }
+
+    /// A server parameter reported by ParameterStatus (`server_version`, ...).
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.params.get(name).map(String::as_str)
+    }
+
+    /// The backend's process id.
+    pub fn backend_pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The secret key of BackendKeyData (for a cancel request).
+    pub fn secret_key(&self) -> i32 {
+        self.secret_key
+    }
+
+    /// True when the connection is TLS-encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The server connected to, for messages (`host "h" port 5432`).
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Simple-query protocol. Returns the rows of the last result set that had a
+    /// RowDescription (empty if none). An ErrorResponse becomes [`SourceError::Server`] once
+    /// ReadyForQuery arrived, so the connection stays usable.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Row>, SourceError> {
+        self.ensure_idle().await?;
+        frontend::query(sql, &mut self.wbuf)?;
+        self.flush().await?;
+        self.state = State::Draining;
+
+        let mut result: Vec<Row> = Vec::new();
+        let mut current: Option<(Arc<[String]>, Vec<Row>)> = None;
+        let mut error: Option<ServerError> = None;
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag {
+                b'T' => current = Some((parse_row_description(f.body)?, Vec::new())),
+                b'D' => {
+                    let (cols, rows) = current.as_mut().ok_or_else(|| {
+                        SourceError::Protocol("DataRow without RowDescription".into())
+                    })?;
+                    rows.push(parse_data_row(cols.clone(), f.body)?);
+                }
+                b'C' | b'I' => {
+                    if let Some((_, rows)) = current.take() {
+                        result = rows;
+                    }
+                }
+                b'E' => error = Some(proto::parse_error_fields(f.body)?),
+                b'G' => {
+                    frontend::copy_fail(
+                        "COPY FROM STDIN is not supported by this client",
+                        &mut self.wbuf,
+                    )?;
+                    self.flush().await?;
+                }
+                b'H' | b'd' | b'c' => {} // COPY TO STDOUT through simple_query: data discarded
+                b'W' => {
+                    self.state = State::CopyBoth;
+                    return Err(SourceError::Protocol(
+                        "the command started a replication stream: use start_replication".into(),
+                    ));
+                }
+                b'Z' => {
+                    self.state = State::Idle;
+                    return match error {
+                        Some(e) => Err(SourceError::Server(e)),
+                        None => Ok(result),
+                    };
+                }
+                b'S' => self.handle_parameter_status(f.body)?,
+                b'N' | b'A' => {}
+                t => return Err(unexpected(t, "in a query response")),
+            }
+        }
+    }
+
+    /// Runs `COPY ... TO STDOUT` (simple query) and returns a reader of its data.
+    pub async fn copy_out(&mut self, sql: &str) -> Result<CopyOut<'_>, SourceError> {
+        self.ensure_idle().await?;
+        frontend::query(sql, &mut self.wbuf)?;
+        self.flush().await?;
+        self.state = State::Draining;
+        let mut error: Option<ServerError> = None;
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag {
+                b'H' if error.is_none() => {
+                    return Ok(CopyOut {
+                        conn: self,
+                        done: false,
+                        error: None,
+                    })
+                }
+                b'E' => error = Some(proto::parse_error_fields(f.body)?),
+                b'Z' => {
+                    self.state = State::Idle;
+                    return Err(match error {
+                        Some(e) => SourceError::Server(e),
+                        None => {
+                            SourceError::Protocol("the query did not start a COPY TO STDOUT".into())
+                        }
+                    });
+                }
+                b'G' => {
+                    frontend::copy_fail(
+                        "COPY FROM STDIN is not supported by this client",
+                        &mut self.wbuf,
+                    )?;
+                    self.flush().await?;
+                }
+                b'W' => {
+                    self.state = State::CopyBoth;
+                    return Err(SourceError::Protocol(
+                        "the command started a replication stream: use start_replication".into(),
+                    ));
+                }
+                b'S' => self.handle_parameter_status(f.body)?,
+                _ => {} // row results of preceding statements, notices: ignored
+            }
+        }
+    }
+
+    /// Sends a `START_REPLICATION` command and waits for CopyBothResponse.
+    pub async fn start_replication(&mut self, command: &str) -> Result<(), SourceError> {
+        self.ensure_idle().await?;
+        frontend::query(command, &mut self.wbuf)?;
+        self.flush().await?;
+        self.state = State::Draining;
+        let mut error: Option<ServerError> = None;
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag {
+                b'W' => {
+                    self.state = State::CopyBoth;
+                    return Ok(());
+                }
+                b'E' => error = Some(proto::parse_error_fields(f.body)?),
+                b'Z' => {
+                    self.state = State::Idle;
+                    return Err(match error {
+                        Some(e) => SourceError::Server(e),
+                        None => SourceError::Protocol(
+                            "the command did not start a replication stream".into(),
+                        ),
+                    });
+                }
+                b'S' => self.handle_parameter_status(f.body)?,
+                _ => {}
+            }
+        }
+    }
+
+    /// Next XLogData or primary keepalive of the replication stream. Cancel-safe.
+    pub async fn next_replication_message(&mut self) -> Result<ReplMessage, SourceError> {
+        if self.state != State::CopyBoth {
+            return Err(SourceError::Protocol(
+                "not in replication streaming mode".into(),
+            ));
+        }
+        loop {
+            while let Some(f) = proto::take_frame(&mut self.rbuf)? {
+                match f.tag {
+                    b'd' => {
+                        if let Some(m) = proto::parse_copy_both_payload(f.body)? {
+                            return Ok(m);
+                        }
+                    }
+                    b'N' => {}
+                    b'S' => self.handle_parameter_status(f.body)?,
+                    b'E' => {
+                        self.state = State::Draining;
+                        return Err(SourceError::Server(proto::parse_error_fields(f.body)?));
+                    }
+                    b'c' => {
+                        // Server ended the stream: acknowledge; C/Z follow.
+                        self.state = State::Draining;
+                        frontend::copy_done(&mut self.wbuf);
+                        let _ = self.flush().await;
+                        return Err(SourceError::StreamEnded);
+                    }
+                    t => return Err(unexpected(t, "in the replication stream")),
+                }
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Sends a standby status update ('r'); the clock is now, in PostgreSQL-epoch microseconds.
+    pub async fn send_standby_status(
+        &mut self,
+        write: u64,
+        flush: u64,
+        apply: u64,
+        reply_requested: bool,
+    ) -> Result<(), SourceError> {
+        if self.state != State::CopyBoth {
+            return Err(SourceError::Protocol(
+                "not in replication streaming mode".into(),
+            ));
+        }
+        proto::standby_status_update(
+            &mut self.wbuf,
+            write,
+            flush,
+            apply,
+            proto::pg_now_micros(),
+            reply_requested,
+        );
+        self.flush().await
+    }
+
+    /// Ends the replication stream from our side (CopyDone) and waits until the server is
+    /// ready for commands again; data still in flight is discarded.
+    pub async fn end_replication(&mut self) -> Result<(), SourceError> {
+        if self.state == State::CopyBoth {
+            frontend::copy_done(&mut self.wbuf);
+            self.flush().await?;
+            self.state = State::Draining;
+        }
+        self.ensure_idle().await
+    }
+
+    /// True when complete, unread protocol messages are already buffered (the caller must not
+    /// wait on the socket before reading them).
+    pub fn has_buffered_message(&self) -> bool {
+        !matches!(proto::complete_frame_len(&self.rbuf), Ok(None))
+    }
+
+    /// The socket's file descriptor (for `WaitLatchOrSocket`).
+    pub fn raw_fd(&self) -> RawFd {
+        self.stream.raw_fd()
+    }
+
+    /// Sends Terminate and closes the socket (best effort).
+    pub async fn close(mut self) {
+        frontend::terminate(&mut self.wbuf);
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = self.flush().await;
+            let _ = self.stream.shutdown().await;
+        })
+        .await;
+    }
+
+    // ---- internals ----
+
+    fn handle_parameter_status(&mut self, body: Bytes) -> Result<(), SourceError> {
+        let mut r = Reader::new(body);
+        let k = r.cstr()?;
+        let v = r.cstr()?;
+        self.params.insert(k, v);
+        Ok(())
+    }
+
+    /// Reads and discards messages until ReadyForQuery if a previous command was left
+    /// unfinished.
+    async fn ensure_idle(&mut self) -> Result<(), SourceError> {
+        match self.state {
+            State::Idle => Ok(()),
+            State::CopyBoth => Err(SourceError::Protocol(
+                "the connection is streaming replication data: call end_replication first".into(),
+            )),
+            State::Draining => loop {
+                let f = self.read_frame().await?;
+                match f.tag {
+                    b'Z' => {
+                        self.state = State::Idle;
+                        return Ok(());
+                    }
+                    b'S' => self.handle_parameter_status(f.body)?,
+                    b'c' => {
+                        // A server CopyDone while we drain after end_replication: fine.
+                    }
+                    _ => {}
+                }
+            },
+        }
+    }
+
+    async fn read_frame(&mut self) -> Result<Frame, SourceError> {
+        loop {
+            if let Some(f) = proto::take_frame(&mut self.rbuf)? {
+                return Ok(f);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Reads more bytes into the read buffer (cancel-safe), then whatever else is available
+    /// without waiting, so no decrypted TLS data stays hidden inside rustls.
+    async fn fill(&mut self) -> Result<(), SourceError> {
+        if self.rbuf.capacity() - self.rbuf.len() < 8192 {
+            self.rbuf.reserve(64 * 1024);
+        }
+        let n = self.stream.read_buf(&mut self.rbuf).await?;
+        if n == 0 {
+            return Err(SourceError::Closed);
+        }
+        self.drain_available();
+        Ok(())
+    }
+
+    fn drain_available(&mut self) {
+        use std::future::Future;
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        while self.rbuf.len() < DRAIN_LIMIT {
+            if self.rbuf.capacity() - self.rbuf.len() < 8192 {
+                self.rbuf.reserve(64 * 1024);
+            }
+            // `read_buf` is cancel-safe, so dropping the future while pending loses nothing.
+            let fut = self.stream.read_buf(&mut self.rbuf);
+            let mut fut = std::pin::pin!(fut);
+            match fut.as_mut().poll(&mut cx) {
+                Poll::Ready(Ok(n)) if n > 0 => {}
+                _ => break, // pending, EOF or error: the next real read reports it
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), SourceError> {
+        while !self.wbuf.is_empty() {
+            let n = self.stream.write_buf(&mut self.wbuf).await?;
+            if n == 0 {
+                return Err(SourceError::Closed);
+            }
+        }
+        self.stream.flush().await?;
+        Ok(())
+    }
+}
+
+/// The data of a `COPY ... TO STDOUT`, chunk by chunk (one CopyData message each).
+pub struct CopyOut<'a> {
+    conn: &'a mut Connection,
+    done: bool,
+    error: Option<ServerError>,
+}
+
+impl CopyOut<'_> {
+    /// The next CopyData payload, `None` once the COPY has finished (after ReadyForQuery).
+    /// An error of the server during the COPY is returned after ReadyForQuery, so the
+    /// connection stays usable. Cancel-safe.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, SourceError> {
+        if self.done {
+            return Ok(None);
+        }
+        loop {
+            let f = self.conn.read_frame().await?;
+            match f.tag {
+                b'd' => return Ok(Some(f.body)),
+                b'c' | b'C' | b'N' => {}
+                b'S' => self.conn.handle_parameter_status(f.body)?,
+                b'E' => self.error = Some(proto::parse_error_fields(f.body)?),
+                b'Z' => {
+                    self.done = true;
+                    self.conn.state = State::Idle;
+                    return match self.error.take() {
+                        Some(e) => Err(SourceError::Server(e)),
+                        None => Ok(None),
+                    };
+                }
+                t => return Err(unexpected(t, "in COPY data")),
+            }
+        }
+    }
+}
+
+fn unsupported_auth(what: &str) -> SourceError {
+    SourceError::Auth(format!("authentication method {what} is not supported"))
+}
+
+fn unexpected(tag: u8, when: &str) -> SourceError {
+    SourceError::Protocol(format!(
+        "unexpected message type \"{}\" {when}",
+        proto::printable(tag)
+    ))
+}
+
+fn parse_row_description(body: Bytes) -> Result<Arc<[String]>, SourceError> {
+    let mut r = Reader::new(body);
+    let n = r.i16()?;
+    let mut cols = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n {
+        cols.push(r.cstr()?);
+        // table oid, column attnum, type oid, type size, type modifier, format code
+        r.bytes(4 + 2 + 4 + 2 + 4 + 2)?;
+    }
+    Ok(cols.into())
+}
+
+fn parse_data_row(columns: Arc<[String]>, body: Bytes) -> Result<Row, SourceError> {
+    let mut r = Reader::new(body);
+    let n = r.i16()?;
+    let mut values = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n {
+        let len = r.i32()?;
+        if len < 0 {
+            values.push(None);
+        } else {
+            let b = r.bytes(len as usize)?;
+            values.push(Some(String::from_utf8_lossy(&b).into_owned()));
+        }
+    }
+    Ok(Row { columns, values })
+}
+
+fn configure_keepalive(s: &TcpStream, info: &ConnInfo) {
+    let sock = socket2::SockRef::from(s);
+    if !info.keepalives {
+        let _ = sock.set_keepalive(false);
+        return;
+    }
+    let mut ka = socket2::TcpKeepalive::new();
+    if let Some(t) = info.keepalives_idle {
+        ka = ka.with_time(Duration::from_secs(t));
+    }
+    if let Some(t) = info.keepalives_interval {
+        ka = ka.with_interval(Duration::from_secs(t));
+    }
+    if let Some(c) = info.keepalives_count {
+        ka = ka.with_retries(c);
+    }
+    let _ = sock.set_tcp_keepalive(&ka);
+    if let Some(ms) = info.tcp_user_timeout_ms {
+        let _ = sock.set_tcp_user_timeout(Some(Duration::from_millis(ms)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection in CopyBoth over one end of a socket pair (the test plays the server).
+    fn copy_both_over(sock: UnixStream) -> Connection {
+        Connection {
+            stream: Stream::Unix(sock),
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            params: HashMap::new(),
+            pid: 0,
+            secret_key: 0,
+            state: State::CopyBoth,
+            target: "test".into(),
+            tls: false,
+        }
+    }
+
+    #[test]
+    fn replication_read_is_cancel_safe() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (client, mut server) = UnixStream::pair().unwrap();
+            let mut conn = copy_both_over(client);
+            // Server: 50 XLogData messages of growing size, dribbled out in small pieces with
+            // pauses, so most 1 ms timeouts hit in the middle of a message.
+            let mut wire = BytesMut::new();
+            for i in 0..50u64 {
+                let payload: Vec<u8> = (0..(i * 97 % 700 + 1)).map(|j| (i + j) as u8).collect();
+                wire.put_u8(b'd');
+                wire.put_u32((4 + 1 + 24 + payload.len()) as u32);
+                wire.put_u8(b'w');
+                wire.put_u64(i);
+                wire.put_u64(i + 1);
+                wire.put_i64(-(i as i64));
+                wire.put_slice(&payload);
+                if i % 10 == 0 {
+                    wire.put_slice(b"N\0\0\0\x05\0"); // NoticeResponse, skipped
+                    wire.put_u8(b'd');
+                    wire.put_u32(4 + 18);
+                    wire.put_u8(b'k');
+                    wire.put_u64(i);
+                    wire.put_i64(7);
+                    wire.put_u8(1);
+                }
+            }
+            let wire = wire.freeze();
+            let writer = tokio::spawn(async move {
+                for piece in wire.chunks(37) {
+                    server.write_all(piece).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                server
+            });
+            let mut got = 0u64;
+            let mut keepalives = 0;
+            let mut timeouts = 0;
+            while got < 50 {
+                match tokio::time::timeout(
+                    Duration::from_millis(1),
+                    conn.next_replication_message(),
+                )
+                .await
+                {
+                    Err(_) => timeouts += 1,
+                    Ok(Ok(ReplMessage::XLogData {
+                        wal_start,
+                        wal_end,
+                        send_time,
+                        data,
+                    })) => {
+                        assert_eq!(wal_start, got);
+                        assert_eq!(wal_end, got + 1);
+                        assert_eq!(send_time, -(got as i64));
+                        let want: Vec<u8> =
+                            (0..(got * 97 % 700 + 1)).map(|j| (got + j) as u8).collect();
+                        assert_eq!(&data[..], &want[..]);
+                        got += 1;
+                    }
+                    Ok(Ok(ReplMessage::Keepalive {
+                        wal_end,
+                        send_time,
+                        reply_requested,
+                    })) => {
+                        assert_eq!(wal_end, got - 1);
+                        assert_eq!(send_time, 7);
+                        assert!(reply_requested);
+                        keepalives += 1;
+                    }
+                    Ok(Err(e)) => panic!("{e}"),
+                }
+            }
+            assert_eq!(keepalives, 5);
+            assert!(timeouts > 100, "only {timeouts} cancellations");
+            assert!(!conn.has_buffered_message());
+            // Peer closes: Closed.
+            drop(writer.await.unwrap());
+            assert!(matches!(
+                conn.next_replication_message().await,
+                Err(SourceError::Closed)
+            ));
+        });
+    }
+
+    #[test]
+    fn has_buffered_message_sees_complete_frames_only() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (client, _server) = UnixStream::pair().unwrap();
+            let mut conn = copy_both_over(client);
+            assert!(!conn.has_buffered_message());
+            conn.rbuf.put_slice(&[b'd', 0, 0, 0, 6, b'k']);
+            assert!(!conn.has_buffered_message());
+            conn.rbuf.put_u8(0);
+            assert!(conn.has_buffered_message());
+        });
+    }
+
+    #[test]
+    fn row_access() {
+        let mut body = BytesMut::new();
+        body.put_i16(2);
+        body.put_slice(b"a\0");
+        body.put_slice(&[0u8; 18]);
+        body.put_slice(b"b\0");
+        body.put_slice(&[0u8; 18]);
+        let cols = parse_row_description(body.freeze()).unwrap();
+        assert_eq!(&*cols, &["a".to_string(), "b".to_string()]);
+        let mut d = BytesMut::new();
+        d.put_i16(2);
+        d.put_i32(-1);
+        d.put_i32(3);
+        d.put_slice(b"xyz");
+        let row = parse_data_row(cols.clone(), d.clone().freeze()).unwrap();
+        assert_eq!(row.len(), 2);
+        assert_eq!(row.get(0), None);
+        assert!(row.is_null(0));
+        assert_eq!(row.get(1), Some("xyz"));
+        assert_eq!(row.get_by_name("b"), Some("xyz"));
+        assert_eq!(row.get_by_name("c"), None);
+        assert_eq!(row.get(5), None);
+        // Truncated rows are errors, never panics.
+        for cut in 0..d.len() {
+            let r = parse_data_row(cols.clone(), Bytes::copy_from_slice(&d[..cut]));
+            assert!(r.is_err(), "cut {cut}");
+        }
+    }
+}

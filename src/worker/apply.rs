@@ -1,0 +1,501 @@
+//! The apply worker: one per sync, started by the launcher.
+//!
+//! It holds the sync's main slot and applies the stream ([`super::stream`]) for every
+//! table it owns; refreshes the publication's table list on a timer; starts table-sync
+//! workers (at most `livesync.max_sync_workers_per_subscription` at once) and hands tables
+//! over with them exactly as PostgreSQL's `process_syncing_tables_for_apply` does: a table
+//! whose copy finished (f) gets the apply worker's current position as `catchup_lsn`, and
+//! the apply worker waits, applying nothing, until the table-sync worker has caught up to
+//! it (s); once the apply worker passes the table's `sync_lsn` the table is ready (r).
+
+use super::stream::{self, Owner, Stream};
+use crate::catalog::{self, RelRow, SyncRow};
+use crate::error::{Error, Result};
+use crate::gucs;
+use crate::pgoutput::{Lsn, RelId};
+use crate::remote;
+use crate::shmem::{self, REGISTRY};
+use crate::source::{ConnInfo, Connection};
+use crate::state::TableState;
+use crate::worker::{self, block_on};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerStatus, DynamicBackgroundWorker, SignalWakeFlags,
+};
+use pgrx::prelude::*;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+static mut ME: (u32, i32) = (0, 0);
+
+#[pg_guard]
+unsafe extern "C-unwind" fn unregister(_code: i32, _arg: pg_sys::Datum) {
+    let (db, sub) = ME;
+    let mut reg = REGISTRY.exclusive();
+    if let Some(s) = reg.sync_mut(db, sub) {
+        if s.apply_pid == pg_sys::MyProcPid {
+            s.apply_pid = 0;
+        }
+    }
+}
+
+/// Entry point (bgw_function_name). The argument packs (database oid << 32 | subid).
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn livesync_apply_main(arg: pg_sys::Datum) {
+    let packed = arg.value() as i64;
+    let (dboid, subid) = ((packed >> 32) as u32, packed as i32);
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(dboid)), None);
+
+    // Register, unless another apply worker already runs for this sync.
+    {
+        let mut reg = REGISTRY.exclusive();
+        let Some(slot) = reg.sync_mut(dboid, subid) else {
+            return;
+        };
+        if !slot.enabled || slot.stopping || slot.apply_pid > 0 {
+            return;
+        }
+        // SAFETY: our own pid; ME is only written here, before the exit callback exists.
+        unsafe {
+            slot.apply_pid = pg_sys::MyProcPid;
+            ME = (dboid, subid);
+            pg_sys::before_shmem_exit(Some(unregister), pg_sys::Datum::from(0));
+        }
+    }
+
+    let mut w = ApplyWorker::new(dboid, subid);
+    let result = worker::catch(|| w.run());
+    w.finish(result);
+}
+
+struct TableOwner<'a>(&'a HashMap<RelId, RelRow>);
+
+impl Owner for TableOwner<'_> {
+    fn owns(&self, rel: RelId, commit_lsn: Lsn) -> bool {
+        self.0
+            .get(&rel)
+            .is_some_and(|r| r.state.apply_owns(r.sync_lsn.unwrap_or(0), commit_lsn))
+    }
+}
+
+struct ApplyWorker {
+    dboid: u32,
+    subid: i32,
+    sub: Option<SyncRow>,
+    rt: tokio::runtime::Runtime,
+    stream: Option<Stream>,
+    /// A plain (non-replication) connection for publication refreshes.
+    side: Option<Connection>,
+    rels: HashMap<RelId, RelRow>,
+    all_ready: bool,
+    tablesyncs: HashMap<RelId, DynamicBackgroundWorker>,
+    tablesync_retry: HashMap<RelId, (u32, Instant)>,
+    last_refresh: Instant,
+    last_sync_check: Instant,
+    succeeded: bool,
+}
+
+impl ApplyWorker {
+    fn new(dboid: u32, subid: i32) -> Self {
+        ApplyWorker {
+            dboid,
+            subid,
+            sub: None,
+            rt: worker::runtime(),
+            stream: None,
+            side: None,
+            rels: HashMap::new(),
+            all_ready: false,
+            tablesyncs: HashMap::new(),
+            tablesync_retry: HashMap::new(),
+            last_refresh: Instant::now(),
+            last_sync_check: Instant::now() - Duration::from_secs(3600),
+            succeeded: false,
+        }
+    }
+
+    fn sub(&self) -> &SyncRow {
+        self.sub.as_ref().expect("loaded at start")
+    }
+
+    fn run(&mut self) -> Result<()> {
+        let Some(sub) = worker::xact(|| Ok(catalog::sync_by_id(self.subid)?))? else {
+            return Ok(());
+        };
+        if !sub.enabled {
+            return Ok(());
+        }
+        worker::set_application_name(&format!("livesync apply worker for \"{}\"", sub.subname));
+        self.sub = Some(sub.clone());
+        stream::prepare_session()?;
+        let start = stream::setup_origin(&catalog::apply_origin_name(self.dboid, self.subid))?;
+        worker::xact(|| Ok(catalog::clear_all_catchups(self.subid)?))?;
+
+        let info = ConnInfo::parse(&sub.source)
+            .map_err(|e| Error::from_source("invalid connection string", e))?;
+        let appname = format!("livesync_{}", sub.subname);
+        let mut conn = block_on(&self.rt, Connection::connect(&info, true, &appname))?
+            .map_err(|e| Error::from_source("could not connect to the source", e))?;
+
+        // Wait for the publication (it may be created after livesync_start).
+        let mut warned = false;
+        while !block_on(
+            &self.rt,
+            remote::publication_exists(&mut conn, &sub.publication),
+        )?? {
+            if !warned {
+                log!(
+                    "livesync: waiting for publication \"{}\" to be created on the source",
+                    sub.publication
+                );
+                warned = true;
+            }
+            worker::wait_latch(2000)?;
+        }
+        if !sub.slot_created {
+            block_on(
+                &self.rt,
+                remote::create_slot(&mut conn, &sub.subname, "nothing"),
+            )??;
+            worker::xact(|| Ok(catalog::set_slot_created(self.subid)?))?;
+        }
+        self.refresh_with(&mut conn)?;
+        let stream = Stream::start(&self.rt, conn, &sub.subname, start, &sub.publication)?;
+        self.stream = Some(stream);
+        self.publish_progress();
+        self.main_loop()
+    }
+
+    fn main_loop(&mut self) -> Result<()> {
+        loop {
+            worker::check_interrupts()?;
+            let stream = self.stream.as_mut().expect("started");
+            match stream.recv(&self.rt, Duration::from_millis(10))? {
+                Some(msg) => {
+                    let owner = TableOwner(&self.rels);
+                    let (_, reply) = stream.handle(msg, &owner)?;
+                    if stream.batch_full() {
+                        self.commit()?;
+                    }
+                    if reply {
+                        self.stream.as_mut().unwrap().feedback(&self.rt, true)?;
+                    }
+                }
+                None => {
+                    // Nothing more right now: end the batch at its last source commit.
+                    if stream.has_pending_commit() {
+                        self.commit()?;
+                    }
+                    self.housekeeping()?;
+                    let stream = self.stream.as_mut().unwrap();
+                    let fd = stream.conn.raw_fd();
+                    if !stream.conn.has_buffered_message() {
+                        worker::wait_latch_or_socket(fd, 1000)?;
+                    }
+                }
+            }
+        }
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        let stream = self.stream.as_mut().unwrap();
+        stream.commit()?;
+        if !self.succeeded {
+            self.succeeded = true;
+            if let Some(s) = REGISTRY.exclusive().sync_mut(self.dboid, self.subid) {
+                s.failures = 0;
+            }
+            worker::xact(|| Ok(catalog::set_sync_error(self.subid, None)?))?;
+        }
+        self.publish_progress();
+        if !self.all_ready {
+            self.process_syncing_tables()?;
+        }
+        Ok(())
+    }
+
+    fn publish_progress(&self) {
+        let Some(stream) = self.stream.as_ref() else {
+            return;
+        };
+        let mut reg = REGISTRY.exclusive();
+        if let Some(s) = reg.sync_mut(self.dboid, self.subid) {
+            s.received_lsn = stream.received;
+            s.applied_lsn = stream.confirmed();
+            s.source_end_lsn = stream.source_end.max(stream.received);
+            s.last_msg_ms = shmem::now_ms() - stream.last_msg.elapsed().as_millis() as i64;
+        }
+    }
+
+    /// Idle-time work: confirm progress, hand tables over, refresh the publication.
+    fn housekeeping(&mut self) -> Result<()> {
+        self.publish_progress();
+        self.stream.as_mut().unwrap().feedback(&self.rt, false)?;
+        if self.stream.as_ref().unwrap().xact_open() {
+            return Ok(());
+        }
+        if !self.succeeded
+            && self.stream.as_ref().unwrap().last_msg.elapsed() < Duration::from_secs(5)
+        {
+            // Connected and streaming: a healthy run, so reset the launcher's backoff.
+            self.succeeded = true;
+            if let Some(s) = REGISTRY.exclusive().sync_mut(self.dboid, self.subid) {
+                s.failures = 0;
+            }
+        }
+        if self.last_refresh.elapsed()
+            >= Duration::from_secs(gucs::REFRESH_INTERVAL.get().max(1) as u64)
+        {
+            self.refresh()?;
+        }
+        if !self.all_ready && self.last_sync_check.elapsed() >= Duration::from_millis(200) {
+            self.process_syncing_tables()?;
+        }
+        Ok(())
+    }
+
+    fn refresh(&mut self) -> Result<()> {
+        self.last_refresh = Instant::now();
+        let mut side = match self.side.take() {
+            Some(c) => c,
+            None => {
+                let info = ConnInfo::parse(&self.sub().source)
+                    .map_err(|e| Error::from_source("invalid connection string", e))?;
+                block_on(
+                    &self.rt,
+                    Connection::connect(
+                        &info,
+                        false,
+                        &format!("livesync_{}_refresh", self.sub().subname),
+                    ),
+                )?
+                .map_err(|e| Error::from_source("could not connect to the source", e))?
+            }
+        };
+        let r = self.refresh_with(&mut side);
+        if r.is_ok() {
+            self.side = Some(side);
+        }
+        r
+    }
+
+    /// Bring `sync_rel` in line with the publication's table list.
+    fn refresh_with(&mut self, conn: &mut Connection) -> Result<()> {
+        let sub = self.sub().clone();
+        if !block_on(&self.rt, remote::publication_exists(conn, &sub.publication))?? {
+            let msg = format!(
+                "publication \"{}\" does not exist on the source",
+                sub.publication
+            );
+            warning!("livesync subscription \"{}\": {msg}", sub.subname);
+            worker::xact(|| Ok(catalog::set_sync_error(self.subid, Some(&msg))?))?;
+            return Ok(());
+        }
+        let tables = block_on(&self.rt, remote::publication_tables(conn, &sub.publication))??;
+        let known = worker::xact(|| Ok(catalog::rels(self.subid)?))?;
+        let new_state = if sub.copy_data {
+            TableState::Init
+        } else {
+            TableState::Ready
+        };
+        let mut changed = false;
+        for t in &tables {
+            if !known.iter().any(|r| r.rrelid == t.relid) {
+                worker::xact(|| {
+                    Ok(catalog::insert_rel(
+                        self.subid, t.relid, &t.schema, &t.name, new_state,
+                    )?)
+                })?;
+                changed = true;
+            }
+        }
+        for r in &known {
+            if !tables.iter().any(|t| t.relid == r.rrelid) {
+                self.forget_table(conn, r)?;
+                changed = true;
+            }
+        }
+        if changed || self.rels.is_empty() {
+            self.reload_rels()?;
+        }
+        Ok(())
+    }
+
+    /// A table left the publication: stop copying it and forget it.
+    fn forget_table(&mut self, conn: &mut Connection, r: &RelRow) -> Result<()> {
+        if let Some(h) = self.tablesyncs.remove(&r.rrelid) {
+            let _ = h.terminate().wait_for_shutdown();
+        }
+        worker::xact(|| Ok(catalog::delete_rel(self.subid, r.rrelid)?))?;
+        let slot = catalog::tablesync_slot_name(&self.sub().subname, r.rrelid);
+        let sql = format!(
+            "SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots \
+              WHERE slot_name = {} AND NOT active",
+            remote::quote_literal(&slot)
+        );
+        if let Err(e) = block_on(&self.rt, conn.simple_query(&sql))? {
+            warning!("livesync: could not drop replication slot \"{slot}\" on the source: {e}");
+        }
+        stream::drop_origin(&catalog::tablesync_origin_name(
+            self.dboid, self.subid, r.rrelid,
+        ))?;
+        log!(
+            "livesync subscription \"{}\": table \"{}.{}\" left the publication",
+            self.sub().subname,
+            r.srcschema,
+            r.srcname
+        );
+        Ok(())
+    }
+
+    fn reload_rels(&mut self) -> Result<()> {
+        let rows = worker::xact(|| Ok(catalog::rels(self.subid)?))?;
+        self.all_ready = rows.iter().all(|r| r.state == TableState::Ready);
+        self.rels = rows.into_iter().map(|r| (r.rrelid, r)).collect();
+        Ok(())
+    }
+
+    fn tablesync_running(&mut self, relid: RelId) -> bool {
+        match self.tablesyncs.get(&relid).map(|h| h.pid()) {
+            Some(Ok(_)) | Some(Err(BackgroundWorkerStatus::NotYetStarted)) => true,
+            Some(_) => {
+                self.tablesyncs.remove(&relid);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// The hand-over protocol (see the module header). Called with no transaction open,
+    /// right after a commit or when idle, with the position everything is applied to.
+    fn process_syncing_tables(&mut self) -> Result<()> {
+        self.last_sync_check = Instant::now();
+        self.reload_rels()?;
+        let current = self.stream.as_ref().map(|s| s.confirmed()).unwrap_or(0);
+        let rows: Vec<RelRow> = self.rels.values().cloned().collect();
+        let mut changed = false;
+        for r in rows {
+            match r.state {
+                TableState::SyncDone if r.sync_lsn.unwrap_or(0) <= current => {
+                    worker::xact(|| {
+                        Ok(catalog::set_rel_state(
+                            self.subid,
+                            r.rrelid,
+                            TableState::Ready,
+                            None,
+                        )?)
+                    })?;
+                    log!(
+                        "livesync subscription \"{}\": table \"{}\" is ready",
+                        self.sub().subname,
+                        r.qualified_target()
+                    );
+                    changed = true;
+                }
+                TableState::FinishedCopy if self.tablesync_running(r.rrelid) => {
+                    self.wait_for_catchup(&r, current)?;
+                    changed = true;
+                }
+                s if s.needs_tablesync() && !self.tablesync_running(r.rrelid) => {
+                    self.maybe_start_tablesync(&r);
+                }
+                _ => {}
+            }
+        }
+        if changed {
+            self.reload_rels()?;
+        }
+        Ok(())
+    }
+
+    /// Give the table-sync worker our position and wait, applying nothing, until it has
+    /// caught up to it (or died, in which case we take the position back).
+    fn wait_for_catchup(&mut self, r: &RelRow, current: Lsn) -> Result<()> {
+        worker::xact(|| Ok(catalog::set_catchup(self.subid, r.rrelid, Some(current))?))?;
+        loop {
+            let now = worker::xact(|| Ok(catalog::rel(self.subid, r.rrelid)?))?;
+            match now {
+                Some(row) if row.state == TableState::FinishedCopy => {}
+                _ => return Ok(()),
+            }
+            if !self.tablesync_running(r.rrelid) {
+                worker::xact(|| Ok(catalog::set_catchup(self.subid, r.rrelid, None)?))?;
+                return Ok(());
+            }
+            // Keep the walsender from timing out while we do not read.
+            self.stream.as_mut().unwrap().feedback(&self.rt, false)?;
+            worker::wait_latch(50)?;
+        }
+    }
+
+    fn maybe_start_tablesync(&mut self, r: &RelRow) {
+        let max = gucs::MAX_SYNC_WORKERS.get().max(1) as usize;
+        let running = self.tablesyncs.len();
+        if running >= max {
+            return;
+        }
+        if let Some((_, not_before)) = self.tablesync_retry.get(&r.rrelid) {
+            if Instant::now() < *not_before {
+                return;
+            }
+        }
+        let name = format!(
+            "livesync table sync worker for \"{}\" table \"{}\"",
+            self.sub().subname,
+            r.qualified_target()
+        );
+        let extra = format!("{} {} {}", self.dboid, self.subid, r.rrelid);
+        match worker::launch(
+            &name,
+            "livesync table sync worker",
+            "livesync_tablesync_main",
+            0,
+            &extra,
+        ) {
+            Some(h) => {
+                self.tablesyncs.insert(r.rrelid, h);
+                let e = self
+                    .tablesync_retry
+                    .entry(r.rrelid)
+                    .or_insert((0, Instant::now()));
+                e.0 += 1;
+                e.1 = Instant::now() + Duration::from_millis(worker::backoff_ms(e.0) as u64);
+            }
+            None => {
+                warning!("livesync: could not start a table sync worker; consider raising max_worker_processes");
+            }
+        }
+    }
+
+    /// Record how the run ended; the launcher restarts us after a backoff.
+    fn finish(&mut self, result: Result<()>) {
+        if let Some(s) = self.stream.as_mut() {
+            s.abort();
+        } else {
+            worker::abort();
+        }
+        for (_, h) in self.tablesyncs.drain() {
+            drop(h);
+        }
+        match result {
+            Ok(()) | Err(Error::Terminated) => {}
+            Err(e) => {
+                let name = self
+                    .sub
+                    .as_ref()
+                    .map(|s| s.subname.clone())
+                    .unwrap_or_default();
+                let msg = e.to_string();
+                e.report(PgLogLevel::LOG);
+                log!("livesync apply worker for \"{name}\" stopped after an error; it will be restarted");
+                let _ = worker::xact(|| Ok(catalog::set_sync_error(self.subid, Some(&msg))?));
+                let mut reg = REGISTRY.exclusive();
+                if let Some(s) = reg.sync_mut(self.dboid, self.subid) {
+                    s.failures = s.failures.saturating_add(1);
+                    s.not_before_ms = shmem::now_ms() + worker::backoff_ms(s.failures);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! livesync's processes, and what they share.
+//!
+//! - [`launcher`]: one per server; starts each enabled sync's apply worker, with backoff.
+//! - [`apply`]: one per sync; streams the main slot and applies changes.
+//! - [`tablesync`]: one per table being copied; copies, catches up, hands over.
+//!
+//! This module owns the bridge between PostgreSQL's single-threaded backend and the tokio
+//! runtime that drives the source connection: every Postgres call stays on the backend's
+//! thread; source I/O runs on a `current_thread` runtime driven with short `block_on`
+//! slices, between which we honour SIGTERM (workers) or query cancel (SQL functions).
+
+pub mod apply;
+pub mod launcher;
+pub mod stream;
+pub mod tablesync;
+
+use crate::error::{Error, Result};
+use pgrx::bgworkers::{BackgroundWorkerBuilder, DynamicBackgroundWorker};
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::prelude::*;
+use std::future::Future;
+use std::time::Duration;
+
+/// How long one `block_on` slice may run before we look at interrupts again.
+const SLICE: Duration = Duration::from_millis(100);
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("could not create the tokio runtime")
+}
+
+fn in_bgworker() -> bool {
+    // SAFETY: reads a backend-global pointer, set before any of our code runs.
+    unsafe { !pg_sys::MyBgworkerEntry.is_null() }
+}
+
+/// Has this background worker been asked to exit (SIGTERM)?
+pub fn shutdown_requested() -> bool {
+    // SAFETY: a sig_atomic_t flag written only by the SIGTERM handler.
+    unsafe { std::ptr::read_volatile(&raw const pg_sys::ShutdownRequestPending) != 0 }
+}
+
+/// Look at interrupts: a worker returns `Terminated` on SIGTERM; a SQL function raises
+/// the usual "canceling statement" ERROR on cancel.
+pub fn check_interrupts() -> Result<()> {
+    if in_bgworker() {
+        if shutdown_requested() {
+            return Err(Error::Terminated);
+        }
+        // SAFETY: reads the flag the SIGHUP handler sets.
+        if unsafe { std::ptr::read_volatile(&raw const pg_sys::ConfigReloadPending) } != 0 {
+            // SAFETY: called on the backend's main thread, outside any critical section.
+            unsafe {
+                pg_sys::ConfigReloadPending = 0;
+                pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
+            }
+        }
+    } else {
+        pg_sys::check_for_interrupts!();
+    }
+    Ok(())
+}
+
+/// Run `fut` to completion on `rt`, looking at interrupts every 100 ms.
+pub fn block_on<F: Future>(rt: &tokio::runtime::Runtime, fut: F) -> Result<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if let Ok(v) = rt.block_on(async { tokio::time::timeout(SLICE, &mut fut).await }) {
+            return Ok(v);
+        }
+        check_interrupts()?;
+    }
+}
+
+/// Sleep on the latch for up to `ms`, waking early when it is set.
+pub fn wait_latch(ms: i64) -> Result<()> {
+    // SAFETY: WaitLatch on our own latch from the main thread, as every worker does.
+    unsafe {
+        let rc = pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            ms.max(0) as _,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        if rc & pg_sys::WL_LATCH_SET as i32 != 0 {
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+    }
+    check_interrupts()
+}
+
+/// Sleep on the latch and a socket: returns when the socket is readable, the latch is set,
+/// or `ms` passed.
+pub fn wait_latch_or_socket(fd: std::os::fd::RawFd, ms: i64) -> Result<()> {
+    // SAFETY: as wait_latch; `fd` is the open socket of our source connection.
+    unsafe {
+        let rc = pg_sys::WaitLatchOrSocket(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET
+                | pg_sys::WL_SOCKET_READABLE
+                | pg_sys::WL_TIMEOUT
+                | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            fd,
+            ms.max(0) as _,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        if rc & pg_sys::WL_LATCH_SET as i32 != 0 {
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+    }
+    check_interrupts()
+}
+
+/// Start a transaction (with a snapshot, for SPI).
+pub fn begin() {
+    // SAFETY: main thread, no transaction open (callers pair begin with commit/abort).
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+}
+
+pub fn commit() {
+    // SAFETY: pairs with begin().
+    unsafe {
+        if pg_sys::ActiveSnapshotSet() {
+            pg_sys::PopActiveSnapshot();
+        }
+        pg_sys::CommitTransactionCommand();
+    }
+}
+
+pub fn in_transaction() -> bool {
+    // SAFETY: reads transaction state.
+    unsafe { pg_sys::IsTransactionState() }
+}
+
+/// Run `f` in its own transaction: commit on Ok, abort on Err or ERROR (the ERROR becomes
+/// an `Err`, so the caller decides what to do).
+pub fn xact<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
+    begin();
+    let r = catch(f);
+    if r.is_ok() {
+        commit();
+    } else {
+        abort();
+    }
+    r
+}
+
+/// Abort whatever transaction is open (after an error).
+pub fn abort() {
+    // SAFETY: AbortCurrentTransaction is safe in any transaction state, idle included.
+    unsafe {
+        pg_sys::AbortCurrentTransaction();
+    }
+}
+
+/// Run `f`, turning a PostgreSQL ERROR (or a panic) raised inside it into an `Err`.
+pub fn catch<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
+    PgTryBuilder::new(std::panic::AssertUnwindSafe(f))
+        .catch_others(|e| {
+            let r = match &e {
+                CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
+                CaughtError::RustPanic { ereport, .. } => ereport,
+            };
+            let mut err = Error::user(r.sql_error_code(), r.message().to_string());
+            if let Some(d) = r.detail() {
+                err = err.detail(d.to_string());
+            }
+            if let Some(h) = r.hint() {
+                err = err.hint(h.to_string());
+            }
+            Err(err)
+        })
+        .execute()
+}
+
+/// Start a dynamic background worker of livesync's library.
+pub fn launch(
+    name: &str,
+    kind: &str,
+    function: &str,
+    arg: i64,
+    extra: &str,
+) -> Option<DynamicBackgroundWorker> {
+    BackgroundWorkerBuilder::new(name)
+        .set_type(kind)
+        .set_library("livesync")
+        .set_function(function)
+        .enable_spi_access()
+        .set_argument(arg.into_datum())
+        .set_extra(extra)
+        // SAFETY: reads our own pid.
+        .set_notify_pid(unsafe { pg_sys::MyProcPid })
+        .load_dynamic()
+        .ok()
+}
+
+/// Backoff before restart number `failures` (1, 2, 4, ... seconds, capped by the GUC).
+pub fn backoff_ms(failures: u32) -> i64 {
+    let cap = crate::gucs::MAX_RETRY_INTERVAL.get().max(1) as i64 * 1000;
+    (1000i64 << failures.saturating_sub(1).min(20)).min(cap)
+}
+
+/// Set this process's `application_name` (shown in pg_stat_activity).
+pub fn set_application_name(name: &str) {
+    let sql = format!(
+        "SELECT pg_catalog.set_config('application_name', {}, false)",
+        pgrx::spi::quote_literal(name)
+    );
+    let _ = xact(|| Ok(Spi::run(&sql)?));
+}

@@ -1,0 +1,347 @@
+//! One pgoutput stream being applied: receive, decode, apply, commit, confirm.
+//!
+//! Used by the apply worker (all tables it owns, many source transactions grouped into one
+//! target transaction) and by a table-sync worker catching up (one table, up to a given
+//! LSN). Progress is recorded the way PostgreSQL's apply worker does it: the source commit's
+//! end LSN is stored in the session's replication origin by the same target commit that
+//! holds the data, so a crash at any point loses and doubles nothing; on restart we ask the
+//! slot to resume from the origin's position.
+
+use crate::apply::Applier;
+use crate::error::{Error, Result};
+use crate::pgoutput::{Decoder, Lsn, Message, PgTimestamp, RelId};
+use crate::remote::{quote_ident, quote_literal};
+use crate::source::{Connection, ReplMessage};
+use crate::worker;
+use pgrx::pg_sys;
+use pgrx::PgSqlErrorCode as Code;
+use std::time::{Duration, Instant};
+
+/// Seconds between status updates to the source even when nothing changed.
+const FEEDBACK_EVERY: Duration = Duration::from_secs(10);
+
+/// Decides, per change, whether this stream applies it: (source relation, commit LSN of
+/// its transaction).
+pub trait Owner {
+    fn owns(&self, rel: RelId, commit_lsn: Lsn) -> bool;
+}
+
+pub struct Stream {
+    pub conn: Connection,
+    decoder: Decoder,
+    pub applier: Applier,
+    /// Highest LSN the source told us about (data or keepalive).
+    pub received: Lsn,
+    /// The source's WAL end from its latest message.
+    pub source_end: Lsn,
+    /// End LSN of the last source transaction whose target commit succeeded.
+    pub committed: Lsn,
+    in_remote_txn: bool,
+    remote_final_lsn: Lsn,
+    /// A target transaction is open.
+    xact_open: bool,
+    /// The last source commit applied in the open target transaction.
+    pending_commit: Option<(Lsn, PgTimestamp)>,
+    batch_changes: usize,
+    batch_started: Instant,
+    last_feedback: Instant,
+    last_sent: (Lsn, Lsn),
+    pub last_msg: Instant,
+}
+
+/// Options of START_REPLICATION for our pgoutput stream.
+pub fn start_command(slot: &str, start: Lsn, publication: &str) -> String {
+    format!(
+        "START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names {})",
+        quote_ident(slot),
+        crate::lsn::format(start),
+        quote_literal(&quote_ident(publication))
+    )
+}
+
+impl Stream {
+    pub fn start(
+        rt: &tokio::runtime::Runtime,
+        mut conn: Connection,
+        slot: &str,
+        start: Lsn,
+        publication: &str,
+    ) -> Result<Stream> {
+        let cmd = start_command(slot, start, publication);
+        worker::block_on(rt, conn.start_replication(&cmd))?.map_err(|e| match e {
+            crate::source::SourceError::Server(s) if s.code == "42704" => Error::user(
+                Code::ERRCODE_UNDEFINED_OBJECT,
+                format!("replication slot \"{slot}\" does not exist on the source"),
+            )
+            .hint("The slot was dropped on the source, so changes may have been lost: a full resync is needed (livesync_drop, empty the target tables, livesync_start)."),
+            other => Error::from_source("could not start streaming from the source", other),
+        })?;
+        Ok(Stream {
+            conn,
+            decoder: Decoder::with_proto_version(1),
+            applier: Applier::new(),
+            received: start,
+            source_end: start,
+            committed: start,
+            in_remote_txn: false,
+            remote_final_lsn: 0,
+            xact_open: false,
+            pending_commit: None,
+            batch_changes: 0,
+            batch_started: Instant::now(),
+            last_feedback: Instant::now(),
+            last_sent: (0, 0),
+            last_msg: Instant::now(),
+        })
+    }
+
+    /// Receive one message, waiting at most `wait`. None: nothing arrived in time.
+    pub fn recv(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        wait: Duration,
+    ) -> Result<Option<ReplMessage>> {
+        match rt.block_on(async {
+            tokio::time::timeout(wait, self.conn.next_replication_message()).await
+        }) {
+            Ok(Ok(m)) => {
+                self.last_msg = Instant::now();
+                Ok(Some(m))
+            }
+            Ok(Err(e)) => Err(Error::from_source(
+                "lost the replication stream from the source",
+                e,
+            )),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Handle one message from the walsender. Returns true when a source transaction
+    /// committed (it is now pending in the open target transaction).
+    pub fn handle(&mut self, m: ReplMessage, owner: &dyn Owner) -> Result<(bool, bool)> {
+        match m {
+            ReplMessage::Keepalive {
+                wal_end,
+                reply_requested,
+                ..
+            } => {
+                self.received = self.received.max(wal_end);
+                self.source_end = wal_end;
+                Ok((false, reply_requested))
+            }
+            ReplMessage::XLogData {
+                wal_start,
+                wal_end,
+                data,
+                ..
+            } => {
+                self.received = self.received.max(wal_start).max(wal_end);
+                self.source_end = self.source_end.max(wal_end);
+                let msg = self.decoder.decode(data)?;
+                Ok((self.apply(msg, owner)?, false))
+            }
+        }
+    }
+
+    fn ensure_xact(&mut self) {
+        if !self.xact_open {
+            worker::begin();
+            self.xact_open = true;
+            self.batch_started = Instant::now();
+            self.batch_changes = 0;
+        }
+    }
+
+    fn apply(&mut self, msg: Message, owner: &dyn Owner) -> Result<bool> {
+        match msg {
+            Message::Begin { final_lsn, .. } => {
+                self.ensure_xact();
+                self.in_remote_txn = true;
+                self.remote_final_lsn = final_lsn;
+            }
+            Message::Commit {
+                end_lsn,
+                commit_time,
+                ..
+            } => {
+                self.in_remote_txn = false;
+                self.pending_commit = Some((end_lsn, commit_time));
+                return Ok(true);
+            }
+            Message::Relation { rel, .. } => {
+                self.ensure_xact();
+                self.applier.relation(rel)?;
+            }
+            Message::Insert { rel, new, .. } => {
+                if owner.owns(rel, self.remote_final_lsn) {
+                    self.applier.insert(rel, &new)?;
+                    self.batch_changes += 1;
+                }
+            }
+            Message::Update { rel, old, new, .. } => {
+                if owner.owns(rel, self.remote_final_lsn) {
+                    self.applier
+                        .update(rel, old.as_ref().map(|(k, t)| (*k, t)), &new)?;
+                    self.batch_changes += 1;
+                }
+            }
+            Message::Delete { rel, old, .. } => {
+                if owner.owns(rel, self.remote_final_lsn) {
+                    self.applier.delete(rel, &old)?;
+                    self.batch_changes += 1;
+                }
+            }
+            Message::Truncate {
+                cascade,
+                restart_identity,
+                rels,
+                ..
+            } => {
+                let mine: Vec<RelId> = rels
+                    .into_iter()
+                    .filter(|r| owner.owns(*r, self.remote_final_lsn))
+                    .collect();
+                self.applier.truncate(&mine, cascade, restart_identity)?;
+                self.batch_changes += 1;
+            }
+            Message::Origin { .. } | Message::Type { .. } | Message::LogicalMessage { .. } => {}
+            other => {
+                return Err(Error::user(
+                    Code::ERRCODE_PROTOCOL_VIOLATION,
+                    format!(
+                        "unexpected pgoutput message '{}' in a non-streaming session",
+                        other.tag() as char
+                    ),
+                ))
+            }
+        }
+        Ok(false)
+    }
+
+    /// Should the open target transaction commit now (it ends on a source commit)?
+    pub fn batch_full(&self) -> bool {
+        self.pending_commit.is_some()
+            && !self.in_remote_txn
+            && (self.batch_changes >= crate::gucs::APPLY_BATCH_ROWS.get() as usize
+                || self.batch_started.elapsed().as_millis() as i64
+                    >= crate::gucs::APPLY_BATCH_MS.get() as i64)
+    }
+
+    pub fn has_pending_commit(&self) -> bool {
+        self.pending_commit.is_some() && !self.in_remote_txn
+    }
+
+    pub fn xact_open(&self) -> bool {
+        self.xact_open
+    }
+
+    /// Commit the target transaction with the last source commit's position in the origin.
+    pub fn commit(&mut self) -> Result<()> {
+        let Some((end_lsn, commit_time)) = self.pending_commit.take() else {
+            return Ok(());
+        };
+        self.applier.flush()?;
+        // SAFETY: these are the session origin's per-transaction globals that
+        // pg_replication_origin_xact_setup() sets; the commit record carries them.
+        unsafe {
+            pg_sys::replorigin_session_origin_lsn = end_lsn;
+            pg_sys::replorigin_session_origin_timestamp = commit_time;
+        }
+        worker::commit();
+        self.xact_open = false;
+        self.committed = self.committed.max(end_lsn);
+        Ok(())
+    }
+
+    /// Everything up to here is durable on the target, or held nothing for us: when no
+    /// transaction is in flight, what the source last told us (as PostgreSQL's apply does).
+    pub fn confirmed(&self) -> Lsn {
+        if self.xact_open || self.in_remote_txn || self.pending_commit.is_some() {
+            self.committed
+        } else {
+            self.committed.max(self.received)
+        }
+    }
+
+    /// Send a status update if positions moved, if `force`, or every 10 s.
+    pub fn feedback(&mut self, rt: &tokio::runtime::Runtime, force: bool) -> Result<()> {
+        let pos = (self.received, self.confirmed());
+        if !force && pos == self.last_sent && self.last_feedback.elapsed() < FEEDBACK_EVERY {
+            return Ok(());
+        }
+        if !force
+            && pos != self.last_sent
+            && self.last_feedback.elapsed() < Duration::from_millis(100)
+        {
+            return Ok(());
+        }
+        worker::block_on(
+            rt,
+            self.conn.send_standby_status(pos.0, pos.1, pos.1, false),
+        )?
+        .map_err(|e| Error::from_source("could not send a status update to the source", e))?;
+        self.last_sent = pos;
+        self.last_feedback = Instant::now();
+        Ok(())
+    }
+
+    /// Abandon the open target transaction (after an error).
+    pub fn abort(&mut self) {
+        if self.xact_open {
+            worker::abort();
+            self.xact_open = false;
+        }
+    }
+}
+
+/// Set up this session to apply changes: replica role (no FK checks, REPLICA triggers),
+/// text formats matching what the source prints.
+pub fn prepare_session() -> Result<()> {
+    worker::xact(|| {
+        for sql in [
+            "SET session_replication_role = replica",
+            "SET datestyle = ISO",
+            "SET intervalstyle = postgres",
+            "SET extra_float_digits = 3",
+            "SET bytea_output = hex",
+            "SET statement_timeout = 0",
+            "SET lock_timeout = 0",
+        ] {
+            pgrx::spi::Spi::run(sql)?;
+        }
+        Ok(())
+    })
+}
+
+/// Make `name` this session's replication origin (creating it if needed); returns its
+/// progress: the end LSN of the last source transaction committed here.
+pub fn setup_origin(name: &str) -> Result<Lsn> {
+    worker::xact(|| {
+        pgrx::spi::Spi::run_with_args(
+            "SELECT pg_catalog.pg_replication_origin_create($1) \
+              WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_origin WHERE roname = $1)",
+            &[name.into()],
+        )?;
+        Ok(())
+    })?;
+    worker::xact(|| {
+        pgrx::spi::Spi::run_with_args(
+            "SELECT pg_catalog.pg_replication_origin_session_setup($1)",
+            &[name.into()],
+        )?;
+        let p: Option<String> = pgrx::spi::Spi::get_one(
+            "SELECT pg_catalog.pg_replication_origin_session_progress(false)::text",
+        )?;
+        Ok(p.and_then(|s| crate::lsn::parse(&s)).unwrap_or(0))
+    })
+}
+
+pub fn drop_origin(name: &str) -> Result<()> {
+    worker::xact(|| {
+        pgrx::spi::Spi::run_with_args(
+            "SELECT pg_catalog.pg_replication_origin_drop(roname) FROM pg_catalog.pg_replication_origin WHERE roname = $1",
+            &[name.into()],
+        )?;
+        Ok(())
+    })
+}

@@ -1,0 +1,364 @@
+//! The table-sync worker: copies one table, catches up, hands it to the apply worker.
+//!
+//! As PostgreSQL's `tablesync.c`:
+//! 1. (i or d) Create a slot on the source inside a REPEATABLE READ transaction with
+//!    `USE_SNAPSHOT`, so the snapshot the COPY reads is exactly the slot's consistent point
+//!    L. Load the rows into the target in ONE transaction that also sets the table's state
+//!    to f and records L in the table's replication origin: a copy that fails leaves
+//!    nothing behind, and is redone from scratch.
+//! 2. (f) Wait for the apply worker to publish its position P (`catchup_lsn`) and stop.
+//!    If L >= P, the copy already holds everything the apply worker skipped. Otherwise
+//!    stream this table's changes from the slot, from L up to P, committing each source
+//!    transaction with its position in the origin.
+//! 3. Set s with `sync_lsn` (everything of this table before it is here); the apply worker
+//!    applies this table's transactions from `sync_lsn` on, and marks the table ready.
+//! 4. Drop the table's slot and origin.
+
+use super::stream::{self, Owner, Stream};
+use crate::catalog::{self, RelRow, SyncRow};
+use crate::copytext::CopyParser;
+use crate::error::{Error, Result};
+use crate::pgoutput::{Column, Lsn, RelId, Relation, ReplicaIdentity};
+use crate::remote::{self, quote_ident};
+use crate::shmem::{TableWorkerSlot, REGISTRY};
+use crate::source::{ConnInfo, Connection};
+use crate::state::TableState;
+use crate::worker::{self, block_on};
+use bytes::Bytes;
+use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
+use pgrx::prelude::*;
+use std::time::Duration;
+
+static mut MY_SLOT: usize = usize::MAX;
+
+#[pg_guard]
+unsafe extern "C-unwind" fn unregister(_code: i32, _arg: pg_sys::Datum) {
+    if MY_SLOT != usize::MAX {
+        let mut reg = REGISTRY.exclusive();
+        if reg.tables[MY_SLOT].pid == pg_sys::MyProcPid {
+            reg.tables[MY_SLOT] = TableWorkerSlot::default();
+        }
+    }
+}
+
+/// Entry point; bgw_extra is "dboid subid relid".
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn livesync_tablesync_main(_arg: pg_sys::Datum) {
+    let extra: Vec<u64> = BackgroundWorker::get_extra()
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let [dboid, subid, relid] = extra[..] else {
+        return;
+    };
+    let (dboid, subid, relid) = (dboid as u32, subid as i32, relid as u32);
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(dboid)), None);
+    {
+        let mut reg = REGISTRY.exclusive();
+        let ok = reg
+            .sync(dboid, subid)
+            .is_some_and(|s| s.enabled && !s.stopping);
+        if !ok || reg.table_worker(dboid, subid, relid).is_some() {
+            return;
+        }
+        let Some(i) = reg.tables.iter().position(|t| !t.in_use) else {
+            return;
+        };
+        // SAFETY: our own pid; MY_SLOT is written once, before the exit callback exists.
+        unsafe {
+            reg.tables[i] = TableWorkerSlot {
+                in_use: true,
+                dboid,
+                subid,
+                relid,
+                pid: pg_sys::MyProcPid,
+            };
+            MY_SLOT = i;
+            pg_sys::before_shmem_exit(Some(unregister), pg_sys::Datum::from(0));
+        }
+    }
+    let mut w = TableSync {
+        dboid,
+        subid,
+        relid,
+        rt: worker::runtime(),
+    };
+    let result = worker::catch(|| w.run());
+    worker::abort();
+    match result {
+        Ok(()) | Err(Error::Terminated) => {}
+        Err(e) => {
+            let msg = e.to_string();
+            e.report(PgLogLevel::LOG);
+            let _ = worker::xact(|| Ok(catalog::set_rel_error(subid, relid, &msg)?));
+        }
+    }
+}
+
+struct TableSync {
+    dboid: u32,
+    subid: i32,
+    relid: u32,
+    rt: tokio::runtime::Runtime,
+}
+
+struct OnlyTable(RelId);
+
+impl Owner for OnlyTable {
+    fn owns(&self, rel: RelId, _commit_lsn: Lsn) -> bool {
+        rel == self.0
+    }
+}
+
+impl TableSync {
+    fn load(&self) -> Result<Option<(SyncRow, RelRow)>> {
+        worker::xact(|| {
+            let Some(sub) = catalog::sync_by_id(self.subid)? else {
+                return Ok(None);
+            };
+            Ok(catalog::rel(self.subid, self.relid)?.map(|r| (sub, r)))
+        })
+    }
+
+    fn connect(&self, sub: &SyncRow, replication: bool) -> Result<Connection> {
+        let info = ConnInfo::parse(&sub.source)
+            .map_err(|e| Error::from_source("invalid connection string", e))?;
+        let app = format!("{}_sync_{}", sub.subname, self.relid);
+        block_on(&self.rt, Connection::connect(&info, replication, &app))?
+            .map_err(|e| Error::from_source("could not connect to the source", e))
+    }
+
+    fn run(&mut self) -> Result<()> {
+        let Some((sub, rel)) = self.load()? else {
+            return Ok(());
+        };
+        if !sub.enabled {
+            return Ok(());
+        }
+        worker::set_application_name(&format!(
+            "livesync table sync worker for \"{}\" table \"{}\"",
+            sub.subname,
+            rel.qualified_target()
+        ));
+        stream::prepare_session()?;
+        let origin = catalog::tablesync_origin_name(self.dboid, self.subid, self.relid);
+        let slot = catalog::tablesync_slot_name(&sub.subname, self.relid);
+        match rel.state {
+            TableState::Init | TableState::DataSync => {
+                self.copy(&sub, &rel, &slot, &origin)?;
+                self.catch_up(&sub, &slot, &origin)?;
+            }
+            TableState::FinishedCopy => self.catch_up(&sub, &slot, &origin)?,
+            TableState::SyncDone | TableState::Ready => {}
+        }
+        self.cleanup(&sub, &slot, &origin)
+    }
+
+    /// Step 1: copy under the slot's snapshot, commit rows + state f + origin at L together.
+    fn copy(&mut self, sub: &SyncRow, rel: &RelRow, slot: &str, origin: &str) -> Result<()> {
+        worker::xact(|| {
+            Ok(catalog::set_rel_state(
+                self.subid,
+                self.relid,
+                TableState::DataSync,
+                None,
+            )?)
+        })?;
+        // A failed earlier attempt may have left its origin and slot.
+        stream::drop_origin(origin)?;
+        let mut conn = self.connect(sub, true)?;
+        block_on(&self.rt, remote::drop_slot(&mut conn, slot))??;
+        block_on(
+            &self.rt,
+            conn.simple_query("BEGIN READ ONLY ISOLATION LEVEL REPEATABLE READ"),
+        )??;
+        let lsn = block_on(&self.rt, remote::create_slot(&mut conn, slot, "use"))??;
+        let (columns, partitioned) = block_on(&self.rt, copy_columns(&mut conn, self.relid))??;
+        let relation = Relation {
+            id: self.relid,
+            namespace: rel.srcschema.clone(),
+            name: rel.srcname.clone(),
+            replica_identity: ReplicaIdentity::Default,
+            columns: columns
+                .iter()
+                .map(|c| Column {
+                    flags: 0,
+                    name: c.clone(),
+                    type_oid: 0,
+                    type_mod: -1,
+                })
+                .collect(),
+        };
+        let table = format!(
+            "{}.{}",
+            quote_ident(&rel.srcschema),
+            quote_ident(&rel.srcname)
+        );
+        let collist = columns
+            .iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = if partitioned {
+            format!("COPY (SELECT {collist} FROM {table}) TO STDOUT")
+        } else {
+            format!("COPY {table} ({collist}) TO STDOUT")
+        };
+
+        let started = std::time::Instant::now();
+        worker::begin();
+        let mut applier = crate::apply::Applier::new();
+        applier.relation(relation)?;
+        let mut parser = CopyParser::new();
+        let mut rows = Vec::new();
+        let mut count: u64 = 0;
+        let mut bytes: u64 = 0;
+        {
+            let mut copy = block_on(&self.rt, conn.copy_out(&sql))??;
+            while let Some(chunk) = block_on(&self.rt, copy.next_chunk())?? {
+                bytes += chunk.len() as u64;
+                parser.push(&chunk, &mut rows).map_err(|e| {
+                    Error::user(
+                        pgrx::PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION,
+                        e.to_string(),
+                    )
+                })?;
+                for row in rows.drain(..) {
+                    applier.push_row(
+                        self.relid,
+                        row.into_iter().map(|v| v.map(Bytes::from)).collect(),
+                    )?;
+                    count += 1;
+                }
+            }
+            parser.finish().map_err(|e| {
+                Error::user(
+                    pgrx::PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION,
+                    e.to_string(),
+                )
+            })?;
+        }
+        applier.flush()?;
+        // The origin is created and advanced to L by the same commit as the rows.
+        Spi::run_with_args(
+            "SELECT pg_catalog.pg_replication_origin_create($1)",
+            &[origin.into()],
+        )?;
+        Spi::run_with_args(
+            "SELECT pg_catalog.pg_replication_origin_advance($1, $2::pg_lsn)",
+            &[origin.into(), crate::lsn::format(lsn).into()],
+        )?;
+        catalog::set_rel_state(self.subid, self.relid, TableState::FinishedCopy, Some(lsn))?;
+        worker::commit();
+        let _ = block_on(&self.rt, conn.simple_query("COMMIT"));
+        block_on(&self.rt, conn.close())?;
+        let secs = started.elapsed().as_secs_f64().max(0.001);
+        log!(
+            "livesync: copied {count} rows ({:.1} MB) of \"{}\" in {secs:.1} s ({:.1} MB/s), consistent at {}",
+            bytes as f64 / 1e6,
+            rel.qualified_target(),
+            bytes as f64 / 1e6 / secs,
+            crate::lsn::format(lsn)
+        );
+        Ok(())
+    }
+
+    /// Steps 2 and 3: reach the apply worker's position, then state s.
+    fn catch_up(&mut self, sub: &SyncRow, slot: &str, origin: &str) -> Result<()> {
+        let mut pos = stream::setup_origin(origin)?;
+        let mut stream: Option<Stream> = None;
+        loop {
+            worker::check_interrupts()?;
+            let Some((_, rel)) = self.load()? else {
+                return Ok(());
+            };
+            if rel.state != TableState::FinishedCopy {
+                return Ok(());
+            }
+            if let Some(catchup) = rel.catchup_lsn {
+                if pos >= catchup {
+                    if worker::xact(|| {
+                        Ok(catalog::set_rel_syncdone(
+                            self.subid, self.relid, pos, catchup,
+                        )?)
+                    })? {
+                        log!(
+                            "livesync: table \"{}\" caught up at {}",
+                            rel.qualified_target(),
+                            crate::lsn::format(pos)
+                        );
+                        if let Some(s) = stream.take() {
+                            let mut conn = s.conn;
+                            let _ = block_on(&self.rt, conn.end_replication());
+                        }
+                        return Ok(());
+                    }
+                    continue;
+                }
+                // Stream this table's changes from the slot until we reach `catchup`.
+                if stream.is_none() {
+                    let conn = self.connect(sub, true)?;
+                    stream = Some(Stream::start(&self.rt, conn, slot, pos, &sub.publication)?);
+                }
+                let s = stream.as_mut().unwrap();
+                let owner = OnlyTable(self.relid);
+                let deadline = std::time::Instant::now() + Duration::from_millis(500);
+                while std::time::Instant::now() < deadline {
+                    match s.recv(&self.rt, Duration::from_millis(20))? {
+                        Some(m) => {
+                            let (committed, reply) = s.handle(m, &owner)?;
+                            if committed {
+                                s.commit()?;
+                            }
+                            if reply {
+                                s.feedback(&self.rt, true)?;
+                            }
+                        }
+                        None => break,
+                    }
+                    if s.confirmed() >= catchup && !s.xact_open() {
+                        break;
+                    }
+                }
+                if !s.xact_open() {
+                    pos = pos.max(s.confirmed());
+                }
+                s.feedback(&self.rt, false)?;
+            } else {
+                if let Some(s) = stream.as_mut() {
+                    // Keep the walsender alive while the apply worker is busy.
+                    s.feedback(&self.rt, false)?;
+                }
+                worker::wait_latch(50)?;
+            }
+        }
+    }
+
+    /// Step 4: the slot and origin are no longer needed.
+    fn cleanup(&mut self, sub: &SyncRow, slot: &str, origin: &str) -> Result<()> {
+        let mut conn = self.connect(sub, true)?;
+        block_on(&self.rt, remote::drop_slot(&mut conn, slot))??;
+        block_on(&self.rt, conn.close())?;
+        worker::xact(|| {
+            Spi::run(
+                "SELECT pg_catalog.pg_replication_origin_session_reset() \
+                       WHERE pg_catalog.pg_replication_origin_session_is_setup()",
+            )?;
+            Ok(())
+        })?;
+        stream::drop_origin(origin)
+    }
+}
+
+/// The columns to copy (no dropped or generated ones), and whether the table is partitioned.
+async fn copy_columns(conn: &mut Connection, relid: u32) -> Result<(Vec<String>, bool)> {
+    let cols = remote::copy_columns(conn, relid).await?;
+    let kind = conn
+        .simple_query(&format!(
+            "SELECT relkind FROM pg_catalog.pg_class WHERE oid = {relid}"
+        ))
+        .await?;
+    Ok((cols, kind.first().and_then(|r| r.get(0)) == Some("p")))
+}
