@@ -304,62 +304,68 @@ fn drop_origins(db: u32, subid: i32) -> Result<()> {
     Ok(())
 }
 
-/// Live state of this database's syncs, from shared memory (behind `livesync.subscription`).
-#[pg_extern(schema = "livesync", name = "_status", volatile)]
-#[allow(clippy::type_complexity)]
-fn status() -> TableIterator<
-    'static,
-    (
-        name!(subid, i32),
-        name!(pid, Option<i32>),
-        name!(received_lsn, Option<String>),
-        name!(applied_lsn, Option<String>),
-        name!(source_end_lsn, Option<String>),
-        name!(last_msg_time, Option<pgrx::datum::TimestampWithTimeZone>),
-    ),
-> {
-    let db = dboid();
-    let rows: Vec<_> = if shmem::available() {
-        let reg = REGISTRY.share();
-        reg.syncs
-            .iter()
-            .filter(|s| s.in_use && s.dboid == db)
-            .map(|s| {
-                let l = |v: u64| (v > 0).then(|| lsn::format(v));
-                (
-                    s.subid,
-                    (s.apply_pid > 0).then_some(s.apply_pid),
-                    l(s.received_lsn),
-                    l(s.applied_lsn),
-                    l(s.source_end_lsn),
-                    (s.last_msg_ms > 0)
-                        .then(|| {
-                            pgrx::datum::TimestampWithTimeZone::try_from(unix_ms_to_pg(
-                                s.last_msg_ms,
-                            ))
-                            .ok()
-                        })
-                        .flatten(),
-                )
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
-    TableIterator::new(rows)
-}
+/// Functions behind the views, in schema `livesync`.
+#[pg_schema]
+mod livesync {
+    use super::*;
 
-fn unix_ms_to_pg(ms: i64) -> i64 {
-    // PostgreSQL timestamps count microseconds from 2000-01-01.
-    ms * 1000 - 946_684_800_000_000
-}
+    /// Live state of this database's syncs, from shared memory (behind `livesync.subscription`).
+    #[pg_extern(name = "_status", volatile)]
+    #[allow(clippy::type_complexity)]
+    fn status() -> TableIterator<
+        'static,
+        (
+            name!(subid, i32),
+            name!(pid, Option<i32>),
+            name!(received_lsn, Option<String>),
+            name!(applied_lsn, Option<String>),
+            name!(source_end_lsn, Option<String>),
+            name!(last_msg_time, Option<pgrx::datum::TimestampWithTimeZone>),
+        ),
+    > {
+        let db = dboid();
+        let rows: Vec<_> = if shmem::available() {
+            let reg = REGISTRY.share();
+            reg.syncs
+                .iter()
+                .filter(|s| s.in_use && s.dboid == db)
+                .map(|s| {
+                    let l = |v: u64| (v > 0).then(|| lsn::format(v));
+                    (
+                        s.subid,
+                        (s.apply_pid > 0).then_some(s.apply_pid),
+                        l(s.received_lsn),
+                        l(s.applied_lsn),
+                        l(s.source_end_lsn),
+                        (s.last_msg_ms > 0)
+                            .then(|| {
+                                pgrx::datum::TimestampWithTimeZone::try_from(unix_ms_to_pg(
+                                    s.last_msg_ms,
+                                ))
+                                .ok()
+                            })
+                            .flatten(),
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        TableIterator::new(rows)
+    }
 
-/// The connection string with any password removed, for display.
-#[pg_extern(schema = "livesync", name = "_redact", immutable, strict)]
-fn redact(source: &str) -> String {
-    ConnInfo::parse(source)
-        .map(|i| i.redacted())
-        .unwrap_or_else(|_| "(invalid connection string)".into())
+    fn unix_ms_to_pg(ms: i64) -> i64 {
+        // PostgreSQL timestamps count microseconds from 2000-01-01.
+        ms * 1000 - 946_684_800_000_000
+    }
+
+    /// The connection string with any password removed, for display.
+    #[pg_extern(name = "_redact", immutable, strict)]
+    fn redact(source: &str) -> String {
+        ConnInfo::parse(source)
+            .map(|i| i.redacted())
+            .unwrap_or_else(|_| "(invalid connection string)".into())
+    }
 }
 
 // ---- DROP EXTENSION livesync ----------------------------------------------------------
