@@ -23,6 +23,7 @@ use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::PgSqlErrorCode as Code;
 use std::cell::RefCell;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -211,15 +212,15 @@ impl Applier {
             return Ok(());
         };
         let m = self.mapping(p.relid)?;
-        if !self.insert_plans.contains_key(&p.relid) {
-            let plan = prepare(
+        let plan = match self.insert_plans.entry(p.relid) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(prepare(
                 &insert_sql(&m),
                 m.cols.iter().flatten().count(),
                 pg_sys::TEXTARRAYOID,
-            )?;
-            self.insert_plans.insert(p.relid, plan);
-        }
-        let plan = &self.insert_plans[&p.relid];
+            )?),
+        };
+        let plan = &*plan;
         Spi::connect_mut(|c| {
             let mut args: Vec<DatumWithOid> = Vec::with_capacity(m.cols.len());
             for (i, t) in m.cols.iter().enumerate() {
@@ -299,12 +300,14 @@ impl Applier {
         self.check_width(relid, old)?;
         let m = self.mapping(relid)?;
         Self::require_identity(&m)?;
-        if !self.delete_plans.contains_key(&relid) {
-            let (sql, n) = delete_sql(&m);
-            self.delete_plans
-                .insert(relid, prepare(&sql, n, pg_sys::TEXTOID)?);
-        }
-        let plan = &self.delete_plans[&relid];
+        let plan = match self.delete_plans.entry(relid) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let (sql, n) = delete_sql(&m);
+                e.insert(prepare(&sql, n, pg_sys::TEXTOID)?)
+            }
+        };
+        let plan = &*plan;
         let vals = m
             .key
             .iter()

@@ -933,6 +933,7 @@ fn configure_keepalive(s: &TcpStream, info: &ConnInfo) {
 
 #[cfg(test)]
 mod tests {
+    use bytes::BufMut;
     use super::*;
 
     /// A connection in CopyBoth over one end of a socket pair (the test plays the server).

@@ -356,7 +356,17 @@ impl ApplyWorker {
         Ok(())
     }
 
+    /// Is a table-sync worker alive for this table? Shared memory knows the ones that
+    /// registered (also those started by an earlier apply worker); our handles know the
+    /// ones we just started.
     fn tablesync_running(&mut self, relid: RelId) -> bool {
+        if REGISTRY
+            .share()
+            .table_worker(self.dboid, self.subid, relid)
+            .is_some()
+        {
+            return true;
+        }
         match self.tablesyncs.get(&relid).map(|h| h.pid()) {
             Some(Ok(_)) | Some(Err(BackgroundWorkerStatus::NotYetStarted)) => true,
             Some(_) => {
@@ -431,7 +441,10 @@ impl ApplyWorker {
 
     fn maybe_start_tablesync(&mut self, r: &RelRow) {
         let max = gucs::MAX_SYNC_WORKERS.get().max(1) as usize;
-        let running = self.tablesyncs.len();
+        let running = REGISTRY
+            .share()
+            .table_workers_of(self.dboid, self.subid)
+            .max(self.tablesyncs.len());
         if running >= max {
             return;
         }
@@ -475,9 +488,8 @@ impl ApplyWorker {
         } else {
             worker::abort();
         }
-        for (_, h) in self.tablesyncs.drain() {
-            drop(h);
-        }
+        // Table-sync workers run on: they exit by themselves when the sync stops.
+        self.tablesyncs.clear();
         match result {
             Ok(()) | Err(Error::Terminated) => {}
             Err(e) => {
