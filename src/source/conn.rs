@@ -933,8 +933,8 @@ fn configure_keepalive(s: &TcpStream, info: &ConnInfo) {
 
 #[cfg(test)]
 mod tests {
-    use bytes::BufMut;
     use super::*;
+    use bytes::BufMut;
 
     /// A connection in CopyBoth over one end of a socket pair (the test plays the server).
     fn copy_both_over(sock: UnixStream) -> Connection {

@@ -406,3 +406,24 @@ fn name_already_running_is_rejected() {
     src.exec("INSERT INTO t SELECT g, g, 'x' FROM generate_series(101, 200) g");
     assert_synced(&src, &tgt, sub, &["t"]);
 }
+
+#[test]
+fn start_without_preload_names_shared_preload_libraries() {
+    // CREATE EXTENSION works without preloading, but there is no launcher and no shared
+    // memory, so livesync_start must refuse with a hint, not start nothing silently.
+    let tc = Cluster::new_private_with(
+        ClusterSpec::new(Kind::Target, "nopreload").conf("shared_preload_libraries = 'timescaledb'"),
+    );
+    let src = source_db(source(), "nopreload_src");
+    let tgt = Db::fresh(&tc, "nopreload_tgt");
+    assert_rejected(
+        &tgt,
+        Some(source()),
+        &src.uri(),
+        "analytics",
+        "nopreload",
+        &["55000"],
+        &["shared_preload_libraries"],
+        5,
+    );
+}

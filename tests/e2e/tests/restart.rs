@@ -126,7 +126,8 @@ fn kill9_during_initial_copy_copies_each_row_once() {
     let tc = Cluster::new_private(Kind::Target, "killcopy_tgt");
     let src = Db::fresh(source(), "killcopy_src");
     let tgt = Db::fresh(&tc, "killcopy_tgt");
-    setup(&src, &tgt, 400_000);
+    // Big enough that the copy is always seen in state 'd' (it takes seconds).
+    setup(&src, &tgt, 1_500_000);
     let sub = "kill_copy";
     let _g = start_sync(&tgt, &src.uri(), "analytics", sub);
 
@@ -155,7 +156,9 @@ fn kill9_during_initial_copy_copies_each_row_once() {
             sleep(Duration::from_millis(500));
             tc.wait_ready(Duration::from_secs(60));
         }
-        None => eprintln!("[e2e] no table was seen in state 'd'; nothing killed (copy too fast?)"),
+        None => panic!(
+            "no table was seen in state 'd' within 30 s, so nothing was killed: the test proved nothing"
+        ),
     }
     src.exec("INSERT INTO ins SELECT g, 'after' FROM generate_series(900001, 900100) g");
     assert_all_synced(&src, &tgt, sub);

@@ -795,3 +795,25 @@ fn unchanged_toast_and_replica_identity_full() {
     src.exec("UPDATE nokey SET b = 'was null' WHERE a = 1 AND b IS NULL");
     assert_synced(&src, &tgt, sub, &["doc", "nokey"]);
 }
+
+#[test]
+fn stop_of_an_idle_sync_is_prompt() {
+    // Issue 2: SIGTERM makes a worker exit within a second even while the source is
+    // silent. livesync_stop returns once the workers exited; the bound below is loose
+    // (5 s) so machine load cannot make it flaky, yet a worker that only noticed SIGTERM
+    // at its next message (keepalives come every wal_sender_timeout/2 = 30 s) would fail.
+    let src = Db::fresh(source(), "idle_src");
+    let tgt = Db::fresh(target(), "idle_tgt");
+    ddl_both(&src, &tgt, &kv_table_ddl("t"));
+    src.exec(&kv_fill_sql("t", 100));
+    src.exec("CREATE PUBLICATION analytics FOR TABLE t");
+    let sub = "idle_stop";
+    let _g = start_sync(&tgt, &src.uri(), "analytics", sub);
+    wait_for_tables(&tgt, sub, &["public.t"], 'r');
+    sleep(Duration::from_secs(3)); // the source is silent now
+    let t0 = std::time::Instant::now();
+    livesync_stop(&tgt, sub);
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(5), "livesync_stop of an idle sync took {took:?}");
+    assert_eq!(sub_info(&tgt, sub).and_then(|i| i.pid), None);
+}
