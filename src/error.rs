@@ -26,6 +26,8 @@ pub enum Error {
     Decode(#[from] DecodeError),
     #[error("{0}")]
     Spi(#[from] pgrx::spi::SpiError),
+    #[error("could not spool a streamed transaction: {0}")]
+    Spool(#[from] std::io::Error),
     /// The worker was asked to stop (SIGTERM) while waiting.
     #[error("terminated")]
     Terminated,
@@ -122,6 +124,7 @@ impl Error {
                 None,
             ),
             Error::Spi(_) => (Code::ERRCODE_INTERNAL_ERROR, self.to_string(), None, None),
+            Error::Spool(_) => (Code::ERRCODE_IO_ERROR, self.to_string(), None, None),
             Error::Terminated => (Code::ERRCODE_ADMIN_SHUTDOWN, self.to_string(), None, None),
         }
     }

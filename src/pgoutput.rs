@@ -278,6 +278,12 @@ impl Decoder {
         self.in_stream
     }
 
+    /// Put the decoder inside (or outside) a streamed block without a StreamStart message:
+    /// used to replay a streamed transaction's spooled messages, which carry xids.
+    pub fn set_in_stream(&mut self, in_stream: bool) {
+        self.in_stream = in_stream;
+    }
+
     /// Decodes one whole message. `buf` must hold exactly one message: missing bytes are
     /// [`DecodeError::Truncated`], extra bytes are [`DecodeError::Invalid`]. Column values
     /// and logical message contents are slices of `buf`.

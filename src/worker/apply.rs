@@ -161,7 +161,8 @@ impl ApplyWorker {
             worker::xact(|| Ok(catalog::set_slot_created(self.subid)?))?;
         }
         self.refresh_with(&mut conn)?;
-        let stream = Stream::start(&self.rt, conn, &sub.subname, start, &sub.publication)?;
+        let tag = format!("{}_{}_0", self.dboid, self.subid);
+        let stream = Stream::start(&self.rt, conn, &sub.subname, start, &sub.publication, &tag)?;
         self.stream = Some(stream);
         self.publish_progress();
         self.main_loop()
@@ -174,7 +175,7 @@ impl ApplyWorker {
             match stream.recv(&self.rt, Duration::from_millis(10))? {
                 Some(msg) => {
                     let owner = TableOwner(&self.rels);
-                    let (_, reply) = stream.handle(msg, &owner)?;
+                    let (_, reply) = stream.handle(&self.rt, msg, &owner)?;
                     if stream.batch_full() {
                         self.commit()?;
                     }

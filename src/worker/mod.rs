@@ -11,6 +11,7 @@
 
 pub mod apply;
 pub mod launcher;
+pub mod spool;
 pub mod stream;
 pub mod tablesync;
 

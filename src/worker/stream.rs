@@ -7,9 +7,10 @@
 //! holds the data, so a crash at any point loses and doubles nothing; on restart we ask the
 //! slot to resume from the origin's position.
 
+use super::spool::Spool;
 use crate::apply::Applier;
 use crate::error::{Error, Result};
-use crate::pgoutput::{Decoder, Lsn, Message, PgTimestamp, RelId};
+use crate::pgoutput::{Decoder, Lsn, Message, PgTimestamp, RelId, Xid};
 use crate::remote::{quote_ident, quote_literal};
 use crate::source::{Connection, ReplMessage};
 use crate::worker;
@@ -29,6 +30,10 @@ pub trait Owner {
 pub struct Stream {
     pub conn: Connection,
     decoder: Decoder,
+    /// Streamed (in-progress) transactions waiting for their commit.
+    spool: Spool,
+    /// The transaction of the streamed block we are in (between StreamStart and StreamStop).
+    stream_xid: Option<Xid>,
     pub applier: Applier,
     /// Highest LSN the source told us about (data or keepalive).
     pub received: Lsn,
@@ -49,10 +54,13 @@ pub struct Stream {
     pub last_msg: Instant,
 }
 
+/// pgoutput protocol 2: streaming of in-progress transactions.
+const PROTO_VERSION: u32 = 2;
+
 /// Options of START_REPLICATION for our pgoutput stream.
 pub fn start_command(slot: &str, start: Lsn, publication: &str) -> String {
     format!(
-        "START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names {})",
+        "START_REPLICATION SLOT {} LOGICAL {} (proto_version '2', streaming 'on', publication_names {})",
         quote_ident(slot),
         crate::lsn::format(start),
         quote_literal(&quote_ident(publication))
@@ -66,7 +74,10 @@ impl Stream {
         slot: &str,
         start: Lsn,
         publication: &str,
+        spool_tag: &str,
     ) -> Result<Stream> {
+        // Backends run in the data directory; PostgreSQL empties base/pgsql_tmp at startup.
+        let spool = Spool::new(std::path::PathBuf::from("base/pgsql_tmp"), spool_tag)?;
         let cmd = start_command(slot, start, publication);
         worker::block_on(rt, conn.start_replication(&cmd))?.map_err(|e| match e {
             crate::source::SourceError::Server(s) if s.code == "42704" => Error::user(
@@ -78,7 +89,9 @@ impl Stream {
         })?;
         Ok(Stream {
             conn,
-            decoder: Decoder::with_proto_version(1),
+            decoder: Decoder::with_proto_version(PROTO_VERSION),
+            spool,
+            stream_xid: None,
             applier: Applier::new(),
             received: start,
             source_end: start,
@@ -118,7 +131,12 @@ impl Stream {
 
     /// Handle one message from the walsender. Returns true when a source transaction
     /// committed (it is now pending in the open target transaction).
-    pub fn handle(&mut self, m: ReplMessage, owner: &dyn Owner) -> Result<(bool, bool)> {
+    pub fn handle(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        m: ReplMessage,
+        owner: &dyn Owner,
+    ) -> Result<(bool, bool)> {
         match m {
             ReplMessage::Keepalive {
                 wal_end,
@@ -137,8 +155,9 @@ impl Stream {
             } => {
                 self.received = self.received.max(wal_start).max(wal_end);
                 self.source_end = self.source_end.max(wal_end);
+                let raw = data.clone();
                 let msg = self.decoder.decode(data)?;
-                Ok((self.apply(msg, owner)?, false))
+                Ok((self.route(rt, msg, &raw, owner)?, false))
             }
         }
     }
@@ -150,6 +169,72 @@ impl Stream {
             self.batch_started = Instant::now();
             self.batch_changes = 0;
         }
+    }
+
+    /// Streamed messages go to the spool; everything else is applied now.
+    fn route(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        msg: Message,
+        raw: &[u8],
+        owner: &dyn Owner,
+    ) -> Result<bool> {
+        match msg {
+            Message::StreamStart { xid, first_segment } => {
+                self.spool.start(xid, first_segment)?;
+                self.stream_xid = Some(xid);
+            }
+            Message::StreamStop => self.stream_xid = None,
+            Message::StreamAbort { xid, subxid, .. } => self.spool.abort(xid, subxid)?,
+            Message::StreamCommit {
+                xid,
+                commit_lsn,
+                end_lsn,
+                commit_time,
+                ..
+            } => {
+                self.replay(rt, xid, commit_lsn, owner)?;
+                self.pending_commit = Some((end_lsn, commit_time));
+                return Ok(true);
+            }
+            m if self.decoder.in_stream() => {
+                let top = self.stream_xid.ok_or_else(|| {
+                    Error::user(
+                        Code::ERRCODE_PROTOCOL_VIOLATION,
+                        "streamed change outside a stream",
+                    )
+                })?;
+                self.spool.append(top, message_xid(&m), raw)?;
+            }
+            m => return self.apply(m, owner),
+        }
+        Ok(false)
+    }
+
+    /// Apply a committed streamed transaction from its spool file, in the open target
+    /// transaction, keeping the walsender alive and honouring SIGTERM on the way.
+    fn replay(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        xid: Xid,
+        commit_lsn: Lsn,
+        owner: &dyn Owner,
+    ) -> Result<()> {
+        self.ensure_xact();
+        self.in_remote_txn = true;
+        self.remote_final_lsn = commit_lsn;
+        let mut decoder = Decoder::with_proto_version(PROTO_VERSION);
+        decoder.set_in_stream(true);
+        for (i, frame) in self.spool.commit(xid)?.enumerate() {
+            let msg = decoder.decode(frame?)?;
+            self.apply(msg, owner)?;
+            if i % 10_000 == 9_999 {
+                worker::check_interrupts()?;
+                self.feedback(rt, false)?;
+            }
+        }
+        self.in_remote_txn = false;
+        Ok(())
     }
 
     fn apply(&mut self, msg: Message, owner: &dyn Owner) -> Result<bool> {
@@ -291,6 +376,20 @@ impl Stream {
             worker::abort();
             self.xact_open = false;
         }
+    }
+}
+
+/// The (sub)transaction a streamed change belongs to.
+fn message_xid(m: &Message) -> Option<Xid> {
+    match m {
+        Message::Relation { xid, .. }
+        | Message::Type { xid, .. }
+        | Message::Insert { xid, .. }
+        | Message::Update { xid, .. }
+        | Message::Delete { xid, .. }
+        | Message::Truncate { xid, .. }
+        | Message::LogicalMessage { xid, .. } => *xid,
+        _ => None,
     }
 }
 

@@ -300,7 +300,15 @@ impl TableSync {
                 // Stream this table's changes from the slot until we reach `catchup`.
                 if stream.is_none() {
                     let conn = self.connect(sub, true)?;
-                    stream = Some(Stream::start(&self.rt, conn, slot, pos, &sub.publication)?);
+                    let tag = format!("{}_{}_{}", self.dboid, self.subid, self.relid);
+                    stream = Some(Stream::start(
+                        &self.rt,
+                        conn,
+                        slot,
+                        pos,
+                        &sub.publication,
+                        &tag,
+                    )?);
                 }
                 let s = stream.as_mut().unwrap();
                 let owner = OnlyTable(self.relid);
@@ -308,7 +316,7 @@ impl TableSync {
                 while std::time::Instant::now() < deadline {
                     match s.recv(&self.rt, Duration::from_millis(20))? {
                         Some(m) => {
-                            let (committed, reply) = s.handle(m, &owner)?;
+                            let (committed, reply) = s.handle(&self.rt, m, &owner)?;
                             if committed {
                                 s.commit()?;
                             }

@@ -510,6 +510,9 @@ impl Cluster {
             Kind::Source => conf.extend([
                 "max_replication_slots = 40".to_string(),
                 "max_wal_senders = 40".into(),
+                // The minimum: any transaction over 64 kB is streamed before it commits,
+                // so the tests exercise livesync's spooling of in-progress transactions.
+                "logical_decoding_work_mem = '64kB'".into(),
             ]),
             Kind::Target => {
                 conf.extend([

@@ -160,7 +160,7 @@ fn kill9_during_initial_copy_copies_each_row_once() {
             "no table was seen in state 'd' within 30 s, so nothing was killed: the test proved nothing"
         ),
     }
-    src.exec("INSERT INTO ins SELECT g, 'after' FROM generate_series(900001, 900100) g");
+    src.exec("INSERT INTO ins SELECT g, 'after' FROM generate_series(2000001, 2000100) g");
     assert_all_synced(&src, &tgt, sub);
 }
 

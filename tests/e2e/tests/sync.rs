@@ -817,3 +817,48 @@ fn stop_of_an_idle_sync_is_prompt() {
     assert!(took < Duration::from_secs(5), "livesync_stop of an idle sync took {took:?}");
     assert_eq!(sub_info(&tgt, sub).and_then(|i| i.pid), None);
 }
+
+#[test]
+fn large_transactions_are_streamed_and_aborts_leave_no_trace() {
+    // The test source has logical_decoding_work_mem = 64kB, so these transactions reach
+    // livesync as streamed chunks (proto 2, streaming 'on') before they commit.
+    let src = Db::fresh(source(), "stream_src");
+    let tgt = Db::fresh(target(), "stream_tgt");
+    ddl_both(&src, &tgt, &kv_table_ddl("t"));
+    src.exec("CREATE PUBLICATION analytics FOR TABLE t");
+    let sub = "streamed";
+    let _g = start_sync(&tgt, &src.uri(), "analytics", sub);
+    wait_for_tables(&tgt, sub, &["public.t"], 'r');
+
+    // A big committed transaction with a rolled-back subtransaction in the middle.
+    src.exec(
+        "BEGIN; \
+         INSERT INTO t (id, v, payload) SELECT g, g, md5(g::text) FROM generate_series(1, 30000) g; \
+         SAVEPOINT s1; \
+         INSERT INTO t (id, v, payload) SELECT g, g, 'rolled back' FROM generate_series(100001, 130000) g; \
+         UPDATE t SET payload = 'rolled back too' WHERE id <= 1000; \
+         ROLLBACK TO SAVEPOINT s1; \
+         SAVEPOINT s2; \
+         UPDATE t SET payload = 'kept' WHERE id % 10 = 0; \
+         RELEASE SAVEPOINT s2; \
+         DELETE FROM t WHERE id % 7 = 0; \
+         COMMIT",
+    );
+    // A big transaction that aborts: nothing of it may appear.
+    src.exec(
+        "BEGIN; INSERT INTO t (id, v, payload) SELECT g, g, 'aborted' FROM generate_series(200001, 240000) g; ROLLBACK",
+    );
+    src.exec("INSERT INTO t (id, v, payload) VALUES (999999, 0, 'after')");
+    assert_synced(&src, &tgt, sub, &["t"]);
+    assert_eq!(
+        tgt.query_one::<i64>(
+            "SELECT count(*) FROM t WHERE payload IN ('rolled back', 'rolled back too', 'aborted') OR id > 100000 AND id < 999999"
+        ),
+        0
+    );
+    let streamed: i64 = source().query_one(
+        "postgres",
+        &format!("SELECT coalesce(sum(stream_txns), 0)::int8 FROM pg_stat_replication_slots WHERE slot_name = '{sub}'"),
+    );
+    assert!(streamed >= 1, "no transaction was streamed to the slot, so spooling was not exercised");
+}
