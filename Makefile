@@ -34,7 +34,9 @@ unit:
 
 lint:
 	cargo fmt --all -- --check
+	cargo fmt $(E2E) --all -- --check
 	cargo clippy --lib --tests -- -D warnings
+	cargo clippy $(E2E) --tests -- -D warnings
 
 e2e:
 	cargo test $(E2E) -- --test-threads=$(E2E_THREADS)

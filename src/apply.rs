@@ -263,12 +263,22 @@ impl Applier {
         self.check_width(relid, new)?;
         let m = self.mapping(relid)?;
         Self::require_identity(&m)?;
-        // Columns to SET: mapped and sent (unchanged TOAST keeps the target's value).
+        if identity_always_changed(&m, old, new) {
+            // UPDATE cannot set a GENERATED ALWAYS identity column: re-insert the row.
+            let (_, old) = old.expect("a change was seen in the old row");
+            self.delete(relid, old)?;
+            return self.insert(relid, new);
+        }
+        // Columns to SET: mapped and sent (unchanged TOAST keeps the target's value), never
+        // a GENERATED ALWAYS identity column (unchanged, as checked above).
         let set: Vec<bool> = m
             .cols
             .iter()
             .zip(&new.0)
-            .map(|(t, d)| t.is_some() && !matches!(d, Datum::UnchangedToast))
+            .map(|(t, d)| {
+                t.as_ref().is_some_and(|t| !t.always_identity)
+                    && !matches!(d, Datum::UnchangedToast)
+            })
             .collect();
         let key_source = old.map(|(_, t)| t).unwrap_or(new);
         self.check_width(relid, key_source)?;
@@ -319,12 +329,10 @@ impl Applier {
         Ok(())
     }
 
-    pub fn truncate(
-        &mut self,
-        relids: &[RelId],
-        cascade: bool,
-        restart_identity: bool,
-    ) -> Result<()> {
+    /// TRUNCATE the target tables of `relids`. As PostgreSQL's apply worker, never with
+    /// CASCADE: the source already listed every table its CASCADE reached, and cascading
+    /// here could empty target tables that are not replicated at all.
+    pub fn truncate(&mut self, relids: &[RelId], restart_identity: bool) -> Result<()> {
         self.flush()?;
         if relids.is_empty() {
             return Ok(());
@@ -333,19 +341,29 @@ impl Applier {
         for &r in relids {
             names.push(self.mapping(r)?.qualified.clone());
         }
-        let sql = format!(
-            "TRUNCATE {}{}{}",
-            names.join(", "),
-            if restart_identity {
-                " RESTART IDENTITY"
-            } else {
-                ""
-            },
-            if cascade { " CASCADE" } else { "" }
-        );
-        Spi::run(&sql)?;
+        let restart = if restart_identity {
+            " RESTART IDENTITY"
+        } else {
+            ""
+        };
+        Spi::run(&format!("TRUNCATE {}{restart}", names.join(", ")))?;
         Ok(())
     }
+}
+
+/// Did the update change a GENERATED ALWAYS identity column? Knowable only from an old
+/// tuple: a key image (K) holds the key columns, a full image (O) every column.
+fn identity_always_changed(
+    m: &Mapping,
+    old: Option<(OldKind, &TupleData)>,
+    new: &TupleData,
+) -> bool {
+    let Some((kind, old)) = old else { return false };
+    m.cols.iter().enumerate().any(|(i, t)| {
+        t.as_ref().is_some_and(|t| t.always_identity)
+            && (kind == OldKind::Full || m.key.contains(&i))
+            && old.0.get(i) != new.0.get(i)
+    })
 }
 
 fn datum_text(d: &Datum) -> Result<Option<&str>> {
@@ -486,11 +504,13 @@ mod tests {
                 Some(Target {
                     column: "\"id\"".into(),
                     type_name: "integer".into(),
+                    always_identity: false,
                 }),
                 None,
                 Some(Target {
                     column: "\"v\"".into(),
                     type_name: "text".into(),
+                    always_identity: false,
                 }),
             ],
             key: vec![0],

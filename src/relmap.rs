@@ -19,6 +19,9 @@ pub struct LocalCol {
     /// `format_type(atttypid, atttypmod)`: used as `CAST($n AS <type>)`.
     pub type_name: String,
     pub generated: bool,
+    /// `GENERATED ALWAYS AS IDENTITY`: INSERT needs OVERRIDING SYSTEM VALUE, UPDATE may
+    /// not set it at all.
+    pub always_identity: bool,
 }
 
 /// Where one remote column goes.
@@ -27,6 +30,7 @@ pub struct Target {
     /// Quoted column name.
     pub column: String,
     pub type_name: String,
+    pub always_identity: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +63,7 @@ pub fn match_columns(
             Some(lc) => Ok(Some(Target {
                 column: quote_ident_pure(&lc.name),
                 type_name: lc.type_name.clone(),
+                always_identity: lc.always_identity,
             })),
             None => Err(rc.name.clone()),
         })
@@ -97,7 +102,7 @@ pub fn resolve(rel: &Relation) -> Result<Mapping> {
         let mut cols = Vec::new();
         let rows = client.select(
             "SELECT c.oid, a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), \
-                    a.attgenerated <> '' \
+                    a.attgenerated <> '', a.attidentity = 'a' \
                FROM pg_catalog.pg_class c \
                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
                JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
@@ -112,6 +117,7 @@ pub fn resolve(rel: &Relation) -> Result<Mapping> {
                 name: row.get(2)?.unwrap_or_default(),
                 type_name: row.get(3)?.unwrap_or_default(),
                 generated: row.get(4)?.unwrap_or(false),
+                always_identity: row.get(5)?.unwrap_or(false),
             });
         }
         Ok::<_, pgrx::spi::SpiError>((oid, cols))
@@ -121,7 +127,7 @@ pub fn resolve(rel: &Relation) -> Result<Mapping> {
             Code::ERRCODE_UNDEFINED_TABLE,
             format!("relation \"{display}\" does not exist on the target"),
         )
-        .hint("Create the table on the target (for example with pg_dump --schema-only from the source); the sync retries and continues."));
+        .hint("Create the table on the target (for example with pg_dump --schema-only from the source); the sync retries and continues. If it is a partition on the source, create the same partition on the target, or publish through the root: ALTER PUBLICATION ... SET (publish_via_partition_root = true)."));
     };
     let cols = match_columns(rel, &local).map_err(|col| {
         Error::user(
@@ -172,6 +178,7 @@ mod tests {
             name: name.into(),
             type_name: "integer".into(),
             generated,
+            always_identity: false,
         }
     }
 

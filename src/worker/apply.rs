@@ -330,14 +330,7 @@ impl ApplyWorker {
         }
         worker::xact(|| Ok(catalog::delete_rel(self.subid, r.rrelid)?))?;
         let slot = catalog::tablesync_slot_name(&self.sub().subname, r.rrelid);
-        let sql = format!(
-            "SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots \
-              WHERE slot_name = {} AND NOT active",
-            remote::quote_literal(&slot)
-        );
-        if let Err(e) = block_on(&self.rt, conn.simple_query(&sql))? {
-            warning!("livesync: could not drop replication slot \"{slot}\" on the source: {e}");
-        }
+        self.drop_slot_when_released(conn, &slot)?;
         stream::drop_origin(&catalog::tablesync_origin_name(
             self.dboid, self.subid, r.rrelid,
         ))?;
@@ -348,6 +341,36 @@ impl ApplyWorker {
             r.srcname
         );
         Ok(())
+    }
+
+    /// Drop a table-sync slot once its walsender (whose worker we just stopped) lets go
+    /// of it; after 30 s give up with a WARNING (livesync_drop drops it later anyway).
+    fn drop_slot_when_released(&mut self, conn: &mut Connection, slot: &str) -> Result<()> {
+        let lit = remote::quote_literal(slot);
+        let sql = format!(
+            "SELECT active, CASE WHEN NOT active THEN pg_catalog.pg_drop_replication_slot(slot_name) END IS NULL \
+               FROM pg_catalog.pg_replication_slots WHERE slot_name = {lit}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let rows = match block_on(&self.rt, conn.simple_query(&sql))? {
+                Ok(rows) => rows,
+                Err(e) => {
+                    warning!(
+                        "livesync: could not drop replication slot \"{slot}\" on the source: {e}"
+                    );
+                    return Ok(());
+                }
+            };
+            if !rows.iter().any(|r| r.get(0) == Some("t")) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                warning!("livesync: replication slot \"{slot}\" on the source is still in use; not dropped");
+                return Ok(());
+            }
+            worker::wait_latch(200)?;
+        }
     }
 
     fn reload_rels(&mut self) -> Result<()> {

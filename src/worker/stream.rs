@@ -277,7 +277,6 @@ impl Stream {
                 }
             }
             Message::Truncate {
-                cascade,
                 restart_identity,
                 rels,
                 ..
@@ -286,7 +285,7 @@ impl Stream {
                     .into_iter()
                     .filter(|r| owner.owns(*r, self.remote_final_lsn))
                     .collect();
-                self.applier.truncate(&mine, cascade, restart_identity)?;
+                self.applier.truncate(&mine, restart_identity)?;
                 self.batch_changes += 1;
             }
             Message::Origin { .. } | Message::Type { .. } | Message::LogicalMessage { .. } => {}

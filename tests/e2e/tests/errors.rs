@@ -412,7 +412,8 @@ fn start_without_preload_names_shared_preload_libraries() {
     // CREATE EXTENSION works without preloading, but there is no launcher and no shared
     // memory, so livesync_start must refuse with a hint, not start nothing silently.
     let tc = Cluster::new_private_with(
-        ClusterSpec::new(Kind::Target, "nopreload").conf("shared_preload_libraries = 'timescaledb'"),
+        ClusterSpec::new(Kind::Target, "nopreload")
+            .conf("shared_preload_libraries = 'timescaledb'"),
     );
     let src = source_db(source(), "nopreload_src");
     let tgt = Db::fresh(&tc, "nopreload_tgt");

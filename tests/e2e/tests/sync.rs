@@ -814,7 +814,10 @@ fn stop_of_an_idle_sync_is_prompt() {
     let t0 = std::time::Instant::now();
     livesync_stop(&tgt, sub);
     let took = t0.elapsed();
-    assert!(took < Duration::from_secs(5), "livesync_stop of an idle sync took {took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "livesync_stop of an idle sync took {took:?}"
+    );
     assert_eq!(sub_info(&tgt, sub).and_then(|i| i.pid), None);
 }
 
@@ -860,5 +863,8 @@ fn large_transactions_are_streamed_and_aborts_leave_no_trace() {
         "postgres",
         &format!("SELECT coalesce(sum(stream_txns), 0)::int8 FROM pg_stat_replication_slots WHERE slot_name = '{sub}'"),
     );
-    assert!(streamed >= 1, "no transaction was streamed to the slot, so spooling was not exercised");
+    assert!(
+        streamed >= 1,
+        "no transaction was streamed to the slot, so spooling was not exercised"
+    );
 }
