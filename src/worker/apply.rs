@@ -192,7 +192,9 @@ impl ApplyWorker {
                     let stream = self.stream.as_mut().unwrap();
                     let fd = stream.conn.raw_fd();
                     if !stream.conn.has_buffered_message() {
-                        worker::wait_latch_or_socket(fd, 1000)?;
+                        // While tables are being handed over, look at them often.
+                        let ms = if self.all_ready { 1000 } else { 50 };
+                        worker::wait_latch_or_socket(fd, ms)?;
                     }
                 }
             }
@@ -250,7 +252,7 @@ impl ApplyWorker {
         {
             self.refresh()?;
         }
-        if !self.all_ready && self.last_sync_check.elapsed() >= Duration::from_millis(200) {
+        if !self.all_ready && self.last_sync_check.elapsed() >= Duration::from_millis(50) {
             self.process_syncing_tables()?;
         }
         Ok(())
