@@ -28,12 +28,18 @@ pub enum Error {
     Spi(#[from] pgrx::spi::SpiError),
     #[error("could not spool a streamed transaction: {0}")]
     Spool(#[from] std::io::Error),
+    /// Changes may have been lost on the source side (slot dropped, invalidated or moved):
+    /// the sync disables itself rather than continue with a gap.
+    #[error("{msg}")]
+    NeedsResync { msg: String },
     /// The worker was asked to stop (SIGTERM) while waiting.
     #[error("terminated")]
     Terminated,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub const RESYNC_HINT: &str = "A full resync is needed: SELECT livesync_drop(...), empty the target tables, then SELECT livesync_start(...) again.";
 
 impl Error {
     pub fn user(code: Code, msg: impl Into<String>) -> Self {
@@ -126,6 +132,12 @@ impl Error {
             Error::Spi(_) => (Code::ERRCODE_INTERNAL_ERROR, self.to_string(), None, None),
             Error::Spool(_) => (Code::ERRCODE_IO_ERROR, self.to_string(), None, None),
             Error::Terminated => (Code::ERRCODE_ADMIN_SHUTDOWN, self.to_string(), None, None),
+            Error::NeedsResync { msg } => (
+                Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                msg.clone(),
+                None,
+                Some(RESYNC_HINT.to_string()),
+            ),
         }
     }
 

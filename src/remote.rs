@@ -42,6 +42,20 @@ pub async fn publication_exists(conn: &mut Connection, publication: &str) -> Res
     Ok(!conn.simple_query(&sql).await?.is_empty())
 }
 
+/// A slot's `confirmed_flush_lsn` and `wal_status`, or None when it does not exist.
+pub async fn slot_state(conn: &mut Connection, slot: &str) -> Result<Option<(u64, String)>> {
+    let sql = format!(
+        "SELECT confirmed_flush_lsn, wal_status FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
+        quote_literal(slot)
+    );
+    Ok(conn.simple_query(&sql).await?.first().map(|r| {
+        (
+            r.get(0).and_then(lsn::parse).unwrap_or(0),
+            r.get(1).unwrap_or_default().to_string(),
+        )
+    }))
+}
+
 pub async fn slot_exists(conn: &mut Connection, slot: &str) -> Result<bool> {
     let sql = format!(
         "SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",

@@ -160,12 +160,54 @@ impl ApplyWorker {
             )??;
             worker::xact(|| Ok(catalog::set_slot_created(self.subid)?))?;
         }
+        let start = self.check_slot(&mut conn, start)?;
         self.refresh_with(&mut conn)?;
         let tag = format!("{}_{}_0", self.dboid, self.subid);
         let stream = Stream::start(&self.rt, conn, &sub.subname, start, &sub.publication, &tag)?;
         self.stream = Some(stream);
         self.publish_progress();
         self.main_loop()
+    }
+
+    /// The slot must still be the one we have been reading: it exists, is not invalidated,
+    /// and is not past our origin (we never confirm beyond it). Otherwise changes may have
+    /// been lost, and the sync stops instead of continuing with a gap. Returns where to
+    /// start streaming.
+    fn check_slot(&mut self, conn: &mut Connection, origin: Lsn) -> Result<Lsn> {
+        let slot = self.sub().subname.clone();
+        let resync = |why: String| Error::NeedsResync {
+            msg: format!("replication slot \"{slot}\" {why}; a full resync is needed"),
+        };
+        match block_on(&self.rt, remote::slot_state(conn, &slot))?? {
+            None => Err(resync("does not exist on the source, so changes may have been lost".into())),
+            Some((_, status)) if status == "lost" => Err(resync(
+                "was invalidated on the source (max_slot_wal_keep_size), so changes were lost".into(),
+            )),
+            Some((flush, _)) if origin == 0 => {
+                // First run: adopt the slot's starting point as our origin's position.
+                self.stream_origin_at(flush)?;
+                Ok(flush)
+            }
+            Some((flush, _)) if flush > origin => Err(resync(format!(
+                "on the source is at {}, past livesync's position {}: it was recreated or advanced outside livesync, so changes may have been lost",
+                crate::lsn::format(flush),
+                crate::lsn::format(origin)
+            ))),
+            Some(_) => Ok(origin),
+        }
+    }
+
+    /// Record `lsn` as the origin's position (an empty transaction with an xid).
+    fn stream_origin_at(&self, lsn: Lsn) -> Result<()> {
+        worker::begin();
+        Spi::run("SELECT pg_catalog.pg_current_xact_id()")?;
+        // SAFETY: the session origin's per-transaction globals, as in Stream::commit.
+        unsafe {
+            pg_sys::replorigin_session_origin_lsn = lsn;
+            pg_sys::replorigin_session_origin_timestamp = pg_sys::GetCurrentTimestamp();
+        }
+        worker::commit();
+        Ok(())
     }
 
     fn main_loop(&mut self) -> Result<()> {
@@ -233,6 +275,9 @@ impl ApplyWorker {
 
     /// Idle-time work: confirm progress, hand tables over, refresh the publication.
     fn housekeeping(&mut self) -> Result<()> {
+        let stream = self.stream.as_mut().unwrap();
+        stream.check_alive(&self.rt)?;
+        stream.advance_idle()?;
         self.publish_progress();
         self.stream.as_mut().unwrap().feedback(&self.rt, false)?;
         if self.stream.as_ref().unwrap().xact_open() {

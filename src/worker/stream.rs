@@ -51,6 +51,7 @@ pub struct Stream {
     batch_started: Instant,
     last_feedback: Instant,
     last_sent: (Lsn, Lsn),
+    last_idle_advance: Instant,
     pub last_msg: Instant,
 }
 
@@ -80,11 +81,11 @@ impl Stream {
         let spool = Spool::new(std::path::PathBuf::from("base/pgsql_tmp"), spool_tag)?;
         let cmd = start_command(slot, start, publication);
         worker::block_on(rt, conn.start_replication(&cmd))?.map_err(|e| match e {
-            crate::source::SourceError::Server(s) if s.code == "42704" => Error::user(
-                Code::ERRCODE_UNDEFINED_OBJECT,
-                format!("replication slot \"{slot}\" does not exist on the source"),
-            )
-            .hint("The slot was dropped on the source, so changes may have been lost: a full resync is needed (livesync_drop, empty the target tables, livesync_start)."),
+            crate::source::SourceError::Server(s) if s.code == "42704" => Error::NeedsResync {
+                msg: format!(
+                    "replication slot \"{slot}\" does not exist on the source, so changes may have been lost; a full resync is needed"
+                ),
+            },
             other => Error::from_source("could not start streaming from the source", other),
         })?;
         Ok(Stream {
@@ -104,6 +105,7 @@ impl Stream {
             batch_started: Instant::now(),
             last_feedback: Instant::now(),
             last_sent: (0, 0),
+            last_idle_advance: Instant::now(),
             last_msg: Instant::now(),
         })
     }
@@ -337,14 +339,40 @@ impl Stream {
         Ok(())
     }
 
-    /// Everything up to here is durable on the target, or held nothing for us: when no
-    /// transaction is in flight, what the source last told us (as PostgreSQL's apply does).
+    /// The position we confirm to the source: always durable in the replication origin
+    /// (see [`Stream::advance_idle`]), so the slot never gets ahead of the target. That
+    /// invariant is what lets a restart detect a slot dropped and recreated, or advanced,
+    /// by someone else.
     pub fn confirmed(&self) -> Lsn {
-        if self.xact_open || self.in_remote_txn || self.pending_commit.is_some() {
-            self.committed
-        } else {
-            self.committed.max(self.received)
+        self.committed
+    }
+
+    /// When idle (no transaction in flight) and the source reported a position past our
+    /// last commit, record that position in the origin with an empty transaction, as if a
+    /// transaction had committed there, so it can be confirmed. At most once a second.
+    pub fn advance_idle(&mut self) -> Result<()> {
+        if self.xact_open
+            || self.in_remote_txn
+            || self.pending_commit.is_some()
+            || self.stream_xid.is_some()
+            || self.received <= self.committed
+            || self.last_idle_advance.elapsed() < Duration::from_secs(1)
+        {
+            return Ok(());
         }
+        self.last_idle_advance = Instant::now();
+        let lsn = self.received;
+        worker::begin();
+        // An xid makes the commit write a commit record, which carries the origin position.
+        pgrx::spi::Spi::run("SELECT pg_catalog.pg_current_xact_id()")?;
+        // SAFETY: as in commit(): the session origin's per-transaction position.
+        unsafe {
+            pg_sys::replorigin_session_origin_lsn = lsn;
+            pg_sys::replorigin_session_origin_timestamp = pg_sys::GetCurrentTimestamp();
+        }
+        worker::commit();
+        self.committed = self.committed.max(lsn);
+        Ok(())
     }
 
     /// Send a status update if positions moved, if `force`, or every 10 s.
@@ -366,6 +394,30 @@ impl Stream {
         .map_err(|e| Error::from_source("could not send a status update to the source", e))?;
         self.last_sent = pos;
         self.last_feedback = Instant::now();
+        Ok(())
+    }
+
+    /// Like a walreceiver's `wal_receiver_timeout` (60 s): after 30 s without a message ask
+    /// the source for a reply, after 60 s give up on the connection.
+    pub fn check_alive(&mut self, rt: &tokio::runtime::Runtime) -> Result<()> {
+        let silent = self.last_msg.elapsed();
+        if silent > Duration::from_secs(60) {
+            return Err(Error::user(
+                Code::ERRCODE_CONNECTION_FAILURE,
+                format!("no message from the source for {} s", silent.as_secs()),
+            )
+            .hint("Check the network between target and source; livesync reconnects by itself."));
+        }
+        if silent > Duration::from_secs(30)
+            && self.last_feedback.elapsed() > Duration::from_secs(10)
+        {
+            let pos = (self.received, self.confirmed());
+            worker::block_on(rt, self.conn.send_standby_status(pos.0, pos.1, pos.1, true))?
+                .map_err(|e| {
+                    Error::from_source("could not send a status update to the source", e)
+                })?;
+            self.last_feedback = Instant::now();
+        }
         Ok(())
     }
 

@@ -324,7 +324,10 @@ impl TableSync {
                                 s.feedback(&self.rt, true)?;
                             }
                         }
-                        None => break,
+                        None => {
+                            s.advance_idle()?;
+                            break;
+                        }
                     }
                     if s.confirmed() >= catchup && !s.xact_open() {
                         break;
