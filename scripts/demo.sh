@@ -161,7 +161,7 @@ say "Initial copy: livesync.subscription_rel (i queued, d copying, f copied, s c
 deadline=$((SECONDS + 180))
 last=""
 while :; do
-  states=$(tgt_val "SELECT coalesce(string_agg(tablename || '=' || state, ' ' ORDER BY tablename), '(none yet)')
+  states=$(tgt_val "SELECT coalesce(string_agg(tablename || '=' || state::text, ' ' ORDER BY tablename), '(none yet)')
                      FROM livesync.subscription_rel WHERE subname = '$SUB'")
   [ "$states" != "$last" ] && printf '  %5ss  %s\n' "$SECONDS" "$states" && last=$states
   notready=$(tgt_val "SELECT count(*) FILTER (WHERE state <> 'r') + (count(*) = 0)::int

@@ -88,7 +88,12 @@ fn livesync_start(
     subscription: default!(Option<&str>, "'livesync'"),
     copy_data: default!(Option<bool>, true),
 ) {
-    start(source, publication, subscription, copy_data.unwrap_or(true)).or_raise()
+    let Some(copy_data) = copy_data else {
+        Error::user(Code::ERRCODE_NULL_VALUE_NOT_ALLOWED, "copy_data must not be NULL")
+            .hint("Pass copy_data => true to copy existing rows first, or false to stream only new changes.")
+            .raise()
+    };
+    start(source, publication, subscription, copy_data).or_raise()
 }
 
 fn start(
@@ -102,6 +107,13 @@ fn start(
     validate_name(name)?;
     let source = required(source, "source")?;
     let publication = required(publication, "publication")?;
+    if publication.len() > 63 {
+        return Err(Error::user(
+            Code::ERRCODE_NAME_TOO_LONG,
+            format!("publication name is too long ({} bytes)", publication.len()),
+        )
+        .hint("PostgreSQL names are at most 63 bytes: pass the publication's name as the source shows it in pg_publication."));
+    }
     let info = parse_conninfo(source)?;
     let db = dboid();
 
@@ -309,8 +321,12 @@ fn drop_origins(db: u32, subid: i32) -> Result<()> {
 mod livesync {
     use super::*;
 
-    /// Live state of this database's syncs, from shared memory (behind `livesync.subscription`).
-    #[pg_extern(name = "_status", volatile)]
+    /// Live state of this database's syncs (behind `livesync.subscription`): progress
+    /// from shared memory, and from the replication origin when no worker runs.
+    /// SECURITY DEFINER, so roles that may read the view need no access to
+    /// `pg_replication_origin_status` or `livesync.sync`; it exposes no connection string.
+    #[pg_extern(name = "_status", volatile, security_definer)]
+    #[search_path(pg_catalog)]
     #[allow(clippy::type_complexity)]
     fn status() -> TableIterator<
         'static,
@@ -324,33 +340,40 @@ mod livesync {
         ),
     > {
         let db = dboid();
-        let rows: Vec<_> = if shmem::available() {
-            let reg = REGISTRY.share();
-            reg.syncs
-                .iter()
-                .filter(|s| s.in_use && s.dboid == db)
-                .map(|s| {
-                    let l = |v: u64| (v > 0).then(|| lsn::format(v));
-                    (
-                        s.subid,
-                        (s.apply_pid > 0).then_some(s.apply_pid),
-                        l(s.received_lsn),
-                        l(s.applied_lsn),
-                        l(s.source_end_lsn),
-                        (s.last_msg_ms > 0)
-                            .then(|| {
-                                pgrx::datum::TimestampWithTimeZone::try_from(unix_ms_to_pg(
-                                    s.last_msg_ms,
-                                ))
-                                .ok()
-                            })
-                            .flatten(),
-                    )
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let syncs = catalog::all_syncs().or_raise();
+        let mut rows = Vec::with_capacity(syncs.len());
+        for sync in syncs {
+            let origin: Option<String> = Spi::get_one_with_args(
+                "SELECT remote_lsn::text FROM pg_catalog.pg_replication_origin_status WHERE external_id = $1",
+                &[catalog::apply_origin_name(db, sync.subid).as_str().into()],
+            )
+            .unwrap_or(None);
+            let origin = origin.and_then(|s| lsn::parse(&s)).unwrap_or(0);
+            let live = if shmem::available() {
+                REGISTRY.share().sync(db, sync.subid).copied()
+            } else {
+                None
+            };
+            let l = |v: u64| (v > 0).then(|| lsn::format(v));
+            rows.push(match live {
+                Some(s) => (
+                    sync.subid,
+                    (s.apply_pid > 0).then_some(s.apply_pid),
+                    l(s.received_lsn),
+                    l(s.applied_lsn.max(origin)),
+                    l(s.source_end_lsn),
+                    (s.last_msg_ms > 0)
+                        .then(|| {
+                            pgrx::datum::TimestampWithTimeZone::try_from(unix_ms_to_pg(
+                                s.last_msg_ms,
+                            ))
+                            .ok()
+                        })
+                        .flatten(),
+                ),
+                None => (sync.subid, None, None, l(origin), None, None),
+            });
+        }
         TableIterator::new(rows)
     }
 

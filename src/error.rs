@@ -96,7 +96,7 @@ impl Error {
             SourceError::Server(s) => s.detail.clone(),
             _ => None,
         };
-        let mut err = Error::user(code, format!("{what}: {e}")).hint(hint);
+        let mut err = Error::user(code, format!("{what}: {}", bounded(&e.to_string()))).hint(hint);
         if let Some(d) = detail {
             err = err.detail(d);
         }
@@ -159,6 +159,19 @@ impl Error {
         }
         r.report(level);
     }
+}
+
+/// Messages may quote user input (a malformed connection string): keep them readable.
+fn bounded(msg: &str) -> String {
+    const MAX: usize = 300;
+    if msg.len() <= MAX {
+        return msg.to_string();
+    }
+    let mut end = MAX;
+    while !msg.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes in all)", &msg[..end], msg.len())
 }
 
 fn clone_source(e: &SourceError) -> SourceError {

@@ -109,16 +109,12 @@ SELECT subname, schemaname, tablename, rrelid, state, lsn FROM livesync.subscrip
 CREATE VIEW livesync.subscription AS
 SELECT s.subname, s.enabled, s.publication, st.pid,
        st.received_lsn::pg_lsn AS received_lsn,
-       GREATEST(st.applied_lsn::pg_lsn, o.remote_lsn) AS applied_lsn,
-       CASE WHEN st.source_end_lsn IS NOT NULL
-            THEN greatest(st.source_end_lsn::pg_lsn - GREATEST(st.applied_lsn::pg_lsn, o.remote_lsn), 0)::bigint
-       END AS lag_bytes,
+       st.applied_lsn::pg_lsn AS applied_lsn,
+       greatest(st.source_end_lsn::pg_lsn - st.applied_lsn::pg_lsn, 0)::bigint AS lag_bytes,
        s.last_error, s.last_error_time, st.last_msg_time,
        livesync._redact(s.source) AS source, s.copy_data, s.subid
   FROM livesync.sync s
-  LEFT JOIN livesync._status() st USING (subid)
-  LEFT JOIN pg_replication_origin_status o
-         ON o.external_id = 'livesync_' || (SELECT oid FROM pg_database WHERE datname = current_database()) || '_' || s.subid;
+  LEFT JOIN livesync._status() st USING (subid);
 
 GRANT USAGE ON SCHEMA livesync, _ts_live_sync TO PUBLIC;
 GRANT SELECT ON livesync.subscription_rel, _ts_live_sync.subscription_rel, livesync.subscription TO PUBLIC;

@@ -45,6 +45,10 @@ pub struct Mapping {
     /// Remote column indexes that identify a row (replica identity), in order.
     pub key: Vec<usize>,
     pub identity: ReplicaIdentity,
+    /// When the target is a TimescaleDB hypertable: remote column indexes of its
+    /// partitioning (dimension) columns. An UPDATE that changes one must move the row to
+    /// another chunk, which TimescaleDB's UPDATE cannot do.
+    pub dims: Vec<usize>,
 }
 
 pub fn quote_ident(s: &str) -> String {
@@ -105,7 +109,7 @@ pub fn resolve(rel: &Relation) -> Result<Mapping> {
                     a.attgenerated <> '', a.attidentity = 'a' \
                FROM pg_catalog.pg_class c \
                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-               JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+               LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
               WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p') \
               ORDER BY a.attnum",
             None,
@@ -113,6 +117,9 @@ pub fn resolve(rel: &Relation) -> Result<Mapping> {
         )?;
         for row in rows {
             oid = row.get::<pg_sys::Oid>(1)?;
+            if row.get::<String>(2)?.is_none() {
+                continue; // a table without columns
+            }
             cols.push(LocalCol {
                 name: row.get(2)?.unwrap_or_default(),
                 type_name: row.get(3)?.unwrap_or_default(),
@@ -140,7 +147,16 @@ pub fn resolve(rel: &Relation) -> Result<Mapping> {
             quote_ident(&col)
         ))
     })?;
+    let dim_names = hypertable_dimensions(schema, &rel.name)?;
+    let dims = rel
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(i, c)| cols[*i].is_some() && dim_names.contains(&c.name))
+        .map(|(i, _)| i)
+        .collect();
     Ok(Mapping {
+        dims,
         local_oid,
         qualified: format!("{}.{}", quote_ident(schema), quote_ident(&rel.name)),
         display,
@@ -148,6 +164,32 @@ pub fn resolve(rel: &Relation) -> Result<Mapping> {
         key: key_columns(rel),
         identity: rel.replica_identity,
     })
+}
+
+/// Partitioning columns of a hypertable (empty for other tables, or without TimescaleDB).
+fn hypertable_dimensions(schema: &str, table: &str) -> Result<Vec<String>> {
+    let has_tsdb = Spi::get_one::<bool>(
+        "SELECT pg_catalog.to_regclass('_timescaledb_catalog.dimension') IS NOT NULL",
+    )?
+    .unwrap_or(false);
+    if !has_tsdb {
+        return Ok(Vec::new());
+    }
+    Ok(Spi::connect(|client| {
+        let mut out = Vec::new();
+        for row in client.select(
+            "SELECT d.column_name::text FROM _timescaledb_catalog.dimension d \
+               JOIN _timescaledb_catalog.hypertable h ON h.id = d.hypertable_id \
+              WHERE h.schema_name = $1 AND h.table_name = $2",
+            None,
+            &[schema.into(), table.into()],
+        )? {
+            if let Some(n) = row.get::<String>(1)? {
+                out.push(n);
+            }
+        }
+        Ok::<_, pgrx::spi::SpiError>(out)
+    })?)
 }
 
 #[cfg(test)]

@@ -512,6 +512,9 @@ impl ApplyWorker {
 
     fn maybe_start_tablesync(&mut self, r: &RelRow) {
         let max = gucs::MAX_SYNC_WORKERS.get().max(1) as usize;
+        // Forget handles of workers that exited (their tables are done or will be retried).
+        self.tablesyncs
+            .retain(|_, h| matches!(h.pid(), Ok(_) | Err(BackgroundWorkerStatus::NotYetStarted)));
         let running = REGISTRY
             .share()
             .table_workers_of(self.dboid, self.subid)

@@ -50,6 +50,9 @@ pub fn check_interrupts() -> Result<()> {
         if shutdown_requested() {
             return Err(Error::Terminated);
         }
+        // Everything else PostgreSQL may ask of a process, above all absorbing
+        // ProcSignalBarriers (DROP DATABASE waits for every process to do so).
+        pg_sys::check_for_interrupts!();
         // SAFETY: reads the flag the SIGHUP handler sets.
         if unsafe { std::ptr::read_volatile(&raw const pg_sys::ConfigReloadPending) } != 0 {
             // SAFETY: called on the backend's main thread, outside any critical section.

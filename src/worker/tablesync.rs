@@ -201,11 +201,12 @@ impl TableSync {
             .map(|c| quote_ident(c))
             .collect::<Vec<_>>()
             .join(", ");
-        let sql = if partitioned {
-            format!("COPY (SELECT {collist} FROM {table}) TO STDOUT")
-        } else {
-            format!("COPY {table} ({collist}) TO STDOUT")
+        let sql = match (partitioned, columns.is_empty()) {
+            (true, _) => format!("COPY (SELECT {collist} FROM {table}) TO STDOUT"),
+            (false, true) => format!("COPY {table} TO STDOUT"),
+            (false, false) => format!("COPY {table} ({collist}) TO STDOUT"),
         };
+        let no_columns = columns.is_empty();
 
         let started = std::time::Instant::now();
         worker::begin();
@@ -226,6 +227,8 @@ impl TableSync {
                     )
                 })?;
                 for row in rows.drain(..) {
+                    // A table without columns sends an empty line per row.
+                    let row = if no_columns { Vec::new() } else { row };
                     applier.push_row(
                         self.relid,
                         row.into_iter().map(|v| v.map(Bytes::from)).collect(),

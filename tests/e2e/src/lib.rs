@@ -940,8 +940,9 @@ pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
 /// multiset of rows (same column order and types assumed).
 pub fn table_checksum(client: &mut Client, table: &str) -> (i64, String) {
     let sql = format!(
-        "SELECT count(*)::int8, md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) \
-         FROM {table} t"
+        // The alias must not collide with a column name, or `alias::text` means the column.
+        "SELECT count(*)::int8, md5(coalesce(string_agg(_livesync_row_::text, E'\\n' \
+         ORDER BY _livesync_row_::text), '')) FROM {table} _livesync_row_"
     );
     let row = client
         .query_one(sql.as_str(), &[])
@@ -952,7 +953,7 @@ pub fn table_checksum(client: &mut Client, table: &str) -> (i64, String) {
 fn rows_as_text(client: &mut Client, table: &str) -> Vec<String> {
     client
         .query(
-            format!("SELECT t::text FROM {table} t ORDER BY 1").as_str(),
+            format!("SELECT _livesync_row_::text FROM {table} _livesync_row_ ORDER BY 1").as_str(),
             &[],
         )
         .unwrap_or_else(|e| panic!("rows of {table}: {}", err_text(&e)))
@@ -1552,4 +1553,282 @@ pub fn assert_sqlstate(res: Result<(), postgres::Error>, codes: &[&str], what: &
 /// The set of distinct strings in a list (convenience for assertions).
 pub fn set_of<I: IntoIterator<Item = S>, S: Into<String>>(items: I) -> HashSet<String> {
     items.into_iter().map(Into::into).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fault injection: a TCP proxy, walsenders, a writer that survives a source restart
+// ---------------------------------------------------------------------------------------------
+
+struct ProxyConn {
+    client: std::net::TcpStream,
+    upstream: std::net::TcpStream,
+    /// Pump threads of this connection that have finished (0..=2).
+    done: Arc<AtomicU64>,
+}
+
+struct ProxyShared {
+    cut: AtomicBool,
+    stop: AtomicBool,
+    conns: Mutex<Vec<ProxyConn>>,
+    accepted: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl ProxyShared {
+    fn close_all(&self) {
+        let mut conns = self.conns.lock().unwrap();
+        for c in conns.drain(..) {
+            let _ = c.client.shutdown(std::net::Shutdown::Both);
+            let _ = c.upstream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// A test-controlled TCP proxy on 127.0.0.1 in front of a server port: [`TcpProxy::cut`]
+/// closes every current connection and refuses new ones (accepts and closes them at once)
+/// until [`TcpProxy::restore`]. Plain std threads; at most 64 connections at a time; stops
+/// (closing everything) when dropped.
+pub struct TcpProxy {
+    port: u16,
+    shared: Arc<ProxyShared>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl TcpProxy {
+    const MAX_CONNS: usize = 64;
+
+    pub fn start(upstream_port: u16) -> TcpProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy: bind 127.0.0.1:0");
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let shared = Arc::new(ProxyShared {
+            cut: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            conns: Mutex::new(Vec::new()),
+            accepted: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        });
+        let sh = shared.clone();
+        let accept = thread::spawn(move || {
+            while !sh.stop.load(Ordering::SeqCst) {
+                let (client, _) = match listener.accept() {
+                    Ok(x) => x,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                    Err(_) => {
+                        thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                };
+                let _ = client.set_nonblocking(false);
+                let mut conns = sh.conns.lock().unwrap();
+                conns.retain(|c| c.done.load(Ordering::SeqCst) < 2);
+                if sh.cut.load(Ordering::SeqCst) || conns.len() >= Self::MAX_CONNS {
+                    sh.refused.fetch_add(1, Ordering::SeqCst);
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+                let upstream = match std::net::TcpStream::connect_timeout(
+                    &std::net::SocketAddr::from(([127, 0, 0, 1], upstream_port)),
+                    Duration::from_secs(5),
+                ) {
+                    Ok(u) => u,
+                    Err(_) => {
+                        sh.refused.fetch_add(1, Ordering::SeqCst);
+                        let _ = client.shutdown(std::net::Shutdown::Both);
+                        continue;
+                    }
+                };
+                let _ = client.set_nodelay(true);
+                let _ = upstream.set_nodelay(true);
+                let done = Arc::new(AtomicU64::new(0));
+                for (from, to) in [
+                    (client.try_clone(), upstream.try_clone()),
+                    (upstream.try_clone(), client.try_clone()),
+                ] {
+                    let (Ok(mut from), Ok(mut to)) = (from, to) else {
+                        done.fetch_add(1, Ordering::SeqCst);
+                        continue;
+                    };
+                    let done = done.clone();
+                    thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        done.fetch_add(1, Ordering::SeqCst);
+                    });
+                }
+                sh.accepted.fetch_add(1, Ordering::SeqCst);
+                conns.push(ProxyConn {
+                    client,
+                    upstream,
+                    done,
+                });
+            }
+            sh.close_all();
+        });
+        TcpProxy {
+            port,
+            shared,
+            accept: Some(accept),
+        }
+    }
+
+    /// The proxy's port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Closes every current connection and refuses new ones until [`TcpProxy::restore`].
+    pub fn cut(&self) {
+        self.shared.cut.store(true, Ordering::SeqCst);
+        self.shared.close_all();
+    }
+
+    /// Lets connections through again.
+    pub fn restore(&self) {
+        self.shared.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// (connections passed through, connections refused) so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.shared.accepted.load(Ordering::SeqCst),
+            self.shared.refused.load(Ordering::SeqCst),
+        )
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+        self.shared.close_all();
+    }
+}
+
+/// `active_pid` of a replication slot on a cluster (the walsender streaming it), if active.
+pub fn slot_active_pid(src: &Cluster, slot: &str) -> Option<i32> {
+    src.client("postgres")
+        .query(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .expect("query pg_replication_slots")
+        .first()
+        .and_then(|r| r.get::<_, Option<i32>>(0))
+}
+
+/// `livesync.subscription.last_error` of a sync (None: no row or no error).
+pub fn last_error(tgt: &Db, subscription: &str) -> Option<String> {
+    try_sub_info(tgt, subscription)
+        .ok()
+        .flatten()
+        .and_then(|i| i.last_error)
+}
+
+/// Waits until `livesync.subscription.last_error` of the sync is set and satisfies `ok`;
+/// returns it.
+pub fn wait_for_last_error(
+    tgt: &Db,
+    subscription: &str,
+    timeout: Duration,
+    what: &str,
+    ok: impl Fn(&str) -> bool,
+) -> String {
+    let mut seen = None;
+    wait_until_or(
+        timeout,
+        &format!("livesync.subscription.last_error of {subscription} to {what}"),
+        || describe_sync(tgt, subscription),
+        || {
+            seen = last_error(tgt, subscription).filter(|e| ok(e));
+            seen.is_some()
+        },
+    );
+    seen.unwrap()
+}
+
+/// True for errors that mean the connection is gone (server shutdown, terminated backend,
+/// connection failure) rather than a problem with the statement.
+pub fn is_connection_error(e: &postgres::Error) -> bool {
+    match sqlstate(e) {
+        None => true,
+        Some(c) => c.starts_with("08") || c.starts_with("57P") || c == "25P03",
+    }
+}
+
+impl BackgroundWriter {
+    /// Like [`BackgroundWriter::spawn`], but survives the source going away: after a
+    /// connection error it reconnects (retrying every 100 ms) and goes on with the next
+    /// iteration. `op` must not depend on whether an earlier iteration committed (an iteration
+    /// cut by a crash may or may not have). Other errors end the writer as usual. Counts
+    /// successful iterations as inserts and interrupted ones as deletes in the stats.
+    pub fn spawn_reconnecting<F>(db: &Db, what: &str, mut op: F) -> BackgroundWriter
+    where
+        F: FnMut(&mut Client, u64) -> Result<(), postgres::Error> + Send + 'static,
+    {
+        let stop = Arc::new(AtomicBool::new(false));
+        let cfg = db.config();
+        let stop2 = stop.clone();
+        let what2 = what.to_string();
+        let handle = thread::spawn(move || {
+            let mut stats = WriterStats::default();
+            let mut client: Option<Client> = None;
+            let mut i = 0u64;
+            while !stop2.load(Ordering::Relaxed) {
+                let c = match client.as_mut() {
+                    Some(c) if !c.is_closed() => c,
+                    _ => match cfg.connect(NoTls) {
+                        Ok(c) => client.insert(c),
+                        Err(_) => {
+                            client = None;
+                            thread::sleep(Duration::from_millis(100));
+                            continue;
+                        }
+                    },
+                };
+                let res = op(c, i);
+                i += 1;
+                match res {
+                    Ok(()) => stats.inserts += 1,
+                    Err(e) if is_connection_error(&e) || c.is_closed() => {
+                        stats.deletes += 1;
+                        client = None;
+                    }
+                    Err(e) => return Err(format!("{what2}: {}", err_text(&e))),
+                }
+                thread::sleep(Duration::from_millis(2));
+            }
+            Ok(stats)
+        });
+        BackgroundWriter {
+            stop,
+            handle: Some(handle),
+            what: what.to_string(),
+        }
+    }
+}
+
+/// Percentile (0..=100) of a list of samples (nearest rank; NaN when empty).
+pub fn percentile(samples: &[f64], p: f64) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = samples.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
+/// Seconds from an environment variable, or `default`.
+pub fn env_secs(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
 }

@@ -1,0 +1,1597 @@
+//! Issue 3: what changes livesync applies, and how, on this binary's shared source and target
+//! clusters. Ported from PostgreSQL's own `src/test/subscription/t/` (001_rep_changes,
+//! 002_types, 003_constraints, 006_rewrite, 008_diff_schema, 010_truncate, 011_generated,
+//! 013_partition, 100_bugs): replica identities (key, index, FULL with duplicates and types
+//! without equality, NOTHING), key updates, unchanged TOAST, TRUNCATE (several tables,
+//! CASCADE, RESTART IDENTITY), partitioned sources (via root, leaves, missing leaf), column
+//! differences, generated and identity columns, a wide table of types (also with a target
+//! database in non-ISO settings), many small transactions, publication changes during the
+//! copy, apply and copy errors with recovery, and large transactions.
+//!
+//! Every test works in databases of its own and uses a sync name no other test of this binary
+//! uses (slots are global on the shared source).
+
+use std::collections::BTreeMap;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use livesync_e2e::postgres::Client;
+use livesync_e2e::*;
+
+/// Generous timeout for the waits of this binary (tests run two at a time on a small machine).
+const LONG: Duration = Duration::from_secs(120);
+
+/// Creates the same DDL on source and target.
+fn ddl_both(src: &Db, tgt: &Db, ddl: &str) {
+    src.exec(ddl);
+    tgt.exec(ddl);
+}
+
+fn describe(tgt: &Db, sub: &str) -> String {
+    format!(
+        "livesync.subscription: {:?}\nlivesync.subscription_rel: {:?}\nrel errors: {:?}",
+        try_sub_info(tgt, sub).map_err(|e| err_text(&e)),
+        try_sub_rels(tgt, sub).map_err(|e| err_text(&e)),
+        rel_errors(tgt, sub)
+    )
+}
+
+/// Waits (120 s) until the sync lists exactly `tables`, all in `state`.
+fn wait_tables(tgt: &Db, sub: &str, tables: &[&str], state: char) {
+    let mut want: Vec<String> = tables.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    wait_until_or(
+        LONG,
+        &format!("sync {sub} to list exactly {want:?}, all in state '{state}'"),
+        || describe(tgt, sub),
+        || match try_sub_rels(tgt, sub) {
+            Ok(rels) => {
+                let mut got: Vec<String> = rels.iter().map(|r| r.qualified()).collect();
+                got.sort();
+                got == want && rels.iter().all(|r| r.state == state)
+            }
+            Err(_) => false,
+        },
+    );
+}
+
+/// Waits (`timeout`) until every table is 'r' and `applied_lsn` reached the source's current
+/// WAL position.
+fn caught_up_within(src: &Db, tgt: &Db, sub: &str, timeout: Duration) {
+    wait_until_or(
+        timeout,
+        &format!("every table of sync {sub} in state 'r'"),
+        || describe(tgt, sub),
+        || {
+            try_sub_rels(tgt, sub)
+                .map(|r| !r.is_empty() && r.iter().all(|x| x.state == 'r'))
+                .unwrap_or(false)
+        },
+    );
+    let lsn = current_lsn(src);
+    wait_until_or(
+        timeout,
+        &format!("sync {sub} to apply the source up to {lsn}"),
+        || describe(tgt, sub),
+        || {
+            let Ok(mut c) = tgt.try_client() else {
+                return false;
+            };
+            c.query_one(
+                "SELECT coalesce(applied_lsn >= $1::text::pg_lsn, false) \
+                 FROM livesync.subscription WHERE subname = $2",
+                &[&lsn, &sub],
+            )
+            .map(|r| r.get::<_, bool>(0))
+            .unwrap_or(false)
+        },
+    );
+}
+
+fn caught_up(src: &Db, tgt: &Db, sub: &str) {
+    caught_up_within(src, tgt, sub, LONG);
+}
+
+/// Caught up (120 s), then every table equal.
+fn synced(src: &Db, tgt: &Db, sub: &str, tables: &[&str]) {
+    caught_up(src, tgt, sub);
+    for t in tables {
+        assert_tables_equal(src, tgt, t);
+    }
+}
+
+/// `schema.table: last_error` of the sync's tables that have one.
+fn rel_errors(tgt: &Db, sub: &str) -> Vec<String> {
+    let Ok(mut c) = tgt.try_client() else {
+        return vec![];
+    };
+    c.query(
+        "SELECT schemaname || '.' || tablename || ': ' || last_error FROM livesync.subscription_rel \
+         WHERE subname = $1 AND last_error IS NOT NULL ORDER BY 1",
+        &[&sub],
+    )
+    .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+    .unwrap_or_default()
+}
+
+fn sub_last_error(tgt: &Db, sub: &str) -> Option<String> {
+    try_sub_info(tgt, sub)
+        .ok()
+        .flatten()
+        .and_then(|i| i.last_error)
+}
+
+/// Waits (`timeout`) until `livesync.subscription.last_error` of the sync satisfies `ok`;
+/// returns it.
+fn wait_sub_error(
+    tgt: &Db,
+    sub: &str,
+    timeout: Duration,
+    what: &str,
+    ok: impl Fn(&str) -> bool,
+) -> String {
+    let seen = std::cell::RefCell::new(Vec::<String>::new());
+    let mut found = None;
+    wait_until_or(
+        timeout,
+        &format!("livesync.subscription.last_error of {sub} to report {what}"),
+        || {
+            format!(
+                "errors seen meanwhile: {:?}\n{}",
+                seen.borrow(),
+                describe(tgt, sub)
+            )
+        },
+        || match sub_last_error(tgt, sub) {
+            Some(e) if ok(&e) => {
+                found = Some(e);
+                true
+            }
+            Some(e) => {
+                let mut seen = seen.borrow_mut();
+                if !seen.contains(&e) {
+                    seen.push(e);
+                }
+                false
+            }
+            None => false,
+        },
+    );
+    found.unwrap()
+}
+
+/// Waits until the sync's last_error or one of its tables' last_error satisfies `ok`.
+fn wait_any_error(
+    tgt: &Db,
+    sub: &str,
+    timeout: Duration,
+    what: &str,
+    ok: impl Fn(&str) -> bool,
+) -> String {
+    let mut found = None;
+    wait_until_or(
+        timeout,
+        &format!("sync {sub} to report {what} in subscription or subscription_rel.last_error"),
+        || describe(tgt, sub),
+        || {
+            let mut all = rel_errors(tgt, sub);
+            all.extend(sub_last_error(tgt, sub));
+            found = all.into_iter().find(|e| ok(e));
+            found.is_some()
+        },
+    );
+    found.unwrap()
+}
+
+fn client_with(db: &Db, setup: &str) -> Client {
+    let mut c = db.client();
+    if !setup.is_empty() {
+        c.batch_execute(setup)
+            .unwrap_or_else(|e| panic!("{setup}: {}", err_text(&e)));
+    }
+    c
+}
+
+fn rows_text(c: &mut Client, query: &str) -> Vec<String> {
+    c.query(
+        format!("SELECT t::text FROM {query} t ORDER BY 1").as_str(),
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("rows of {query}: {}", err_text(&e)))
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// Compares `src_query` on the source with `tgt_query` on the target (table names or
+/// parenthesised subqueries) by order-independent checksums, each session first running
+/// `setup` (e.g. `SET DateStyle = ISO`); panics with the differing rows.
+fn assert_same_in(src: &Db, tgt: &Db, src_query: &str, tgt_query: &str, setup: &str) {
+    let mut s = client_with(src, setup);
+    let mut t = client_with(tgt, setup);
+    let a = table_checksum(&mut s, src_query);
+    let b = table_checksum(&mut t, tgt_query);
+    if a == b {
+        return;
+    }
+    let count = |v: Vec<String>| {
+        let mut m = BTreeMap::<String, i64>::new();
+        for r in v {
+            *m.entry(r).or_default() += 1;
+        }
+        m
+    };
+    let sm = count(rows_text(&mut s, src_query));
+    let tm = count(rows_text(&mut t, tgt_query));
+    let only_src: Vec<_> = sm
+        .iter()
+        .filter(|(k, n)| tm.get(*k) != Some(n))
+        .take(10)
+        .collect();
+    let only_tgt: Vec<_> = tm
+        .iter()
+        .filter(|(k, n)| sm.get(*k) != Some(n))
+        .take(10)
+        .collect();
+    panic!(
+        "source {src_query} ({} rows) and target {tgt_query} ({} rows) differ (session: {setup:?})\n\
+         source rows missing or with another multiplicity on the target: {only_src:?}\n\
+         target rows missing or with another multiplicity on the source: {only_tgt:?}\n{}",
+        a.0,
+        b.0,
+        all_log_tails(30)
+    );
+}
+
+fn assert_same(src: &Db, tgt: &Db, src_query: &str, tgt_query: &str) {
+    assert_same_in(src, tgt, src_query, tgt_query, "");
+}
+
+fn count(db: &Db, sql_from: &str) -> i64 {
+    db.query_one(&format!("SELECT count(*)::int8 FROM {sql_from}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replica identity, key updates, TOAST
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn primary_key_updates_including_key_changes() {
+    // 001_rep_changes: tab_rep / tab_include (UPDATE SET a = -a), composite keys.
+    let src = Db::fresh(source(), "pk_src");
+    let tgt = Db::fresh(target(), "pk_tgt");
+    ddl_both(
+        &src,
+        &tgt,
+        "CREATE TABLE tab_rep (a int PRIMARY KEY, b text); \
+         CREATE TABLE tab_include (a int, b text, CONSTRAINT covering PRIMARY KEY (a) INCLUDE (b)); \
+         CREATE TABLE comp (k1 int, k2 text, v int, PRIMARY KEY (k1, k2)); \
+         CREATE SCHEMA \"Other Schema\"; \
+         CREATE TABLE \"Other Schema\".\"Mixed Table\" (\"Id\" int PRIMARY KEY, \"we\"\"ird col\" text)",
+    );
+    src.exec(
+        "INSERT INTO tab_rep SELECT g, 'r' || g FROM generate_series(1, 50) g; \
+         INSERT INTO tab_include SELECT g, 'i' || g FROM generate_series(1, 50) g; \
+         INSERT INTO comp SELECT g % 10, 'k' || (g / 10), g FROM generate_series(1, 100) g; \
+         INSERT INTO \"Other Schema\".\"Mixed Table\" SELECT g, 'w' || g FROM generate_series(1, 20) g; \
+         CREATE PUBLICATION p FOR TABLE tab_rep, tab_include, comp, \"Other Schema\".\"Mixed Table\"",
+    );
+    let sub = "pk_updates";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    wait_tables(
+        &tgt,
+        sub,
+        &[
+            "public.tab_rep",
+            "public.tab_include",
+            "public.comp",
+            "Other Schema.Mixed Table",
+        ],
+        'r',
+    );
+    src.exec(
+        "INSERT INTO tab_rep SELECT g, 'r' || g FROM generate_series(51, 60) g; \
+         DELETE FROM tab_rep WHERE a > 20 AND a <= 40; \
+         UPDATE tab_rep SET a = -a; \
+         UPDATE tab_rep SET a = a - 1000, b = b || ' moved' WHERE a > -10; \
+         DELETE FROM tab_include WHERE a > 20; \
+         UPDATE tab_include SET a = -a; \
+         UPDATE comp SET k2 = k2 || 'x' WHERE k1 = 3; \
+         UPDATE comp SET k1 = k1 + 100, v = -v WHERE k1 = 4; \
+         DELETE FROM comp WHERE k1 = 5; \
+         UPDATE \"Other Schema\".\"Mixed Table\" SET \"Id\" = \"Id\" + 100, \"we\"\"ird col\" = 'q''\"' WHERE \"Id\" % 2 = 0; \
+         DELETE FROM \"Other Schema\".\"Mixed Table\" WHERE \"Id\" = 3",
+    );
+    // A key changed twice in one transaction, and back.
+    src.exec(
+        "BEGIN; UPDATE tab_rep SET a = 5000 WHERE a = -1; UPDATE tab_rep SET a = 5001 WHERE a = 5000; \
+         UPDATE tab_rep SET a = -1 WHERE a = 5001; UPDATE tab_rep SET b = 'back' WHERE a = -1; COMMIT",
+    );
+    synced(
+        &src,
+        &tgt,
+        sub,
+        &[
+            "tab_rep",
+            "tab_include",
+            "comp",
+            "\"Other Schema\".\"Mixed Table\"",
+        ],
+    );
+    assert_eq!(count(&tgt, "tab_rep WHERE a > 0"), 0);
+    assert_no_duplicates(&tgt, "tab_rep", "a");
+    assert_no_duplicates(&tgt, "comp", "k1, k2");
+}
+
+#[test]
+fn replica_identity_using_index() {
+    // 100_bugs: REPLICA IDENTITY USING INDEX; the target also without any index.
+    let src = Db::fresh(source(), "riidx_src");
+    let tgt = Db::fresh(target(), "riidx_tgt");
+    let ddl = |t: &str| {
+        format!(
+            "CREATE TABLE {t} (a int NOT NULL, b text NOT NULL, c text, d int); \
+             CREATE UNIQUE INDEX {t}_ab ON {t} (a, b); \
+             ALTER TABLE {t} REPLICA IDENTITY USING INDEX {t}_ab"
+        )
+    };
+    src.exec(&format!("{}; {}", ddl("ri"), ddl("ri_noidx")));
+    tgt.exec(&ddl("ri"));
+    tgt.exec("CREATE TABLE ri_noidx (a int NOT NULL, b text NOT NULL, c text, d int)");
+    for t in ["ri", "ri_noidx"] {
+        src.exec(&format!(
+            "INSERT INTO {t} SELECT g % 100, 'b' || (g / 100), CASE WHEN g % 7 = 0 THEN NULL ELSE 'c' || g END, g \
+             FROM generate_series(1, 1000) g"
+        ));
+    }
+    src.exec("CREATE PUBLICATION p FOR TABLE ri, ri_noidx");
+    let sub = "ri_index";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    wait_tables(&tgt, sub, &["public.ri", "public.ri_noidx"], 'r');
+    for t in ["ri", "ri_noidx"] {
+        src.exec(&format!(
+            "UPDATE {t} SET c = 'changed ' || d WHERE a % 5 = 0; \
+             UPDATE {t} SET b = b || '!' WHERE a % 3 = 0; \
+             UPDATE {t} SET a = a + 1000, d = -d WHERE a % 11 = 0; \
+             UPDATE {t} SET c = NULL WHERE a % 13 = 0; \
+             DELETE FROM {t} WHERE a % 4 = 1; \
+             INSERT INTO {t} VALUES (5000, 'new', NULL, NULL)"
+        ));
+    }
+    synced(&src, &tgt, sub, &["ri", "ri_noidx"]);
+    assert_no_duplicates(&tgt, "ri", "a, b");
+    assert_no_duplicates(&tgt, "ri_noidx", "a, b");
+}
+
+#[test]
+fn replica_identity_full_types_without_equality_and_duplicate_rows() {
+    // 001_rep_changes: tab_full / tab_full2 with duplicate tuples.
+    let src = Db::fresh(source(), "full_src");
+    let tgt = Db::fresh(target(), "full_tgt");
+    ddl_both(
+        &src,
+        &tgt,
+        "CREATE TABLE full_t (n int, j json, p point, t text, f float8, ts timestamptz); \
+         ALTER TABLE full_t REPLICA IDENTITY FULL; \
+         CREATE TABLE tab_full2 (x text); ALTER TABLE tab_full2 REPLICA IDENTITY FULL",
+    );
+    src.exec(
+        "INSERT INTO full_t SELECT g % 10, json_build_object('k', g % 10, 'a', json_build_array(1, 'x')), \
+                point(g % 10, 0.5), CASE WHEN g % 10 = 0 THEN NULL ELSE 'dup ' || (g % 10) END, \
+                (g % 10) / 3.0, '2024-01-01 00:00:00+00'::timestamptz + (g % 10) * interval '1 hour' \
+         FROM generate_series(1, 40) g; \
+         INSERT INTO full_t VALUES (NULL, NULL, NULL, NULL, NULL, NULL), (NULL, NULL, NULL, NULL, NULL, NULL), \
+                (99, '{\"x\": [1, 2]}', '(1.5,-2.25)', E'tab\\t\"q\"', 'NaN', 'infinity'), \
+                (99, '{\"x\": [1, 2]}', '(1.5,-2.25)', E'tab\\t\"q\"', 'NaN', 'infinity'); \
+         INSERT INTO tab_full2 VALUES ('a'), ('b'), ('b'), ('b'), ('c'), ('c'); \
+         CREATE PUBLICATION p FOR TABLE full_t, tab_full2",
+    );
+    let sub = "ri_full";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    wait_tables(&tgt, sub, &["public.full_t", "public.tab_full2"], 'r');
+
+    // One of several identical rows: exactly one must change on the target too.
+    src.exec(
+        "DELETE FROM full_t WHERE ctid = (SELECT ctid FROM full_t WHERE n = 3 LIMIT 1); \
+         UPDATE full_t SET t = 'only one' WHERE ctid = (SELECT ctid FROM full_t WHERE n = 4 LIMIT 1); \
+         DELETE FROM full_t WHERE ctid = (SELECT ctid FROM full_t WHERE n IS NULL LIMIT 1); \
+         UPDATE full_t SET n = -99 WHERE ctid = (SELECT ctid FROM full_t WHERE n = 99 LIMIT 1); \
+         UPDATE full_t SET j = '[]' WHERE n = 5; \
+         UPDATE full_t SET p = point(-1, -1) WHERE n = 6; \
+         DELETE FROM full_t WHERE n = 0; \
+         UPDATE tab_full2 SET x = 'bb' WHERE x = 'b'; \
+         DELETE FROM tab_full2 WHERE ctid = (SELECT ctid FROM tab_full2 WHERE x = 'c' LIMIT 1); \
+         INSERT INTO full_t VALUES (7, '{}', '(0,0)', 'late', -0.0, '-infinity')",
+    );
+    synced(&src, &tgt, sub, &["full_t", "tab_full2"]);
+    assert_eq!(count(&tgt, "full_t WHERE n = 3"), 3);
+    assert_eq!(count(&tgt, "full_t WHERE t = 'only one'"), 1);
+    assert_eq!(count(&tgt, "tab_full2 WHERE x = 'bb'"), 3);
+    assert_eq!(count(&tgt, "tab_full2 WHERE x = 'c'"), 1);
+}
+
+#[test]
+fn replica_identity_nothing_inserts_replicate_and_missing_identity_is_reported() {
+    // 001_rep_changes: tab_nothing (only INSERTs replicate). PostgreSQL itself refuses an
+    // UPDATE of such a table on the source while the publication publishes updates, so the
+    // case that reaches the target is a partitioned root published via the root whose leaves
+    // have keys but the root has none: the Relation message carries no identity.
+    let src = Db::fresh(source(), "nothing_src");
+    let tgt = Db::fresh(target(), "nothing_tgt");
+    src.exec(
+        "CREATE TABLE nothing_t (a int, b text); ALTER TABLE nothing_t REPLICA IDENTITY NOTHING; \
+         CREATE TABLE pr_root (id int NOT NULL, v text) PARTITION BY RANGE (id); \
+         CREATE TABLE pr_leaf PARTITION OF pr_root FOR VALUES FROM (0) TO (100000); \
+         ALTER TABLE pr_leaf ADD PRIMARY KEY (id)",
+    );
+    tgt.exec(
+        "CREATE TABLE nothing_t (a int, b text); \
+         CREATE TABLE pr_root (id int NOT NULL, v text)",
+    );
+    src.exec(
+        "INSERT INTO nothing_t SELECT g, 'n' || g FROM generate_series(1, 20) g; \
+         INSERT INTO pr_root SELECT g, 'v' || g FROM generate_series(1, 20) g; \
+         CREATE PUBLICATION p FOR TABLE nothing_t, pr_root WITH (publish_via_partition_root = true)",
+    );
+    let sub = "ri_nothing";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    wait_tables(&tgt, sub, &["public.nothing_t", "public.pr_root"], 'r');
+    src.exec(
+        "INSERT INTO nothing_t SELECT g, 'n' || g FROM generate_series(21, 40) g; \
+         INSERT INTO pr_root SELECT g, 'v' || g FROM generate_series(21, 40) g",
+    );
+    synced(&src, &tgt, sub, &["nothing_t", "pr_root"]);
+
+    // The source refuses the UPDATE of a table without identity (as in 001_rep_changes).
+    let refused = src
+        .client()
+        .batch_execute("UPDATE nothing_t SET b = 'x' WHERE a = 1");
+    let msg = assert_sqlstate(
+        refused,
+        &["55000"],
+        "UPDATE of a REPLICA IDENTITY NOTHING table",
+    );
+    assert!(msg.contains("replica identity"), "{msg}");
+
+    // An UPDATE that reaches livesync without any identity: a clear error naming the table.
+    src.exec("UPDATE pr_root SET v = 'updated' WHERE id = 5");
+    let err = wait_sub_error(&tgt, sub, LONG, "the missing replica identity", |e| {
+        e.contains("pr_root") && e.to_lowercase().contains("replica identity")
+    });
+    eprintln!("[e2e] last_error: {err}");
+}
+
+#[test]
+fn unchanged_toast_values_are_kept() {
+    // Updates of other columns send the TOASTed column as "unchanged": it keeps its value.
+    let src = Db::fresh(source(), "toast_src");
+    let tgt = Db::fresh(target(), "toast_tgt");
+    let ddl = "CREATE TABLE doc (id int PRIMARY KEY, big text, small int, other text); \
+               ALTER TABLE doc ALTER COLUMN big SET STORAGE EXTERNAL; \
+               ALTER TABLE doc ALTER COLUMN other SET STORAGE EXTERNAL; \
+               CREATE TABLE doc_full (id int, big text, small int); \
+               ALTER TABLE doc_full ALTER COLUMN big SET STORAGE EXTERNAL; \
+               ALTER TABLE doc_full REPLICA IDENTITY FULL; \
+               CREATE TABLE doc_idx (id int NOT NULL, big text, small int); \
+               CREATE UNIQUE INDEX doc_idx_id ON doc_idx (id); \
+               ALTER TABLE doc_idx REPLICA IDENTITY USING INDEX doc_idx_id; \
+               ALTER TABLE doc_idx ALTER COLUMN big SET STORAGE EXTERNAL";
+    ddl_both(&src, &tgt, ddl);
+    // ~16 kB of md5s per value: stored out of line.
+    let big = |seed: &str| {
+        format!("(SELECT string_agg(md5({seed} || '-' || x), '') FROM generate_series(1, 500) x)")
+    };
+    let fill = |from: i32, to: i32| {
+        format!(
+            "INSERT INTO doc SELECT g, {}, g, CASE WHEN g % 2 = 0 THEN {} END FROM generate_series({from}, {to}) g; \
+             INSERT INTO doc_full SELECT g, {}, g FROM generate_series({from}, {to}) g; \
+             INSERT INTO doc_idx SELECT g, {}, g FROM generate_series({from}, {to}) g",
+            big("g::text"),
+            big("'o' || g"),
+            big("g::text"),
+            big("g::text")
+        )
+    };
+    src.exec(&fill(1, 20));
+    let len: i32 = src.query_one("SELECT min(octet_length(big)) FROM doc");
+    assert!(len > 8000, "{len}");
+    src.exec("CREATE PUBLICATION p FOR TABLE doc, doc_full, doc_idx");
+    let sub = "toast_kept";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    wait_tables(
+        &tgt,
+        sub,
+        &["public.doc", "public.doc_full", "public.doc_idx"],
+        'r',
+    );
+    src.exec(&fill(21, 30));
+    src.exec(
+        "UPDATE doc SET small = small + 1000; \
+         UPDATE doc SET id = id + 100 WHERE id <= 3; \
+         UPDATE doc SET other = 'short now' WHERE id = 4; \
+         UPDATE doc SET big = big || 'x', small = -small WHERE id % 5 = 0; \
+         UPDATE doc SET big = NULL WHERE id = 7; UPDATE doc SET small = 0 WHERE id = 7; \
+         DELETE FROM doc WHERE id % 9 = 0; \
+         UPDATE doc_full SET small = small + 1000; \
+         DELETE FROM doc_full WHERE id % 4 = 0; \
+         UPDATE doc_idx SET small = small + 1000; \
+         UPDATE doc_idx SET id = id + 100 WHERE id % 3 = 0; \
+         DELETE FROM doc_idx WHERE id % 4 = 0",
+    );
+    // Several updates of one row in one transaction.
+    src.exec("BEGIN; UPDATE doc SET small = 1 WHERE id = 8; UPDATE doc SET small = 2 WHERE id = 8; COMMIT");
+    synced(&src, &tgt, sub, &["doc", "doc_full", "doc_idx"]);
+    assert_eq!(count(&tgt, "doc WHERE big IS NULL"), 1);
+    assert_eq!(
+        count(&tgt, "doc WHERE octet_length(big) > 8000"),
+        count(&src, "doc WHERE octet_length(big) > 8000")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// TRUNCATE
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn truncate_one_table() {
+    // 010_truncate: a single table, inside a transaction, a hypertable target, and a
+    // publication that does not publish TRUNCATE.
+    let src = Db::fresh(source(), "trunc1_src");
+    let tgt = Db::fresh(target(), "trunc1_tgt");
+    ddl_both(
+        &src,
+        &tgt,
+        "CREATE TABLE t1 (a int PRIMARY KEY, b text); CREATE TABLE keep (a int PRIMARY KEY); \
+         CREATE TABLE metrics (ts timestamptz NOT NULL, dev int NOT NULL, v float8, PRIMARY KEY (dev, ts)); \
+         CREATE TABLE ins_only (a int PRIMARY KEY)",
+    );
+    tgt.exec(
+        "SET client_min_messages = warning; \
+         SELECT create_hypertable('metrics', 'ts', chunk_time_interval => interval '1 day')",
+    );
+    src.exec(
+        "INSERT INTO t1 SELECT g, 'x' FROM generate_series(1, 100) g; \
+         INSERT INTO keep SELECT generate_series(1, 10); \
+         INSERT INTO metrics SELECT '2024-01-01'::timestamptz + g * interval '1 hour', g % 3, g \
+           FROM generate_series(1, 200) g; \
+         INSERT INTO ins_only SELECT generate_series(1, 10); \
+         CREATE PUBLICATION p FOR TABLE t1, keep, metrics; \
+         CREATE PUBLICATION p_ins FOR TABLE ins_only WITH (publish = 'insert')",
+    );
+    let sub = "trunc_one";
+    let sub2 = "trunc_one_ins";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    let _g2 = start_sync(&tgt, &src.uri(), "p_ins", sub2);
+    wait_tables(
+        &tgt,
+        sub,
+        &["public.t1", "public.keep", "public.metrics"],
+        'r',
+    );
+    wait_tables(&tgt, sub2, &["public.ins_only"], 'r');
+    src.exec("TRUNCATE t1");
+    synced(&src, &tgt, sub, &["t1", "keep", "metrics"]);
+    assert_eq!(count(&tgt, "t1"), 0);
+    assert_eq!(count(&tgt, "keep"), 10);
+
+    src.exec(
+        "BEGIN; INSERT INTO t1 VALUES (1, 'before'); TRUNCATE t1; \
+         INSERT INTO t1 SELECT g, 'after' FROM generate_series(1, 5) g; COMMIT; \
+         TRUNCATE metrics; \
+         INSERT INTO metrics VALUES ('2024-02-01', 1, 1)",
+    );
+    synced(&src, &tgt, sub, &["t1", "keep", "metrics"]);
+    assert_eq!(count(&tgt, "metrics"), 1);
+
+    // publish = 'insert': TRUNCATE is not replicated.
+    src.exec("TRUNCATE ins_only; INSERT INTO ins_only VALUES (100)");
+    caught_up(&src, &tgt, sub2);
+    assert_eq!(
+        count(&tgt, "ins_only"),
+        11,
+        "a TRUNCATE that is not published was applied"
+    );
+}
+
+#[test]
+fn truncate_several_tables_in_one_statement() {
+    let src = Db::fresh(source(), "truncn_src");
+    let tgt = Db::fresh(target(), "truncn_tgt");
+    ddl_both(
+        &src,
+        &tgt,
+        "CREATE TABLE t2 (a int PRIMARY KEY); CREATE TABLE t3 (a int PRIMARY KEY); \
+         CREATE TABLE t4 (a int PRIMARY KEY); CREATE TABLE unpub (a int PRIMARY KEY)",
+    );
+    src.exec(
+        "INSERT INTO t2 SELECT generate_series(1, 30); INSERT INTO t3 SELECT generate_series(1, 30); \
+         INSERT INTO t4 SELECT generate_series(1, 30); INSERT INTO unpub SELECT generate_series(1, 30); \
+         CREATE PUBLICATION p FOR TABLE t2, t3, t4",
+    );
+    tgt.exec("INSERT INTO unpub SELECT generate_series(1, 7)");
+    let sub = "trunc_many";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    wait_tables(&tgt, sub, &["public.t2", "public.t3", "public.t4"], 'r');
+    // A TRUNCATE of published and unpublished tables together.
+    src.exec("TRUNCATE t2, t3, unpub; INSERT INTO t3 VALUES (42)");
+    synced(&src, &tgt, sub, &["t2", "t3", "t4"]);
+    assert_eq!(count(&tgt, "t2"), 0);
+    assert_eq!(count(&tgt, "t4"), 30);
+    assert_eq!(
+        count(&tgt, "unpub"),
+        7,
+        "an unpublished table was truncated"
+    );
+}
+
+#[test]
+fn truncate_cascade_and_restart_identity() {
+    // 010_truncate: FK between two published tables with CASCADE; RESTART IDENTITY restarts
+    // the target's sequences too.
+    let src = Db::fresh(source(), "truncc_src");
+    let tgt = Db::fresh(target(), "truncc_tgt");
+    ddl_both(
+        &src,
+        &tgt,
+        "CREATE TABLE parent (a int PRIMARY KEY); \
+         CREATE TABLE child (x int PRIMARY KEY, y int REFERENCES parent); \
+         CREATE TABLE ident (id int GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, v text); \
+         CREATE TABLE ser (id serial PRIMARY KEY, v text)",
+    );
+    src.exec(
+        "INSERT INTO parent SELECT generate_series(1, 10); \
+         INSERT INTO child SELECT g, g % 10 + 1 FROM generate_series(1, 50) g; \
+         INSERT INTO ident (v) SELECT 'i' || g FROM generate_series(1, 20) g; \
+         INSERT INTO ser (v) SELECT 's' || g FROM generate_series(1, 20) g; \
+         CREATE PUBLICATION p FOR TABLE parent, child, ident, ser",
+    );
+    let sub = "trunc_cascade";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    wait_tables(
+        &tgt,
+        sub,
+        &[
+            "public.parent",
+            "public.child",
+            "public.ident",
+            "public.ser",
+        ],
+        'r',
+    );
+    // The target's sequences move on (as if used locally): RESTART IDENTITY must reset them.
+    tgt.exec(
+        "SELECT setval(pg_get_serial_sequence('ident', 'id'), 500); \
+         SELECT setval(pg_get_serial_sequence('ser', 'id'), 500)",
+    );
+    src.exec("TRUNCATE parent CASCADE");
+    synced(&src, &tgt, sub, &["parent", "child"]);
+    assert_eq!(count(&tgt, "child"), 0);
+
+    src.exec(
+        "TRUNCATE ident, ser RESTART IDENTITY; \
+         INSERT INTO ident (v) SELECT 'new' || g FROM generate_series(1, 5) g; \
+         INSERT INTO ser (v) SELECT 'new' || g FROM generate_series(1, 5) g; \
+         INSERT INTO parent VALUES (1); INSERT INTO child VALUES (1, 1)",
+    );
+    synced(&src, &tgt, sub, &["parent", "child", "ident", "ser"]);
+    assert_eq!(tgt.query_one::<i32>("SELECT max(id) FROM ident"), 5);
+    for t in ["ident", "ser"] {
+        let next: i64 = tgt.query_one(&format!(
+            "SELECT nextval(pg_get_serial_sequence('{t}', 'id'))"
+        ));
+        assert_eq!(
+            next, 1,
+            "TRUNCATE ... RESTART IDENTITY did not restart {t}'s sequence on the target"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Partitioned sources
+// ---------------------------------------------------------------------------------------------
+
+const PART_DDL: &str =
+    "CREATE TABLE meas (id int NOT NULL, ts timestamptz NOT NULL, dev int, v float8, \
+                        PRIMARY KEY (id, ts)) PARTITION BY RANGE (ts); \
+     CREATE TABLE meas_2024_01 PARTITION OF meas FOR VALUES FROM ('2024-01-01 00:00+00') TO ('2024-02-01 00:00+00'); \
+     CREATE TABLE meas_2024_02 PARTITION OF meas FOR VALUES FROM ('2024-02-01 00:00+00') TO ('2024-03-01 00:00+00'); \
+     CREATE TABLE meas_def PARTITION OF meas DEFAULT";
+
+fn part_fill(from: i32, to: i32) -> String {
+    format!(
+        "INSERT INTO meas SELECT g, '2024-01-01 00:00+00'::timestamptz + (g % 90) * interval '1 day', \
+                g % 7, g * 0.5 FROM generate_series({from}, {to}) g"
+    )
+}
+
+/// Changes on the source root: inserts into every partition, updates that move rows between
+/// partitions, updates in place, deletes.
+const PART_CHANGES: &str = "UPDATE meas SET v = -v WHERE id % 5 = 0; \
+     UPDATE meas SET ts = ts + interval '31 days' WHERE id % 10 = 1; \
+     UPDATE meas SET id = id + 100000 WHERE id % 10 = 2; \
+     DELETE FROM meas WHERE id % 10 = 3; \
+     DELETE FROM meas_2024_02 WHERE id % 10 = 4";
+
+fn partition_root_case(hypertable: bool) {
+    let tag = if hypertable { "ht" } else { "plain" };
+    let src = Db::fresh(source(), &format!("viaroot_{tag}_src"));
+    let tgt = Db::fresh(target(), &format!("viaroot_{tag}_tgt"));
+    src.exec(PART_DDL);
+    src.exec(&part_fill(1, 2000));
+    src.exec("CREATE PUBLICATION p FOR TABLE meas WITH (publish_via_partition_root = true)");
+    tgt.exec(
+        "CREATE TABLE meas (id int NOT NULL, ts timestamptz NOT NULL, dev int, v float8, \
+                            PRIMARY KEY (id, ts))",
+    );
+    if hypertable {
+        tgt.exec(
+            "SET client_min_messages = warning; \
+             SELECT create_hypertable('meas', 'ts', chunk_time_interval => interval '7 days')",
+        );
+    }
+    let sub = format!("via_root_{tag}");
+    let _g = start_sync(&tgt, &src.uri(), "p", &sub);
+    wait_tables(&tgt, &sub, &["public.meas"], 'r');
+    src.exec(&part_fill(2001, 3000));
+    src.exec(PART_CHANGES);
+    synced(&src, &tgt, &sub, &["meas"]);
+    assert_no_duplicates(&tgt, "meas", "id, ts");
+    if hypertable {
+        assert_eq!(count_only(&tgt, "meas"), 0, "rows in the hypertable's root");
+        assert!(chunk_count(&tgt, "meas") > 5);
+    }
+}
+
+#[test]
+fn partitioned_source_via_root_to_single_table() {
+    partition_root_case(false);
+}
+
+#[test]
+fn partitioned_source_via_root_to_hypertable() {
+    partition_root_case(true);
+}
+
+#[test]
+fn partitioned_source_leaves_to_same_leaves() {
+    // 013_partition: publish_via_partition_root = false; the target has the same partitions.
+    let src = Db::fresh(source(), "leaves_src");
+    let tgt = Db::fresh(target(), "leaves_tgt");
+    src.exec(PART_DDL);
+    src.exec(&part_fill(1, 2000));
+    src.exec("CREATE PUBLICATION p FOR TABLE meas");
+    copy_schema(&src, &tgt, &[]);
+    let sub = "leaves_same";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    let leaves = [
+        "public.meas_2024_01",
+        "public.meas_2024_02",
+        "public.meas_def",
+    ];
+    wait_tables(&tgt, sub, &leaves, 'r');
+    src.exec(&part_fill(2001, 3000));
+    src.exec(PART_CHANGES);
+    synced(
+        &src,
+        &tgt,
+        sub,
+        &["meas", "meas_2024_01", "meas_2024_02", "meas_def"],
+    );
+    assert_no_duplicates(&tgt, "meas", "id, ts");
+}
+
+#[test]
+fn partitioned_source_leaf_missing_on_target_then_created() {
+    let src = Db::fresh(source(), "leafmiss_src");
+    let tgt = Db::fresh(target(), "leafmiss_tgt");
+    src.exec(PART_DDL);
+    src.exec(&part_fill(1, 2000));
+    src.exec("CREATE PUBLICATION p FOR TABLE meas");
+    copy_schema(&src, &tgt, &[]);
+    tgt.exec("DROP TABLE meas_2024_02");
+    let sub = "leaf_missing";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    let err = wait_any_error(&tgt, sub, LONG, "the missing leaf meas_2024_02", |e| {
+        e.contains("meas_2024_02")
+    });
+    eprintln!("[e2e] error for the missing leaf: {err}");
+    src.exec(&part_fill(2001, 2500));
+    tgt.exec(
+        "CREATE TABLE meas_2024_02 PARTITION OF meas \
+         FOR VALUES FROM ('2024-02-01 00:00+00') TO ('2024-03-01 00:00+00')",
+    );
+    let leaves = [
+        "public.meas_2024_01",
+        "public.meas_2024_02",
+        "public.meas_def",
+    ];
+    wait_tables(&tgt, sub, &leaves, 'r');
+    src.exec(PART_CHANGES);
+    synced(
+        &src,
+        &tgt,
+        sub,
+        &["meas", "meas_2024_01", "meas_2024_02", "meas_def"],
+    );
+    assert_no_duplicates(&tgt, "meas", "id, ts");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Column differences, generated and identity columns, constraints, triggers
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn target_with_extra_columns_gets_defaults() {
+    // 008_diff_schema: extra target columns (default, now(), identity, plain), a column
+    // dropped on the source later.
+    let src = Db::fresh(source(), "extra_src");
+    let tgt = Db::fresh(target(), "extra_tgt");
+    src.exec("CREATE TABLE t (id int PRIMARY KEY, a text, b int)");
+    tgt.exec(
+        "CREATE TABLE t (id int PRIMARY KEY, a text, b int, extra1 text DEFAULT 'local', \
+                         extra2 timestamptz DEFAULT now(), d bigint DEFAULT 999, \
+                         e int GENERATED BY DEFAULT AS IDENTITY, extra4 int)",
+    );
+    src.exec(
+        "INSERT INTO t SELECT g, 'a' || g, g FROM generate_series(1, 100) g; \
+         CREATE PUBLICATION p FOR TABLE t",
+    );
+    let sub = "extra_cols";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    wait_tables(&tgt, sub, &["public.t"], 'r');
+    tgt.exec("UPDATE t SET extra4 = 7 WHERE id <= 10");
+    src.exec(
+        "INSERT INTO t SELECT g, 'a' || g, g FROM generate_series(101, 150) g; \
+         UPDATE t SET a = 'upd' WHERE id <= 20; DELETE FROM t WHERE id % 10 = 5",
+    );
+    caught_up(&src, &tgt, sub);
+    assert_same(&src, &tgt, "t", "(SELECT id, a, b FROM t)");
+    assert_eq!(
+        count(
+            &tgt,
+            "t WHERE extra1 IS DISTINCT FROM 'local' OR extra2 IS NULL OR d IS DISTINCT FROM 999 OR e IS NULL"
+        ),
+        0,
+        "extra target columns did not get their defaults"
+    );
+    assert_eq!(
+        count(&tgt, "t WHERE id <= 10 AND extra4 IS DISTINCT FROM 7"),
+        0,
+        "an UPDATE overwrote a target-only column"
+    );
+    assert_no_duplicates(&tgt, "t", "e");
+
+    // A column dropped on the source: later rows leave it to the target's default (NULL).
+    src.exec(
+        "ALTER TABLE t DROP COLUMN b; \
+         INSERT INTO t SELECT g, 'after drop' FROM generate_series(151, 160) g; \
+         UPDATE t SET a = 'upd2' WHERE id = 1",
+    );
+    caught_up(&src, &tgt, sub);
+    assert_same(&src, &tgt, "t", "(SELECT id, a FROM t)");
+    assert_eq!(count(&tgt, "t WHERE id > 150 AND b IS NULL"), 10);
+    assert_eq!(tgt.query_one::<i32>("SELECT b FROM t WHERE id = 1"), 1);
+}
+
+#[test]
+fn target_with_different_column_order() {
+    // 001_rep_changes: tab_mixed.
+    let src = Db::fresh(source(), "order_src");
+    let tgt = Db::fresh(target(), "order_tgt");
+    src.exec("CREATE TABLE tab_mixed (a int PRIMARY KEY, b text, c numeric, d timestamptz)");
+    tgt.exec(
+        "CREATE TABLE tab_mixed (x text DEFAULT 'local', d timestamptz, c numeric, b text, a int PRIMARY KEY)",
+    );
+    src.exec(
+        "INSERT INTO tab_mixed SELECT g, 'b' || g, g * 1.1, '2024-01-01 00:00+00'::timestamptz + g * interval '1 min' \
+           FROM generate_series(1, 500) g; \
+         CREATE PUBLICATION p FOR TABLE tab_mixed",
+    );
+    let sub = "col_order";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    wait_tables(&tgt, sub, &["public.tab_mixed"], 'r');
+    src.exec(
+        "INSERT INTO tab_mixed VALUES (1000, 'new', 3.3, NULL); \
+         UPDATE tab_mixed SET b = 'baz', c = -c WHERE a % 3 = 0; \
+         UPDATE tab_mixed SET a = a + 2000 WHERE a % 7 = 0; \
+         DELETE FROM tab_mixed WHERE a % 5 = 0",
+    );
+    caught_up(&src, &tgt, sub);
+    let q = "(SELECT a, b, c, d FROM tab_mixed)";
+    assert_same(&src, &tgt, q, q);
+    assert_eq!(count(&tgt, "tab_mixed WHERE x IS DISTINCT FROM 'local'"), 0);
+}
+
+#[test]
+fn source_column_missing_on_target_is_reported_then_added() {
+    // 008_diff_schema / 006_rewrite: a column added on the source while streaming; the target
+    // lacks it until the user adds it; nothing is lost.
+    let src = Db::fresh(source(), "misscol_src");
+    let tgt = Db::fresh(target(), "misscol_tgt");
+    ddl_both(&src, &tgt, "CREATE TABLE t (id int PRIMARY KEY, a text)");
+    src.exec(
+        "INSERT INTO t SELECT g, 'a' || g FROM generate_series(1, 100) g; \
+         CREATE PUBLICATION p FOR TABLE t",
+    );
+    let sub = "missing_col";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    wait_tables(&tgt, sub, &["public.t"], 'r');
+    src.exec(
+        "ALTER TABLE t ADD COLUMN newcol int NOT NULL DEFAULT 0; \
+         INSERT INTO t SELECT g, 'a' || g, g FROM generate_series(101, 150) g; \
+         UPDATE t SET newcol = -id WHERE id <= 10; DELETE FROM t WHERE id = 50",
+    );
+    let err = wait_sub_error(&tgt, sub, LONG, "the missing column", |e| {
+        e.contains("newcol") && e.contains("public.t")
+    });
+    eprintln!("[e2e] last_error: {err}");
+    assert!(err.contains("newcol"), "{err}");
+    src.exec("INSERT INTO t VALUES (151, 'while broken', 151)");
+    // As the source's DDL: rows that existed before the source's ADD COLUMN hold its
+    // default there, which no change carries.
+    tgt.exec("ALTER TABLE t ADD COLUMN newcol int NOT NULL DEFAULT 0");
+    synced(&src, &tgt, sub, &["t"]);
+    assert_no_duplicates(&tgt, "t", "id");
+
+    // 006_rewrite: a type change (table rewrite) on both sides.
+    src.exec("ALTER TABLE t ALTER COLUMN newcol TYPE bigint");
+    tgt.exec("ALTER TABLE t ALTER COLUMN newcol TYPE bigint");
+    src.exec(
+        "INSERT INTO t VALUES (200, 'big', 9000000000); UPDATE t SET newcol = newcol * 3 WHERE id < 20",
+    );
+    synced(&src, &tgt, sub, &["t"]);
+}
+
+#[test]
+fn generated_and_identity_columns_on_the_target() {
+    // 011_generated: the target computes its own generated columns, whether the source has no
+    // such column, a plain one, or a generated one with another expression; GENERATED ALWAYS
+    // AS IDENTITY target columns take the source's values.
+    let src = Db::fresh(source(), "gen_src");
+    let tgt = Db::fresh(target(), "gen_tgt");
+    src.exec(
+        "CREATE TABLE g (id int PRIMARY KEY, a int, b int, g_plain int, \
+                         g_src int GENERATED ALWAYS AS (a * 2) STORED); \
+         CREATE TABLE ident (id int GENERATED ALWAYS AS IDENTITY (START WITH 100) PRIMARY KEY, v text)",
+    );
+    tgt.exec(
+        "CREATE TABLE g (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, a int, b int, \
+                         g_plain int GENERATED ALWAYS AS (a + b) STORED, \
+                         g_src int GENERATED ALWAYS AS (a * 22) STORED, \
+                         g_new int GENERATED ALWAYS AS (b * 3) STORED); \
+         CREATE TABLE ident (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text)",
+    );
+    src.exec(
+        "INSERT INTO g (id, a, b, g_plain) SELECT g * 10, g, g % 7, -1 FROM generate_series(1, 300) g; \
+         INSERT INTO ident (v) SELECT 'v' || g FROM generate_series(1, 50) g; \
+         CREATE PUBLICATION p FOR TABLE g, ident",
+    );
+    let sub = "generated";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    wait_tables(&tgt, sub, &["public.g", "public.ident"], 'r');
+    src.exec(
+        "INSERT INTO g (id, a, b, g_plain) SELECT g * 10, g, g % 7, -1 FROM generate_series(301, 400) g; \
+         UPDATE g SET a = a + 1000 WHERE id % 30 = 0; \
+         UPDATE g SET b = NULL WHERE id % 70 = 0; \
+         UPDATE g SET id = id + 1 WHERE id % 110 = 0; \
+         DELETE FROM g WHERE id % 50 = 0; \
+         INSERT INTO ident (v) SELECT 'w' || g FROM generate_series(1, 20) g; \
+         UPDATE ident SET v = v || '!' WHERE id % 3 = 0; DELETE FROM ident WHERE id % 4 = 0",
+    );
+    caught_up(&src, &tgt, sub);
+    let q = "(SELECT id, a, b FROM g)";
+    assert_same(&src, &tgt, q, q);
+    assert_eq!(
+        count(
+            &tgt,
+            "g WHERE g_plain IS DISTINCT FROM a + b OR g_src IS DISTINCT FROM a * 22 \
+             OR g_new IS DISTINCT FROM b * 3"
+        ),
+        0,
+        "generated target columns hold values that are not their expression's"
+    );
+    assert_tables_equal(&src, &tgt, "ident");
+    assert_eq!(
+        count(&tgt, "ident WHERE id < 100"),
+        0,
+        "identity values were generated on the target"
+    );
+}
+
+#[test]
+fn target_constraints_not_enforced_and_replica_triggers_fire() {
+    // 003_constraints: a foreign key on the target is not checked (its parent table is not
+    // published); an ENABLE REPLICA trigger fires, an ordinary one does not.
+    let src = Db::fresh(source(), "constr_src");
+    let tgt = Db::fresh(target(), "constr_tgt");
+    src.exec(
+        "CREATE TABLE tab_fk (bid int PRIMARY KEY); \
+         CREATE TABLE tab_fk_ref (id int PRIMARY KEY, junk text, bid int REFERENCES tab_fk (bid)); \
+         INSERT INTO tab_fk VALUES (1), (2); \
+         INSERT INTO tab_fk_ref SELECT g, 'junk', g % 2 + 1 FROM generate_series(1, 10) g; \
+         CREATE PUBLICATION p FOR TABLE tab_fk_ref",
+    );
+    tgt.exec(
+        "CREATE TABLE tab_fk (bid int PRIMARY KEY); \
+         CREATE TABLE tab_fk_ref (id int PRIMARY KEY, bid int REFERENCES tab_fk (bid), junk text); \
+         CREATE TABLE trig_log (id int, fired text); \
+         CREATE FUNCTION replica_fn() RETURNS trigger LANGUAGE plpgsql AS \
+           $$ BEGIN NEW.junk := 'replica:' || coalesce(NEW.junk, ''); RETURN NEW; END $$; \
+         CREATE FUNCTION origin_fn() RETURNS trigger LANGUAGE plpgsql AS \
+           $$ BEGIN INSERT INTO trig_log VALUES (NEW.id, 'origin'); RETURN NEW; END $$; \
+         CREATE TRIGGER t_replica BEFORE INSERT OR UPDATE ON tab_fk_ref FOR EACH ROW EXECUTE FUNCTION replica_fn(); \
+         ALTER TABLE tab_fk_ref ENABLE REPLICA TRIGGER t_replica; \
+         CREATE TRIGGER t_origin AFTER INSERT OR UPDATE ON tab_fk_ref FOR EACH ROW EXECUTE FUNCTION origin_fn()",
+    );
+    let sub = "constraints";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    wait_tables(&tgt, sub, &["public.tab_fk_ref"], 'r');
+    src.exec(
+        "INSERT INTO tab_fk VALUES (3); INSERT INTO tab_fk_ref VALUES (11, 'live', 3); \
+         UPDATE tab_fk_ref SET junk = 'upd' WHERE id = 1",
+    );
+    caught_up(&src, &tgt, sub);
+    assert_eq!(count(&tgt, "tab_fk"), 0);
+    assert_eq!(
+        count(&tgt, "tab_fk_ref"),
+        11,
+        "rows violating the target's FK must be applied"
+    );
+    assert_eq!(
+        count(&tgt, "tab_fk_ref WHERE junk NOT LIKE 'replica:%'"),
+        0,
+        "the ENABLE REPLICA trigger did not fire for every copied or applied row"
+    );
+    assert_eq!(
+        tgt.query_one::<String>("SELECT junk FROM tab_fk_ref WHERE id = 1"),
+        "replica:upd"
+    );
+    assert_eq!(
+        count(&tgt, "trig_log"),
+        0,
+        "an ordinary (origin) trigger fired"
+    );
+}
+
+#[test]
+fn table_without_columns() {
+    // 001_rep_changes: tab_no_col.
+    let src = Db::fresh(source(), "nocol_src");
+    let tgt = Db::fresh(target(), "nocol_tgt");
+    ddl_both(
+        &src,
+        &tgt,
+        "CREATE TABLE tab_no_col (); CREATE TABLE other (a int PRIMARY KEY)",
+    );
+    src.exec(
+        "INSERT INTO tab_no_col DEFAULT VALUES; INSERT INTO tab_no_col DEFAULT VALUES; \
+         CREATE PUBLICATION p FOR TABLE tab_no_col, other",
+    );
+    let sub = "no_columns";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    wait_tables(&tgt, sub, &["public.tab_no_col", "public.other"], 'r');
+    src.exec(
+        "INSERT INTO tab_no_col DEFAULT VALUES; INSERT INTO other VALUES (1); \
+         INSERT INTO tab_no_col DEFAULT VALUES",
+    );
+    caught_up(&src, &tgt, sub);
+    assert_eq!(count(&tgt, "tab_no_col"), 4);
+    assert_eq!(count(&tgt, "other"), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Types
+// ---------------------------------------------------------------------------------------------
+
+/// The session settings under which both sides are compared.
+const ISO: &str =
+    "SET DateStyle = 'ISO, MDY'; SET IntervalStyle = postgres; SET TimeZone = 'UTC'; \
+                   SET extra_float_digits = 3; SET bytea_output = hex";
+/// The target database's settings of the non-ISO run.
+const ODD: &str = "SET DateStyle = 'SQL, DMY'; SET IntervalStyle = sql_standard; \
+                   SET TimeZone = 'America/New_York'; SET extra_float_digits = 0";
+
+fn types_ddl(with_xml: bool) -> String {
+    format!(
+        "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy', 'it''s \"quoted\"'); \
+         CREATE TYPE pair AS (x int, label text, at timestamptz); \
+         CREATE DOMAIN posint AS int CHECK (VALUE > 0); \
+         CREATE DOMAIN email AS text CHECK (VALUE LIKE '%@%'); \
+         CREATE TABLE types ( \
+           id int PRIMARY KEY, i2 smallint, i4 int, i8 bigint, num numeric, num_s numeric(12,3), \
+           f4 real, f8 double precision, bo boolean, ch char(5), vc varchar(30), tx text, \
+           by bytea, d date, tm time, tmtz timetz, ts timestamp, tstz timestamptz, iv interval, \
+           u uuid, ip inet, cid cidr, mac macaddr, mac8 macaddr8, bt bit(4), vb varbit, \
+           m money, tv tsvector, tq tsquery, js json, jb jsonb, {xml} \
+           ia int[], ia2 int[], ta text[], tsa timestamptz[], fa float8[], \
+           e mood, ea mood[], c pair, ca pair[], dom posint, em email, \
+           r4 int4range, r8 int8range, nr numrange, dr daterange, tsr tsrange, tstzr tstzrange, \
+           mr int4multirange, pt point, ln lseg, bx box, ci circle, pg polygon, lsn pg_lsn, \
+           \"Weird \"\"Col\"\"\" text); \
+         CREATE TABLE types_full (LIKE types); ALTER TABLE types_full REPLICA IDENTITY FULL",
+        xml = if with_xml { "x xml," } else { "" }
+    )
+}
+
+/// Rows with edge values; ids from `base`.
+fn types_rows(base: i32, with_xml: bool) -> String {
+    let x = |v: &str| {
+        if with_xml {
+            format!("{v}, ")
+        } else {
+            String::new()
+        }
+    };
+    format!(
+        r#"INSERT INTO types VALUES
+ ({b1}, 1, 2, 3, 1.5, 2.25, 1.5, 2.5, true, 'ab', 'varchar', 'plain',
+  '\x00ff10', '2024-02-29', '12:34:56.789', '12:34:56.789+05:30', '2024-01-02 03:04:05.678901',
+  '2024-01-02 03:04:05.678901+02', '1 year 2 mons -3 days 04:05:06.789',
+  'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '192.168.1.5/24', '10.0.0.0/8', '08:00:2b:01:02:03',
+  '08:00:2b:01:02:03:04:05', B'1010', B'10101', '$12.34', 'a fat cat:3A sat',
+  'fat & (rat | !cat)', '{{"a": [1, 2.50, null], "b": "\u00e9"}}', '{{"a": [1, 2.50, null], "k": {{"z": 1}}}}', {x1}
+  '{{1,2,3}}', '{{{{1,NULL}},{{3,4}}}}', ARRAY['a', NULL, 'NULL', '', 'with "quote"', 'back\slash', 'com,ma', '{{}}'],
+  ARRAY['2024-01-01 00:00+00'::timestamptz, NULL, 'infinity'], ARRAY[1.5, 'NaN', '-Infinity']::float8[],
+  'happy', ARRAY['sad', 'it''s "quoted"']::mood[], ROW(1, 'a "b", c\d', '2024-01-01 10:00+00'),
+  ARRAY[ROW(1, 'x', NULL)::pair, ROW(NULL, NULL, NULL)::pair, NULL], 7, 'me@example.com',
+  '[1,10)', '(,100]', '[1.5,2.5]', '[2024-01-01,2024-12-31]', '["2024-01-01 00:00","2024-01-02 00:00")',
+  '["2024-01-01 00:00+00",)', '{{[1,3), [5,7)}}', '(1.5,-2.25)', '[(0,0),(1,1)]', '(1,1),(0,0)',
+  '<(0,0),2.5>', '((0,0),(1,0),(1,1))', '16/B374D848', 'weird'),
+ ({b2}, -32768, -2147483648, -9223372036854775808, 'NaN', -0.001, 'NaN', 'NaN', false, '', '', '',
+  '\x', 'infinity', '00:00:00', '24:00:00-15:59', 'infinity', 'infinity', '-178000000 years',
+  '00000000-0000-0000-0000-000000000000', '::1', '2001:db8::/32', 'ff:ff:ff:ff:ff:ff',
+  'ff:ff:ff:ff:ff:ff:ff:ff', B'0000', B'', '-$92,233,720,368,547,758.08', '', '', '[]', '{{}}', {x2}
+  '{{}}', '{{{{{{1}}}},{{{{2}}}}}}', '{{}}', '{{}}', '{{}}', 'sad', '{{}}', ROW(NULL, '', NULL), '{{}}', 2147483647, 'a@b',
+  'empty', '(,)', 'empty', '(,)', 'empty', '(,)', '{{}}', '(0,0)', '[(0,0),(0,0)]', '(0,0),(0,0)',
+  '<(0,0),0>', '((0,0))', '0/0', ''),
+ ({b3}, 32767, 2147483647, 9223372036854775807, 'Infinity', 999999999.999, '-Infinity', '-Infinity', NULL, 'abcde',
+  'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx', E'tab\there\nnewline\rcr \\ backslash \\N ''single'' "double" \u00e9\u00f1 \u4e2d\u6587 \U0001F600 \x01\x7f end',
+  '\xdeadbeef', '-infinity', '23:59:59.999999', '00:00:00+15:59', '-infinity', '-infinity',
+  '-1 days +23:59:59.999999', 'ffffffff-ffff-ffff-ffff-ffffffffffff', '255.255.255.255', '0.0.0.0/0',
+  '00:00:00:00:00:00', '00:00:00:00:00:00:00:00', B'1111', B'1', '$0.00', 'é:1 中文:2',
+  '''quoted'' & ''back\\slash''', '"just a string with \"quotes\""', '[1, "two", {{"3": null}}]', {x3}
+  NULL, '{{{{NULL,NULL}},{{NULL,NULL}}}}', ARRAY[E'tab\t', E'nl\n', E'\\N', 'NULL'], '{{-infinity}}', '{{-0}}',
+  'it''s "quoted"', ARRAY['ok', NULL]::mood[], ROW(-1, E'nl\nx', '-infinity'), NULL, 1, 'x@y',
+  '[-2147483648,2147483647)', '[-9223372036854775808,9223372036854775807)', '(-Infinity,Infinity)',
+  '[-infinity,infinity]', '(,"2024-01-01 00:00")', '["-infinity","infinity"]', '{{[1,2), empty}}',
+  '(1e+300,-1e-300)', '[(0,0),(1e10,1)]', '(1,1),(-1,-1)', '<(1,1),1e-5>', '((0,0),(1,1))',
+  'FFFFFFFF/FFFFFFFF', E'\t'),
+ ({b4}{nulls});
+ INSERT INTO types (id, f4, f8, num, tstz, ts, d, iv, tx, by, ia, jb, r4)
+   SELECT {b5} + g, g / 7.0, -0.0::float8 + g / 3.0, g / 11.0,
+          '2000-01-01 00:00+00'::timestamptz + g * interval '1 day 1 hour 1.5 sec',
+          '1999-12-31 23:59:59'::timestamp - g * interval '7 days', date '0044-03-15 BC' + g * 3,
+          g * interval '1 mon 1 day 0.001 sec', md5(g::text) || E'\n\\', decode(md5(g::text), 'hex'),
+          ARRAY[g, -g], jsonb_build_object('g', g, 'half', g / 2.0), int4range(g, g + g % 3)
+   FROM generate_series(1, 300) g"#,
+        b1 = base + 1,
+        b2 = base + 2,
+        b3 = base + 3,
+        b4 = base + 4,
+        nulls = ", NULL".repeat(if with_xml { 56 } else { 55 }),
+        b5 = base + 10,
+        x1 = x("'<a b=\"1\">t &amp; x</a>'"),
+        x2 = x("''"),
+        x3 = x("'<?xml version=\"1.0\"?><r/>'"),
+    )
+}
+
+fn types_case(odd_target_settings: bool) {
+    let tag = if odd_target_settings { "odd" } else { "iso" };
+    let src = Db::fresh(source(), &format!("types_{tag}_src"));
+    let tgt = if odd_target_settings {
+        // Settings of the target database before CREATE EXTENSION and the start.
+        let db = Db::fresh_without_livesync(target(), &format!("types_{tag}_tgt"));
+        db.exec(&format!(
+            "ALTER DATABASE {n} SET DateStyle = 'SQL, DMY'; \
+             ALTER DATABASE {n} SET IntervalStyle = 'sql_standard'; \
+             ALTER DATABASE {n} SET TimeZone = 'America/New_York'; \
+             ALTER DATABASE {n} SET extra_float_digits = 0",
+            n = db.name
+        ));
+        db.exec("CREATE EXTENSION livesync");
+        db
+    } else {
+        Db::fresh(target(), &format!("types_{tag}_tgt"))
+    };
+    let with_xml = src.client().batch_execute("SELECT '<a/>'::xml").is_ok()
+        && tgt.client().batch_execute("SELECT '<a/>'::xml").is_ok();
+    eprintln!("[e2e] xml column: {with_xml}");
+    src.exec(&types_ddl(with_xml));
+    copy_schema(&src, &tgt, &[]);
+    src.exec(&types_rows(0, with_xml));
+    src.exec("INSERT INTO types_full SELECT * FROM types");
+    src.exec("CREATE PUBLICATION p FOR TABLE types, types_full");
+    let sub = format!("types_{tag}");
+    let _g = start_sync(&tgt, &src.uri(), "p", &sub);
+    wait_tables(&tgt, &sub, &["public.types", "public.types_full"], 'r');
+    caught_up(&src, &tgt, &sub);
+    for t in ["types", "types_full"] {
+        assert_same_in(&src, &tgt, t, t, ISO);
+    }
+
+    // Apply: inserts of the same edge values, updates between edge values, deletes.
+    src.exec(&types_rows(1000, with_xml));
+    src.exec(&format!(
+        "INSERT INTO types_full SELECT * FROM types WHERE id > 1000; \
+         UPDATE types SET tx = tx || ' updated', tstz = tstz + interval '1 hour', iv = -iv WHERE id % 2 = 0; \
+         UPDATE types SET (f8, num, d, ts, c, e, r4, jb{xml}) = \
+           (SELECT f8, num, d, ts, c, e, r4, jb{xml} FROM types s WHERE s.id = 3) WHERE id IN (1, 1001, 15); \
+         DELETE FROM types WHERE id % 5 = 0; \
+         UPDATE types SET id = id + 5000 WHERE id IN (2, 1002); \
+         UPDATE types_full SET tx = coalesce(tx, '') || ' updated' WHERE id % 2 = 0; \
+         UPDATE types_full SET i2 = 0 WHERE id IN (1, 2, 3, 4, 1001, 1002, 1003, 1004); \
+         DELETE FROM types_full WHERE id % 5 = 0 OR id IN (3, 1003)",
+        xml = if with_xml { ", x" } else { "" }
+    ));
+    caught_up(&src, &tgt, &sub);
+    for t in ["types", "types_full"] {
+        assert_same_in(&src, &tgt, t, t, ISO);
+        // Also equal when both sessions print in the target's odd settings.
+        assert_same_in(&src, &tgt, t, t, ODD);
+    }
+    assert_no_duplicates(&tgt, "types", "id");
+}
+
+#[test]
+fn types_copy_and_apply() {
+    types_case(false);
+}
+
+#[test]
+fn types_copy_and_apply_with_non_iso_target_settings() {
+    types_case(true);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Many transactions, publication changes during the copy
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn many_small_transactions_interleaving_tables() {
+    let src = Db::fresh(source(), "small_src");
+    let tgt = Db::fresh(target(), "small_tgt");
+    let ddl = format!(
+        "{}; {}; {}",
+        kv_table_ddl("a"),
+        kv_table_ddl("b"),
+        kv_table_ddl("c")
+    );
+    ddl_both(&src, &tgt, &ddl);
+    src.exec(&format!(
+        "{}; {}; {}",
+        kv_fill_sql("a", 20_000),
+        kv_fill_sql("b", 1_000),
+        kv_fill_sql("c", 1_000)
+    ));
+    src.exec("CREATE PUBLICATION p FOR TABLE a, b, c");
+    let sub = "small_txns";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    // 2000 transactions, each touching the three tables, starting while the copy runs.
+    let t0 = Instant::now();
+    let mut c = src.client();
+    let ins_a = c
+        .prepare("INSERT INTO a VALUES ($1::int8, $1::int8 * 10, 'txn')")
+        .unwrap();
+    let upd_b = c
+        .prepare("UPDATE b SET v = v + 1, payload = md5(random()::text) WHERE id = $1")
+        .unwrap();
+    let ins_c = c.prepare("INSERT INTO c VALUES ($1, $1, 'new')").unwrap();
+    let del_c = c.prepare("DELETE FROM c WHERE id = $1").unwrap();
+    for i in 0..2000i64 {
+        let mut tx = c.transaction().unwrap();
+        tx.execute(&ins_a, &[&(100_000 + i)]).unwrap();
+        tx.execute(&upd_b, &[&(i % 1000 + 1)]).unwrap();
+        tx.execute(&ins_c, &[&(100_000 + i)]).unwrap();
+        tx.execute(&del_c, &[&(i % 1000 + 1)]).unwrap();
+        if i % 3 == 0 {
+            tx.execute(&del_c, &[&(100_000 + i)]).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    eprintln!("[e2e] 2000 source transactions in {:?}", t0.elapsed());
+    let t1 = Instant::now();
+    synced(&src, &tgt, sub, &["a", "b", "c"]);
+    eprintln!("[e2e] caught up {:?} after the last commit", t1.elapsed());
+    for t in ["a", "b", "c"] {
+        assert_no_duplicates(&tgt, t, "id");
+    }
+}
+
+#[test]
+fn table_dropped_from_publication_while_copying() {
+    let src = Db::fresh(source(), "dropcp_src");
+    let tgt = Db::fresh(target(), "dropcp_tgt");
+    ddl_both(
+        &src,
+        &tgt,
+        &format!("{}; {}", kv_table_ddl("big"), kv_table_ddl("small")),
+    );
+    src.exec(&kv_fill_sql("big", 600_000));
+    src.exec(&kv_fill_sql("small", 100));
+    src.exec("CREATE PUBLICATION p FOR TABLE big, small");
+    let sub = "drop_while_copy";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    // As soon as big is being copied (or 5 s), drop it from the publication.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(5) {
+        let copying = try_sub_rels(&tgt, sub)
+            .map(|r| r.iter().any(|x| x.tablename == "big" && x.state == 'd'))
+            .unwrap_or(false);
+        if copying {
+            break;
+        }
+        sleep(Duration::from_millis(20));
+    }
+    eprintln!("[e2e] dropping big while: {:?}", sub_rels(&tgt, sub));
+    src.exec("ALTER PUBLICATION p DROP TABLE big");
+    wait_tables(&tgt, sub, &["public.small"], 'r');
+    let prefix = format!("{sub}_sync_");
+    wait_until_or(
+        LONG,
+        "no table-sync slot left on the source",
+        || format!("slots: {:?}", slots_on_source(source(), &prefix)),
+        || slots_on_source(source(), &prefix).is_empty(),
+    );
+    assert!(slots_on_source(source(), sub).contains(&sub.to_string()));
+    let big_before = table_checksum(&mut tgt.client(), "big");
+    src.exec(
+        "INSERT INTO big VALUES (900001, 1, 'not published'); DELETE FROM big WHERE id < 100; \
+         INSERT INTO small VALUES (101, 1, 'live')",
+    );
+    synced(&src, &tgt, sub, &["small"]);
+    sleep(Duration::from_secs(2));
+    assert_eq!(
+        table_checksum(&mut tgt.client(), "big"),
+        big_before,
+        "a table dropped from the publication changed on the target"
+    );
+    eprintln!("[e2e] rows of big left on the target: {}", big_before.0);
+    assert!(slots_on_source(source(), &prefix).is_empty());
+}
+
+#[test]
+fn table_readded_to_publication_is_copied_again() {
+    let src = Db::fresh(source(), "readd_src");
+    let tgt = Db::fresh(target(), "readd_tgt");
+    ddl_both(
+        &src,
+        &tgt,
+        &format!("{}; {}", kv_table_ddl("t"), kv_table_ddl("u")),
+    );
+    src.exec(&format!(
+        "{}; {}",
+        kv_fill_sql("t", 5_000),
+        kv_fill_sql("u", 100)
+    ));
+    src.exec("CREATE PUBLICATION p FOR TABLE t, u");
+    let sub = "readd";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    wait_tables(&tgt, sub, &["public.t", "public.u"], 'r');
+    synced(&src, &tgt, sub, &["t", "u"]);
+
+    src.exec("ALTER PUBLICATION p DROP TABLE t");
+    wait_tables(&tgt, sub, &["public.u"], 'r');
+    src.exec(
+        "UPDATE t SET payload = 'while out' WHERE id % 3 = 0; DELETE FROM t WHERE id % 7 = 0; \
+         INSERT INTO t SELECT g, g, 'while out' FROM generate_series(5001, 5500) g",
+    );
+    // The copy adds to what the target holds: the user empties the table first.
+    tgt.exec("TRUNCATE t");
+    let w = BackgroundWriter::kv(&src, "t", 10_001);
+    src.exec("ALTER PUBLICATION p ADD TABLE t");
+    wait_tables(&tgt, sub, &["public.t", "public.u"], 'r');
+    w.stop();
+    synced(&src, &tgt, sub, &["t", "u"]);
+    assert_no_duplicates(&tgt, "t", "id");
+    assert!(slots_on_source(source(), &format!("{sub}_sync_")).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors and recovery
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn apply_error_unique_violation_then_recovery() {
+    let src = Db::fresh(source(), "uniq_src");
+    let tgt = Db::fresh(target(), "uniq_tgt");
+    ddl_both(
+        &src,
+        &tgt,
+        &format!("{}; {}", kv_table_ddl("t"), kv_table_ddl("u")),
+    );
+    src.exec(&format!(
+        "{}; {}",
+        kv_fill_sql("t", 1_000),
+        kv_fill_sql("u", 10)
+    ));
+    src.exec("CREATE PUBLICATION p FOR TABLE t, u");
+    let sub = "uniq_err";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    wait_tables(&tgt, sub, &["public.t", "public.u"], 'r');
+    synced(&src, &tgt, sub, &["t", "u"]);
+
+    // A row edited by hand on the target with the key the source inserts next.
+    tgt.exec("INSERT INTO t VALUES (1001, -1, 'by hand')");
+    src.exec("INSERT INTO u VALUES (11, 11, 'before the conflict')");
+    src.exec("INSERT INTO t SELECT g, g * 10, 'src' FROM generate_series(1001, 1100) g");
+    src.exec(
+        "UPDATE t SET v = -v WHERE id % 10 = 0; DELETE FROM t WHERE id % 13 = 0; \
+         INSERT INTO u VALUES (12, 12, 'after the conflict')",
+    );
+    let t0 = Instant::now();
+    let err = wait_sub_error(
+        &tgt,
+        sub,
+        Duration::from_secs(30),
+        "the unique violation",
+        |e| {
+            let l = e.to_lowercase();
+            l.contains("duplicate key") || l.contains("unique")
+        },
+    );
+    eprintln!("[e2e] last_error after {:?}: {err}", t0.elapsed());
+    tgt.exec("DELETE FROM t WHERE id = 1001");
+    synced(&src, &tgt, sub, &["t", "u"]);
+    assert_no_duplicates(&tgt, "t", "id");
+    src.exec("INSERT INTO t VALUES (2000, 1, 'after recovery')");
+    synced(&src, &tgt, sub, &["t"]);
+    eprintln!(
+        "[e2e] last_error after recovery: {:?}",
+        sub_last_error(&tgt, sub)
+    );
+}
+
+#[test]
+fn failing_table_copy_reported_per_table_other_table_ready() {
+    let src = Db::fresh(source(), "badcopy_src");
+    let tgt = Db::fresh(target(), "badcopy_tgt");
+    src.exec(&format!(
+        "{}; CREATE TABLE t_bad (id int PRIMARY KEY, a text, c int)",
+        kv_table_ddl("t_ok")
+    ));
+    tgt.exec(&format!(
+        "{}; CREATE TABLE t_bad (id int PRIMARY KEY, a text)",
+        kv_table_ddl("t_ok")
+    ));
+    src.exec(&format!(
+        "{}; INSERT INTO t_bad SELECT g, 'a', g FROM generate_series(1, 100) g; \
+         CREATE PUBLICATION p FOR TABLE t_ok, t_bad",
+        kv_fill_sql("t_ok", 2_000)
+    ));
+    let sub = "bad_copy";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    let mut err = String::new();
+    wait_until_or(
+        LONG,
+        "t_ok in 'r' and t_bad's subscription_rel.last_error naming the column",
+        || describe(&tgt, sub),
+        || {
+            let rels = try_sub_rels(&tgt, sub).unwrap_or_default();
+            let ok_ready = rels.iter().any(|r| r.tablename == "t_ok" && r.state == 'r');
+            let bad: Option<String> = tgt
+                .try_client()
+                .ok()
+                .and_then(|mut c| {
+                    c.query_opt(
+                        "SELECT last_error FROM livesync.subscription_rel \
+                         WHERE subname = $1 AND tablename = 't_bad'",
+                        &[&sub],
+                    )
+                    .ok()
+                    .flatten()
+                })
+                .and_then(|r| r.get(0));
+            if let Some(e) = bad {
+                err = e;
+            }
+            ok_ready && err.contains("t_bad") && err.contains("\"c\"")
+        },
+    );
+    eprintln!("[e2e] t_bad last_error: {err}");
+    // t_ok streams while t_bad is failing.
+    src.exec("INSERT INTO t_ok VALUES (5000, 1, 'live')");
+    wait_until_or(
+        LONG,
+        "t_ok to get the live row while t_bad fails",
+        || describe(&tgt, sub),
+        || count(&tgt, "t_ok WHERE id = 5000") == 1,
+    );
+    // The user adds the column: the copy is retried and succeeds.
+    tgt.exec("ALTER TABLE t_bad ADD COLUMN c int");
+    src.exec("INSERT INTO t_bad VALUES (101, 'live', 101)");
+    wait_tables(&tgt, sub, &["public.t_ok", "public.t_bad"], 'r');
+    synced(&src, &tgt, sub, &["t_ok", "t_bad"]);
+    assert_no_duplicates(&tgt, "t_bad", "id");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Large transactions
+// ---------------------------------------------------------------------------------------------
+
+/// RSS in kB of a process (`ps -o rss=`).
+fn rss_kb(pid: i32) -> Option<u64> {
+    let out = std::process::Command::new("ps")
+        .args(["-o", "rss=", "-p", &pid.to_string()])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+fn apply_worker_rss(tgt: &Db, sub: &str) -> (Option<i32>, Option<u64>) {
+    let pid = sub_info(tgt, sub).and_then(|i| i.pid);
+    (pid, pid.and_then(rss_kb))
+}
+
+#[test]
+fn large_transactions_subtransactions_and_aborts() {
+    let n: i64 = std::env::var("LIVESYNC_E2E_BIG_TXN_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let src = Db::fresh(source(), "bigtxn_src");
+    let tgt = Db::fresh(target(), "bigtxn_tgt");
+    ddl_both(
+        &src,
+        &tgt,
+        &format!("{}; {}", kv_table_ddl("big"), kv_table_ddl("side")),
+    );
+    src.exec(&kv_fill_sql("side", 100));
+    src.exec("CREATE PUBLICATION p FOR TABLE big, side");
+    let sub = "big_txn";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    wait_tables(&tgt, sub, &["public.big", "public.side"], 'r');
+    let before = apply_worker_rss(&tgt, sub);
+    let timeout = LONG + Duration::from_millis(n as u64); // +1 s per 1000 rows
+    let t0 = Instant::now();
+
+    // One large INSERT ... SELECT transaction.
+    src.exec(&format!(
+        "INSERT INTO big SELECT g, g * 10, md5(g::text) FROM generate_series(1, {n}) g"
+    ));
+    // Subtransactions, one rolled back.
+    src.exec(&format!(
+        "BEGIN; \
+         INSERT INTO side SELECT g, g, 'kept' FROM generate_series(101, 200) g; \
+         SAVEPOINT s1; \
+         INSERT INTO big SELECT g, -1, 'rolled back' FROM generate_series({a}, {b}) g; \
+         UPDATE side SET payload = 'rolled back' WHERE id <= 50; \
+         DELETE FROM big WHERE id <= 1000; \
+         ROLLBACK TO s1; \
+         UPDATE side SET payload = 'kept update' WHERE id > 150; \
+         SAVEPOINT s2; \
+         DELETE FROM big WHERE id % 1000 = 7; \
+         RELEASE s2; \
+         SAVEPOINT s3; INSERT INTO side VALUES (1000, 1, 'nested'); SAVEPOINT s4; \
+         INSERT INTO side VALUES (1001, 1, 'inner rolled back'); ROLLBACK TO s4; RELEASE s3; \
+         COMMIT",
+        a = n + 1,
+        b = n + n / 10
+    ));
+    // An aborted large transaction.
+    src.exec(&format!(
+        "BEGIN; INSERT INTO big SELECT g, 0, 'aborted' FROM generate_series({a}, {b}) g; \
+         UPDATE side SET payload = 'aborted'; ROLLBACK",
+        a = 10 * n + 1,
+        b = 11 * n
+    ));
+    // A large UPDATE and a large DELETE, then a small transaction.
+    src.exec("UPDATE big SET v = v + 1 WHERE id % 2 = 0");
+    src.exec("DELETE FROM big WHERE id % 3 = 0");
+    src.exec("INSERT INTO side VALUES (2000, 2, 'last')");
+    caught_up_within(&src, &tgt, sub, timeout);
+    eprintln!("[e2e] {n} rows: applied in {:?}", t0.elapsed());
+    let after = apply_worker_rss(&tgt, sub);
+    eprintln!("[e2e] apply worker (pid, RSS kB) before: {before:?}, at the end: {after:?}");
+    assert_tables_equal(&src, &tgt, "big");
+    assert_tables_equal(&src, &tgt, "side");
+    assert_no_duplicates(&tgt, "big", "id");
+    assert_eq!(
+        count(&tgt, "big WHERE payload IN ('rolled back', 'aborted')")
+            + count(
+                &tgt,
+                "side WHERE payload IN ('rolled back', 'aborted', 'inner rolled back')"
+            ),
+        0
+    );
+}
