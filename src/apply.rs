@@ -132,7 +132,8 @@ impl Applier {
         }
     }
 
-    fn mapping(&mut self, relid: RelId) -> Result<Rc<Mapping>> {
+    /// The target of a source relation (resolved on first use).
+    pub fn mapping(&mut self, relid: RelId) -> Result<Rc<Mapping>> {
         self.process_invalidations();
         if let Some(m) = self.maps.get(&relid) {
             return Ok(m.clone());
@@ -701,12 +702,14 @@ mod tests {
             display: "public.t".into(),
             cols: vec![
                 Some(Target {
+                    name: "id".into(),
                     column: "\"id\"".into(),
                     type_name: "integer".into(),
                     always_identity: false,
                 }),
                 None,
                 Some(Target {
+                    name: "v".into(),
                     column: "\"v\"".into(),
                     type_name: "text".into(),
                     always_identity: false,
@@ -715,6 +718,7 @@ mod tests {
             key: vec![0],
             identity,
             dims: vec![],
+            hypertable: false,
         }
     }
 
@@ -757,6 +761,7 @@ mod tests {
     fn hypertable_updates_guard_dimensions_and_move_rows() {
         let mut m = mapping(ReplicaIdentity::Default);
         m.cols[1] = Some(Target {
+            name: "ts".into(),
             column: "\"ts\"".into(),
             type_name: "timestamp with time zone".into(),
             always_identity: false,

@@ -26,6 +26,7 @@ use pgrx::prelude::*;
 pub mod api;
 pub mod apply;
 pub mod catalog;
+pub mod copyin;
 pub mod copytext;
 pub mod error;
 pub mod gucs;

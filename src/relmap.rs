@@ -27,6 +27,8 @@ pub struct LocalCol {
 /// Where one remote column goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
+    /// The column's name.
+    pub name: String,
     /// Quoted column name.
     pub column: String,
     pub type_name: String,
@@ -49,6 +51,8 @@ pub struct Mapping {
     /// partitioning (dimension) columns. An UPDATE that changes one must move the row to
     /// another chunk, which TimescaleDB's UPDATE cannot do.
     pub dims: Vec<usize>,
+    /// The target is a TimescaleDB hypertable (rows must go through the executor).
+    pub hypertable: bool,
 }
 
 pub fn quote_ident(s: &str) -> String {
@@ -65,6 +69,7 @@ pub fn match_columns(
         .map(|rc| match local.iter().find(|lc| lc.name == rc.name) {
             Some(lc) if lc.generated => Ok(None),
             Some(lc) => Ok(Some(Target {
+                name: lc.name.clone(),
                 column: quote_ident_pure(&lc.name),
                 type_name: lc.type_name.clone(),
                 always_identity: lc.always_identity,
@@ -148,6 +153,8 @@ pub fn resolve(rel: &Relation) -> Result<Mapping> {
         ))
     })?;
     let dim_names = hypertable_dimensions(schema, &rel.name)?;
+    let hypertable = dim_names.is_some();
+    let dim_names = dim_names.unwrap_or_default();
     let dims = rel
         .columns
         .iter()
@@ -157,6 +164,7 @@ pub fn resolve(rel: &Relation) -> Result<Mapping> {
         .collect();
     Ok(Mapping {
         dims,
+        hypertable,
         local_oid,
         qualified: format!("{}.{}", quote_ident(schema), quote_ident(&rel.name)),
         display,
@@ -166,16 +174,16 @@ pub fn resolve(rel: &Relation) -> Result<Mapping> {
     })
 }
 
-/// Partitioning columns of a hypertable (empty for other tables, or without TimescaleDB).
-fn hypertable_dimensions(schema: &str, table: &str) -> Result<Vec<String>> {
+/// Partitioning columns of a hypertable; None when the table is not one.
+fn hypertable_dimensions(schema: &str, table: &str) -> Result<Option<Vec<String>>> {
     let has_tsdb = Spi::get_one::<bool>(
         "SELECT pg_catalog.to_regclass('_timescaledb_catalog.dimension') IS NOT NULL",
     )?
     .unwrap_or(false);
     if !has_tsdb {
-        return Ok(Vec::new());
+        return Ok(None);
     }
-    Ok(Spi::connect(|client| {
+    let dims: Vec<String> = Spi::connect(|client| {
         let mut out = Vec::new();
         for row in client.select(
             "SELECT d.column_name::text FROM _timescaledb_catalog.dimension d \
@@ -189,7 +197,8 @@ fn hypertable_dimensions(schema: &str, table: &str) -> Result<Vec<String>> {
             }
         }
         Ok::<_, pgrx::spi::SpiError>(out)
-    })?)
+    })?;
+    Ok((!dims.is_empty()).then_some(dims))
 }
 
 #[cfg(test)]

@@ -200,13 +200,8 @@ impl ApplyWorker {
     /// Record `lsn` as the origin's position (an empty transaction with an xid).
     fn stream_origin_at(&self, lsn: Lsn) -> Result<()> {
         worker::begin();
-        Spi::run("SELECT pg_catalog.pg_current_xact_id()")?;
-        // SAFETY: the session origin's per-transaction globals, as in Stream::commit.
-        unsafe {
-            pg_sys::replorigin_session_origin_lsn = lsn;
-            pg_sys::replorigin_session_origin_timestamp = pg_sys::GetCurrentTimestamp();
-        }
-        worker::commit();
+        // SAFETY: reads the backend's clock.
+        stream::commit_at_origin(lsn, unsafe { pg_sys::GetCurrentTimestamp() });
         Ok(())
     }
 

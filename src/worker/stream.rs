@@ -327,13 +327,7 @@ impl Stream {
             return Ok(());
         };
         self.applier.flush()?;
-        // SAFETY: these are the session origin's per-transaction globals that
-        // pg_replication_origin_xact_setup() sets; the commit record carries them.
-        unsafe {
-            pg_sys::replorigin_session_origin_lsn = end_lsn;
-            pg_sys::replorigin_session_origin_timestamp = commit_time;
-        }
-        worker::commit();
+        commit_at_origin(end_lsn, commit_time);
         self.xact_open = false;
         self.committed = self.committed.max(end_lsn);
         Ok(())
@@ -363,14 +357,8 @@ impl Stream {
         self.last_idle_advance = Instant::now();
         let lsn = self.received;
         worker::begin();
-        // An xid makes the commit write a commit record, which carries the origin position.
-        pgrx::spi::Spi::run("SELECT pg_catalog.pg_current_xact_id()")?;
-        // SAFETY: as in commit(): the session origin's per-transaction position.
-        unsafe {
-            pg_sys::replorigin_session_origin_lsn = lsn;
-            pg_sys::replorigin_session_origin_timestamp = pg_sys::GetCurrentTimestamp();
-        }
-        worker::commit();
+        // SAFETY: reads the backend's clock.
+        commit_at_origin(lsn, unsafe { pg_sys::GetCurrentTimestamp() });
         self.committed = self.committed.max(lsn);
         Ok(())
     }
@@ -428,6 +416,27 @@ impl Stream {
             self.xact_open = false;
         }
     }
+}
+
+/// Commit the open transaction recording `lsn` as the session origin's position, and make
+/// that durable before returning: only then may `lsn` be confirmed to the source.
+///
+/// The transaction always gets an xid, so a commit record (which carries the origin
+/// position) is written even when every change of the batch was filtered out; and the
+/// commit record is flushed explicitly, because PostgreSQL flushes a commit synchronously
+/// only when the transaction wrote WAL before it. A crash therefore never leaves the
+/// source's slot ahead of the target.
+pub fn commit_at_origin(lsn: Lsn, time: PgTimestamp) {
+    // SAFETY: inside an open transaction on the main thread; the replorigin globals are the
+    // per-transaction values pg_replication_origin_xact_setup() would set.
+    unsafe {
+        pg_sys::GetCurrentTransactionId();
+        pg_sys::replorigin_session_origin_lsn = lsn;
+        pg_sys::replorigin_session_origin_timestamp = time;
+    }
+    worker::commit();
+    // SAFETY: flushes WAL up to our own commit record.
+    unsafe { pg_sys::XLogFlush(pg_sys::XactLastCommitEnd) };
 }
 
 /// The (sub)transaction a streamed change belongs to.

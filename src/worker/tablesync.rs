@@ -212,20 +212,28 @@ impl TableSync {
         worker::begin();
         let mut applier = crate::apply::Applier::new();
         applier.relation(relation)?;
-        let mut parser = CopyParser::new();
-        let mut rows = Vec::new();
+        let target = applier.mapping(self.relid)?;
         let mut count: u64 = 0;
         let mut bytes: u64 = 0;
-        {
+        let fast = !target.hypertable && !no_columns && target.cols.iter().all(Option::is_some);
+        if fast {
+            // Not a hypertable and every column maps: PostgreSQL's own COPY FROM.
+            let rt = &self.rt;
+            let mut copy = block_on(rt, conn.copy_out(&sql))??;
+            count = crate::copyin::copy_into(&target, || {
+                let chunk = block_on(rt, copy.next_chunk())??;
+                bytes += chunk.as_ref().map_or(0, |c| c.len() as u64);
+                Ok(chunk)
+            })?;
+        } else {
+            // Hypertables (rows must be routed into chunks by the executor), and targets
+            // that skip a source column: batched INSERTs.
+            let mut parser = CopyParser::new();
+            let mut rows = Vec::new();
             let mut copy = block_on(&self.rt, conn.copy_out(&sql))??;
             while let Some(chunk) = block_on(&self.rt, copy.next_chunk())?? {
                 bytes += chunk.len() as u64;
-                parser.push(&chunk, &mut rows).map_err(|e| {
-                    Error::user(
-                        pgrx::PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION,
-                        e.to_string(),
-                    )
-                })?;
+                parser.push(&chunk, &mut rows).map_err(copy_error)?;
                 for row in rows.drain(..) {
                     // A table without columns sends an empty line per row.
                     let row = if no_columns { Vec::new() } else { row };
@@ -236,12 +244,7 @@ impl TableSync {
                     count += 1;
                 }
             }
-            parser.finish().map_err(|e| {
-                Error::user(
-                    pgrx::PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION,
-                    e.to_string(),
-                )
-            })?;
+            parser.finish().map_err(copy_error)?;
         }
         applier.flush()?;
         // The origin is created and advanced to L by the same commit as the rows.
@@ -259,10 +262,11 @@ impl TableSync {
         block_on(&self.rt, conn.close())?;
         let secs = started.elapsed().as_secs_f64().max(0.001);
         log!(
-            "livesync: copied {count} rows ({:.1} MB) of \"{}\" in {secs:.1} s ({:.1} MB/s), consistent at {}",
+            "livesync: copied {count} rows ({:.1} MB) of \"{}\" in {secs:.1} s ({:.1} MB/s, {}), consistent at {}",
             bytes as f64 / 1e6,
             rel.qualified_target(),
             bytes as f64 / 1e6 / secs,
+            if fast { "COPY" } else { "batched INSERT" },
             crate::lsn::format(lsn)
         );
         Ok(())
@@ -364,6 +368,13 @@ impl TableSync {
         })?;
         stream::drop_origin(origin)
     }
+}
+
+fn copy_error(e: crate::copytext::CopyError) -> Error {
+    Error::user(
+        pgrx::PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION,
+        e.to_string(),
+    )
 }
 
 /// The columns to copy (no dropped or generated ones), and whether the table is partitioned.

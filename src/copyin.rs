@@ -1,0 +1,151 @@
+//! The fast path of the initial copy, for target tables that are not hypertables: the
+//! source's `COPY ... TO STDOUT` stream goes straight into PostgreSQL's own COPY FROM
+//! (`BeginCopyFrom`/`CopyFrom` with a read callback), exactly as PostgreSQL's tablesync does:
+//! no per-row work in livesync at all.
+//!
+//! Never used for hypertables: a direct `CopyFrom` bypasses TimescaleDB's routing and would
+//! put every row into the hypertable's root. Those (and tables whose target skips a source
+//! column) go through [`crate::apply::Applier`]'s batched INSERT instead.
+
+use crate::error::{Error, Result};
+use crate::relmap::Mapping;
+use bytes::{Buf, Bytes};
+use pgrx::prelude::*;
+use std::cell::RefCell;
+use std::ffi::{c_int, c_void, CString};
+use std::ptr::null_mut;
+
+type Next<'a> = dyn FnMut() -> Result<Option<Bytes>> + 'a;
+
+/// What the read callback reads from, while a CopyFrom runs.
+struct Feed {
+    /// Valid only during [`copy_into`]'s CopyFrom call (cleared by [`FeedGuard`]).
+    next: *mut Next<'static>,
+    buf: Bytes,
+    eof: bool,
+    error: Option<Error>,
+}
+
+thread_local! {
+    static FEED: RefCell<Option<Feed>> = const { RefCell::new(None) };
+}
+
+/// Clears the feed however CopyFrom ends (also when an ERROR unwinds through us).
+struct FeedGuard;
+
+impl Drop for FeedGuard {
+    fn drop(&mut self) {
+        FEED.with(|f| f.borrow_mut().take());
+    }
+}
+
+/// PostgreSQL's `copy_data_source_cb`: fill `outbuf` with at least `minread` and at most
+/// `maxread` bytes; 0 means end of data.
+#[pg_guard]
+unsafe extern "C-unwind" fn read_source(
+    outbuf: *mut c_void,
+    minread: c_int,
+    maxread: c_int,
+) -> c_int {
+    let out = outbuf as *mut u8;
+    let (minread, maxread) = (minread.max(1) as usize, maxread.max(0) as usize);
+    let mut written = 0usize;
+    let failed = FEED.with(|f| {
+        let mut f = f.borrow_mut();
+        let Some(feed) = f.as_mut() else { return true };
+        while written < maxread {
+            if feed.buf.is_empty() {
+                if feed.eof || written >= minread {
+                    break;
+                }
+                // SAFETY: `next` points at copy_into's closure, alive while CopyFrom runs.
+                match unsafe { (*feed.next)() } {
+                    Ok(Some(chunk)) => feed.buf = chunk,
+                    Ok(None) => feed.eof = true,
+                    Err(e) => {
+                        feed.error = Some(e);
+                        return true;
+                    }
+                }
+                continue;
+            }
+            let n = feed.buf.len().min(maxread - written);
+            // SAFETY: `out` has room for `maxread` bytes (COPY's raw buffer); n fits.
+            unsafe { std::ptr::copy_nonoverlapping(feed.buf.as_ptr(), out.add(written), n) };
+            feed.buf.advance(n);
+            written += n;
+        }
+        false
+    });
+    if failed {
+        pgrx::error!("livesync: reading the copy from the source failed");
+    }
+    written as c_int
+}
+
+/// COPY the stream `next` yields (COPY text format, the mapped columns in the source's
+/// order) into the target table of `m`. Runs in the caller's transaction; returns rows.
+pub fn copy_into(m: &Mapping, mut next: impl FnMut() -> Result<Option<Bytes>>) -> Result<u64> {
+    let names: Vec<CString> = m
+        .cols
+        .iter()
+        .flatten()
+        .map(|t| CString::new(t.name.as_str()).expect("column names have no NUL"))
+        .collect();
+    let next: &mut Next<'_> = &mut next;
+    // SAFETY: the 'static lifetime is a lie the guard makes true: the pointer is cleared
+    // before `next` goes out of scope, and only read during the CopyFrom call below.
+    let next: *mut Next<'static> = unsafe { std::mem::transmute(next as *mut Next<'_>) };
+    FEED.with(|f| {
+        *f.borrow_mut() = Some(Feed {
+            next,
+            buf: Bytes::new(),
+            eof: false,
+            error: None,
+        })
+    });
+    let guard = FeedGuard;
+    let result = crate::worker::catch(|| {
+        // SAFETY: the sequence of PostgreSQL's tablesync.c copy_table(): open the relation,
+        // a parse state with its range table entry, BeginCopyFrom with our callback,
+        // CopyFrom, EndCopyFrom. We are in a transaction with an active snapshot.
+        unsafe {
+            let rel = pg_sys::table_open(m.local_oid, pg_sys::RowExclusiveLock as i32);
+            let pstate = pg_sys::make_parsestate(null_mut());
+            pg_sys::addRangeTableEntryForRelation(
+                pstate,
+                rel,
+                pg_sys::AccessShareLock as i32,
+                null_mut(),
+                false,
+                false,
+            );
+            let mut attnames: *mut pg_sys::List = null_mut();
+            for n in &names {
+                let s = pg_sys::makeString(pg_sys::pstrdup(n.as_ptr()));
+                attnames = pg_sys::lappend(attnames, s as *mut c_void);
+            }
+            let cstate = pg_sys::BeginCopyFrom(
+                pstate,
+                rel,
+                null_mut(),
+                std::ptr::null(),
+                false,
+                Some(read_source),
+                attnames,
+                null_mut(),
+            );
+            let rows = pg_sys::CopyFrom(cstate);
+            pg_sys::EndCopyFrom(cstate);
+            pg_sys::table_close(rel, pg_sys::NoLock as i32);
+            Ok(rows)
+        }
+    });
+    // A failure of the source read is the real error, not the ERROR raised to stop COPY.
+    let source_error = FEED.with(|f| f.borrow_mut().as_mut().and_then(|feed| feed.error.take()));
+    drop(guard);
+    match (result, source_error) {
+        (_, Some(e)) => Err(e),
+        (r, None) => r,
+    }
+}
