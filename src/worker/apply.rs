@@ -242,17 +242,23 @@ impl ApplyWorker {
         let stream = self.stream.as_mut().unwrap();
         stream.commit()?;
         if !self.succeeded {
-            self.succeeded = true;
-            if let Some(s) = REGISTRY.exclusive().sync_mut(self.dboid, self.subid) {
-                s.failures = 0;
-            }
-            worker::xact(|| Ok(catalog::set_sync_error(self.subid, None)?))?;
+            self.mark_healthy()?;
         }
         self.publish_progress();
         if !self.all_ready {
             self.process_syncing_tables()?;
         }
         Ok(())
+    }
+
+    /// This run works (it committed, or streamed for a while without error): reset the
+    /// launcher's backoff and clear the error an earlier run recorded.
+    fn mark_healthy(&mut self) -> Result<()> {
+        self.succeeded = true;
+        if let Some(s) = REGISTRY.exclusive().sync_mut(self.dboid, self.subid) {
+            s.failures = 0;
+        }
+        worker::xact(|| Ok(catalog::set_sync_error(self.subid, None)?))
     }
 
     fn publish_progress(&self) {
@@ -279,13 +285,9 @@ impl ApplyWorker {
             return Ok(());
         }
         if !self.succeeded
-            && self.stream.as_ref().unwrap().last_msg.elapsed() < Duration::from_secs(5)
+            && self.stream.as_ref().unwrap().started.elapsed() >= Duration::from_secs(2)
         {
-            // Connected and streaming: a healthy run, so reset the launcher's backoff.
-            self.succeeded = true;
-            if let Some(s) = REGISTRY.exclusive().sync_mut(self.dboid, self.subid) {
-                s.failures = 0;
-            }
+            self.mark_healthy()?;
         }
         if self.last_refresh.elapsed()
             >= Duration::from_secs(gucs::REFRESH_INTERVAL.get().max(1) as u64)
@@ -561,6 +563,18 @@ impl ApplyWorker {
         self.tablesyncs.clear();
         match result {
             Ok(()) | Err(Error::Terminated) => {}
+            Err(e @ Error::NeedsResync { .. }) => {
+                // Continuing would skip changes: stop for good until the user resyncs.
+                let msg = e.to_string();
+                e.report(PgLogLevel::WARNING);
+                let _ = worker::xact(|| {
+                    catalog::set_sync_error(self.subid, Some(&msg))?;
+                    Ok(catalog::set_enabled(self.subid, false)?)
+                });
+                if let Some(s) = REGISTRY.exclusive().sync_mut(self.dboid, self.subid) {
+                    s.enabled = false;
+                }
+            }
             Err(e) => {
                 let name = self
                     .sub

@@ -53,6 +53,8 @@ pub struct Stream {
     last_sent: (Lsn, Lsn),
     last_idle_advance: Instant,
     pub last_msg: Instant,
+    /// When streaming started.
+    pub started: Instant,
 }
 
 /// pgoutput protocol 2: streaming of in-progress transactions.
@@ -107,6 +109,7 @@ impl Stream {
             last_sent: (0, 0),
             last_idle_advance: Instant::now(),
             last_msg: Instant::now(),
+            started: Instant::now(),
         })
     }
 
