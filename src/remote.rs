@@ -174,6 +174,51 @@ pub async fn copy_columns(conn: &mut Connection, relid: u32) -> Result<Vec<Strin
         .collect())
 }
 
+/// What a publication publishes of one table (PostgreSQL 15+): its column list (all
+/// columns when it has none) and its row filter. None on older sources.
+pub async fn publication_filter(
+    conn: &mut Connection,
+    publication: &str,
+    schema: &str,
+    table: &str,
+) -> Result<Option<(Vec<String>, Option<String>)>> {
+    let version: u32 = conn
+        .parameter("server_version_num")
+        .and_then(|v| v.parse().ok())
+        .or_else(|| {
+            conn.parameter("server_version")
+                .and_then(|v| v.split('.').next()?.parse::<u32>().ok())
+                .map(|major| major * 10_000)
+        })
+        .unwrap_or(0);
+    if version < 150_000 {
+        return Ok(None);
+    }
+    let wh = format!(
+        "pubname = {} AND schemaname = {} AND tablename = {}",
+        quote_literal(publication),
+        quote_literal(schema),
+        quote_literal(table)
+    );
+    let cols = conn
+        .simple_query(&format!(
+            "SELECT a.n FROM pg_catalog.pg_publication_tables pt, \
+                    unnest(pt.attnames) WITH ORDINALITY AS a(n, i) WHERE {wh} ORDER BY a.i"
+        ))
+        .await?
+        .iter()
+        .filter_map(|r| r.get(0).map(str::to_string))
+        .collect();
+    let filter = conn
+        .simple_query(&format!(
+            "SELECT rowfilter FROM pg_catalog.pg_publication_tables WHERE {wh}"
+        ))
+        .await?
+        .first()
+        .and_then(|r| r.get(0).map(str::to_string));
+    Ok(Some((cols, filter)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

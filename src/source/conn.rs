@@ -936,6 +936,19 @@ mod tests {
     use super::*;
     use bytes::BufMut;
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+
+        /// Row parsing on arbitrary bytes: errors, never panics or over-allocates.
+        #[test]
+        fn row_parsing_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            if let Ok(cols) = parse_row_description(Bytes::from(bytes.clone())) {
+                let _ = parse_data_row(cols, Bytes::from(bytes.clone()));
+            }
+            let _ = parse_data_row(Arc::from(Vec::<String>::new()), Bytes::from(bytes));
+        }
+    }
+
     /// A connection in CopyBoth over one end of a socket pair (the test plays the server).
     fn copy_both_over(sock: UnixStream) -> Connection {
         Connection {

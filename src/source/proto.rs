@@ -384,3 +384,50 @@ mod tests {
         assert_eq!(f.body[33], 1);
     }
 }
+
+/// Fuzzing of the protocol reader: arbitrary bytes from a (hostile or broken) server never
+/// make it panic, and no length field makes it take more than the buffer holds.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        #[test]
+        fn framing_never_panics_nor_overreads(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let mut buf = BytesMut::from(&bytes[..]);
+            let before = buf.len();
+            let mut taken = 0;
+            while let Ok(Some(f)) = take_frame(&mut buf) {
+                taken += 5 + f.body.len();
+                prop_assert!(taken <= before);
+            }
+            prop_assert_eq!(buf.len() + taken, before);
+        }
+
+        #[test]
+        fn huge_length_fields_wait_for_data_or_fail(tag in any::<u8>(), len in any::<u32>(), rest in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut bytes = vec![tag];
+            bytes.extend_from_slice(&len.to_be_bytes());
+            bytes.extend_from_slice(&rest);
+            match complete_frame_len(&bytes) {
+                Ok(Some(n)) => prop_assert!(n <= bytes.len()),
+                Ok(None) => prop_assert!((len as usize) + 1 > bytes.len()),
+                Err(_) => prop_assert!(len < 4 || len as usize > MAX_MESSAGE_LEN),
+            }
+        }
+
+        #[test]
+        fn message_bodies_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_error_fields(Bytes::from(bytes.clone()));
+            let _ = parse_copy_both_payload(Bytes::from(bytes.clone()));
+            for tag in [b'w', b'k'] {
+                let mut b = vec![tag];
+                b.extend_from_slice(&bytes);
+                let _ = parse_copy_both_payload(Bytes::from(b));
+            }
+        }
+    }
+}

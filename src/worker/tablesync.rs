@@ -175,7 +175,20 @@ impl TableSync {
             conn.simple_query("BEGIN READ ONLY ISOLATION LEVEL REPEATABLE READ"),
         )??;
         let lsn = block_on(&self.rt, remote::create_slot(&mut conn, slot, "use"))??;
-        let (columns, partitioned) = block_on(&self.rt, copy_columns(&mut conn, self.relid))??;
+        let (mut columns, partitioned) = block_on(&self.rt, copy_columns(&mut conn, self.relid))??;
+        // As native tablesync: copy only what the publication publishes (PostgreSQL 15
+        // column lists and row filters); changes are filtered by pgoutput the same way.
+        let filter = block_on(
+            &self.rt,
+            remote::publication_filter(&mut conn, &sub.publication, &rel.srcschema, &rel.srcname),
+        )??;
+        let mut row_filter = None;
+        if let Some((published, rf)) = filter {
+            if !published.is_empty() {
+                columns.retain(|c| published.contains(c));
+            }
+            row_filter = rf;
+        }
         let relation = Relation {
             id: self.relid,
             namespace: rel.srcschema.clone(),
@@ -201,10 +214,14 @@ impl TableSync {
             .map(|c| quote_ident(c))
             .collect::<Vec<_>>()
             .join(", ");
-        let sql = match (partitioned, columns.is_empty()) {
-            (true, _) => format!("COPY (SELECT {collist} FROM {table}) TO STDOUT"),
-            (false, true) => format!("COPY {table} TO STDOUT"),
-            (false, false) => format!("COPY {table} ({collist}) TO STDOUT"),
+        let only = if partitioned { "" } else { "ONLY " };
+        let sql = match (&row_filter, partitioned, columns.is_empty()) {
+            (Some(f), _, _) => {
+                format!("COPY (SELECT {collist} FROM {only}{table} WHERE {f}) TO STDOUT")
+            }
+            (None, true, _) => format!("COPY (SELECT {collist} FROM {table}) TO STDOUT"),
+            (None, false, true) => format!("COPY {table} TO STDOUT"),
+            (None, false, false) => format!("COPY {table} ({collist}) TO STDOUT"),
         };
         let no_columns = columns.is_empty();
 

@@ -428,3 +428,50 @@ fn start_without_preload_names_shared_preload_libraries() {
         5,
     );
 }
+
+#[test]
+fn exhausted_replication_slots_are_reported() {
+    let full = Cluster::new_private_with(
+        ClusterSpec::new(Kind::Source, "fullslots").conf("max_replication_slots = 1"),
+    );
+    full.exec(
+        "postgres",
+        "SELECT pg_create_logical_replication_slot('occupied', 'pgoutput')",
+    );
+    let src = source_db(&full, "full_slots");
+    let tgt = Db::fresh(target(), "full_slots_tgt");
+    assert_rejected(
+        &tgt,
+        Some(&full),
+        &src.uri(),
+        "analytics",
+        "fullslots",
+        &["53400"],
+        &["max_replication_slots"],
+        10,
+    );
+}
+
+#[test]
+fn publication_dropped_while_running_is_reported() {
+    let src = source_db(source(), "pubdrop_src");
+    let tgt = Db::fresh(target(), "pubdrop_tgt");
+    tgt.exec(&kv_table_ddl("t"));
+    let sub = "pub_dropped";
+    let _g = start_sync(&tgt, &src.uri(), "analytics", sub);
+    wait_for_tables(&tgt, sub, &["public.t"], 'r');
+    src.exec("DROP PUBLICATION analytics; INSERT INTO t VALUES (100001, 1, 'after the drop')");
+    let err = wait_for_last_error(
+        &tgt,
+        sub,
+        Duration::from_secs(60),
+        "name the dropped publication",
+        |e| e.contains("analytics") && e.contains("does not exist"),
+    );
+    eprintln!("[e2e] last_error after DROP PUBLICATION: {err}");
+    assert_eq!(
+        tgt.query_one::<i64>("SELECT count(*) FROM t WHERE id = 100001"),
+        0,
+        "a change made after the publication was dropped was applied"
+    );
+}
