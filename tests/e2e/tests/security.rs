@@ -300,113 +300,11 @@ fn non_superuser_cannot_operate_or_read_the_connection_strings() {
 // TLS
 // ---------------------------------------------------------------------------------------------
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA, a server certificate it signed (SAN localhost, 127.0.0.1), and an unrelated CA.
-fn make_certs(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    for (name, cn) in [("ca", "livesync e2e CA"), ("otherca", "some other CA")] {
-        let subj = format!("/CN={cn}");
-        let (key, crt) = (format!("{name}.key"), format!("{name}.crt"));
-        let mut a: Vec<&str> = vec!["req", "-x509"];
-        a.extend(ec);
-        a.extend([
-            "-days",
-            "30",
-            "-subj",
-            &subj,
-            "-keyout",
-            &key,
-            "-out",
-            &crt,
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ]);
-        openssl(dir, &a);
-    }
-    let mut a: Vec<&str> = vec!["req"];
-    a.extend(ec);
-    a.extend([
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ]);
-    openssl(dir, &a);
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "30",
-            "-out",
-            "server.crt",
-            "-extfile",
-            "ext.cnf",
-        ],
-    );
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    for f in ["ca.crt", "otherca.crt", "server.crt"] {
-        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
-    }
-    std::fs::set_permissions(
-        dir.join("server.key"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .unwrap();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        let st = Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(dir)
-            .status()
-            .unwrap();
-        assert!(st.success(), "chown of the certificates");
-    }
-}
-
 #[test]
 fn tls_verify_full_works_and_a_wrong_ca_is_refused() {
     let certs = std::env::temp_dir().join(format!("livesync-e2e-certs-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&certs);
-    make_certs(&certs);
+    make_test_certs(&certs);
     let sc = Cluster::new_private_with(
         ClusterSpec::new(Kind::Source, "tlssrc")
             .conf("ssl = on")

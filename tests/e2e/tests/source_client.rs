@@ -94,89 +94,6 @@ fn chown_r(p: &Path) {
     }
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let mut c = Command::new("openssl");
-    c.current_dir(dir).args(args);
-    run(c, &format!("openssl {}", args.join(" ")));
-}
-
-/// CA + server certificate (SAN localhost, 127.0.0.1) + an unrelated second CA.
-fn make_certs(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    for (name, cn) in [("ca", "livesync test CA"), ("otherca", "some other CA")] {
-        let mut a: Vec<&str> = vec!["req", "-x509"];
-        a.extend(ec);
-        let subj = format!("/CN={cn}");
-        let key = format!("{name}.key");
-        let crt = format!("{name}.crt");
-        a.extend([
-            "-days",
-            "30",
-            "-subj",
-            &subj,
-            "-keyout",
-            &key,
-            "-out",
-            &crt,
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ]);
-        openssl(dir, &a);
-    }
-    let mut a: Vec<&str> = vec!["req"];
-    a.extend(ec);
-    a.extend([
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ]);
-    openssl(dir, &a);
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "30",
-            "-out",
-            "server.crt",
-            "-extfile",
-            "ext.cnf",
-        ],
-    );
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(
-        dir.join("server.key"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .unwrap();
-}
-
 // The watchdog deliberately outlives this process: it is never waited for.
 #[allow(clippy::zombie_processes)]
 fn start_cluster(name: &str, conf: &[&str], ssl: bool) -> Pg {
@@ -191,7 +108,7 @@ fn start_cluster(name: &str, conf: &[&str], ssl: bool) -> Pg {
     let data = dir.join("data");
     let port = free_port();
     if ssl {
-        make_certs(&dir.join("certs"));
+        livesync_e2e::make_test_certs(&dir.join("certs"));
     }
     chown_r(&dir);
     let mut c = as_postgres(&format!("{PG_BIN}/initdb"));
