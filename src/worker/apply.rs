@@ -93,6 +93,7 @@ struct ApplyWorker {
     tablesync_retry: HashMap<RelId, (u32, Instant)>,
     last_refresh: Instant,
     last_sync_check: Instant,
+    last_housekeeping: Instant,
     succeeded: bool,
 }
 
@@ -111,6 +112,7 @@ impl ApplyWorker {
             tablesync_retry: HashMap::new(),
             last_refresh: Instant::now(),
             last_sync_check: Instant::now() - Duration::from_secs(3600),
+            last_housekeeping: Instant::now(),
             succeeded: false,
         }
     }
@@ -219,6 +221,13 @@ impl ApplyWorker {
                     if reply {
                         self.stream.as_mut().unwrap().feedback(&self.rt, true)?;
                     }
+                    // A busy stream is never idle: do the idle-time work between target
+                    // transactions anyway, or refreshes, hand-overs and feedback starve.
+                    if !self.stream.as_ref().unwrap().xact_open()
+                        && self.last_housekeeping.elapsed() >= Duration::from_millis(200)
+                    {
+                        self.housekeeping()?;
+                    }
                 }
                 None => {
                     // Nothing more right now: end the batch at its last source commit.
@@ -276,6 +285,7 @@ impl ApplyWorker {
 
     /// Idle-time work: confirm progress, hand tables over, refresh the publication.
     fn housekeeping(&mut self) -> Result<()> {
+        self.last_housekeeping = Instant::now();
         let stream = self.stream.as_mut().unwrap();
         stream.check_alive(&self.rt)?;
         stream.advance_idle()?;
