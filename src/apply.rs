@@ -53,7 +53,8 @@ pub struct Applier {
     remote: HashMap<RelId, Relation>,
     maps: HashMap<RelId, Rc<Mapping>>,
     insert_plans: HashMap<RelId, OwnedPreparedStatement>,
-    update_plans: HashMap<(RelId, Vec<bool>), OwnedPreparedStatement>,
+    /// Per relation, per set of SET columns (unchanged TOAST leaves some out).
+    update_plans: HashMap<RelId, HashMap<Vec<bool>, OwnedPreparedStatement>>,
     delete_plans: HashMap<RelId, OwnedPreparedStatement>,
     pending: Option<Pending>,
 }
@@ -108,7 +109,7 @@ impl Applier {
         self.maps.remove(&relid);
         self.insert_plans.remove(&relid);
         self.delete_plans.remove(&relid);
-        self.update_plans.retain(|(r, _), _| *r != relid);
+        self.update_plans.remove(&relid);
     }
 
     /// Drop mappings and plans of target tables that changed (ALTER TABLE, new chunks...).
@@ -313,15 +314,13 @@ impl Applier {
             .map(|&k| datum_text(&key_source.0[k]))
             .collect::<Result<Vec<_>>>()?;
 
-        let plan_key = (relid, set.clone());
-        let plan = match self.update_plans.entry(plan_key.clone()) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => {
-                let (sql, n) = update_sql(&m, &set);
-                e.insert(prepare(&sql, n, pg_sys::TEXTOID)?)
-            }
-        };
-        let plan = &*plan;
+        // Looked up by the borrowed mask: no allocation per row once the plan exists.
+        let by_set = self.update_plans.entry(relid).or_default();
+        if !by_set.contains_key(set.as_slice()) {
+            let (sql, n) = update_sql(&m, &set);
+            by_set.insert(set.clone(), prepare(&sql, n, pg_sys::TEXTOID)?);
+        }
+        let plan = &by_set[set.as_slice()];
         let vals: Vec<Option<&str>> = set_vals
             .iter()
             .chain(key_vals.iter())

@@ -1286,10 +1286,16 @@ pub fn current_lsn(src: &Db) -> String {
 /// before this call.
 pub fn wait_caught_up(src: &Db, tgt: &Db, subscription: &str) {
     wait_for_sync_state(tgt, subscription, 'r');
+    wait_applied(src, tgt, subscription, SYNC_TIMEOUT);
+}
+
+/// Waits (up to `timeout`) until `livesync.subscription.applied_lsn` reaches the source's
+/// current WAL position, taken when called.
+pub fn wait_applied(src: &Db, tgt: &Db, subscription: &str, timeout: Duration) {
     let lsn = current_lsn(src);
     let what = format!("sync {subscription} to apply the source up to {lsn}");
     wait_until_or(
-        SYNC_TIMEOUT,
+        timeout,
         &what,
         || describe_sync(tgt, subscription),
         || {
@@ -1298,7 +1304,7 @@ pub fn wait_caught_up(src: &Db, tgt: &Db, subscription: &str) {
             };
             c.query_one(
                 "SELECT coalesce(applied_lsn >= $1::text::pg_lsn, false) FROM livesync.subscription \
-             WHERE subname = $2",
+                 WHERE subname = $2",
                 &[&lsn, &subscription],
             )
             .map(|r| r.get::<_, bool>(0))
@@ -1937,4 +1943,41 @@ pub fn make_test_certs(dir: &Path) {
             .unwrap();
         assert!(st.success(), "chown of the certificates");
     }
+}
+
+// ---- the kv + ins fixture of the restart and fault tests ---------------------------------
+
+/// The target's `ins` has no key, so a change applied twice shows up as a duplicate row
+/// instead of an error.
+pub const INS_TARGET_DDL: &str = "CREATE TABLE ins (id bigint, payload text)";
+
+/// Source: `kv` (5000 rows) and `ins` (`ins_rows` rows), publication `analytics` for both;
+/// target: the same tables, `ins` without a key.
+pub fn setup_kv_ins(src: &Db, tgt: &Db, ins_rows: i64) {
+    src.exec(&format!(
+        "{}; {}; CREATE TABLE ins (id bigint PRIMARY KEY, payload text); \
+         INSERT INTO ins SELECT g, md5(g::text) FROM generate_series(1, {ins_rows}) g; \
+         CREATE PUBLICATION analytics FOR TABLE kv, ins",
+        kv_table_ddl("kv"),
+        kv_fill_sql("kv", 5_000)
+    ));
+    tgt.exec(&format!("{}; {INS_TARGET_DDL}", kv_table_ddl("kv")));
+}
+
+/// Inserts ids from `first` up into `ins`, one per statement.
+pub fn ins_writer(src: &Db, first: i64) -> BackgroundWriter {
+    BackgroundWriter::spawn(src, "ins writer", move |c, i| {
+        c.execute(
+            "INSERT INTO ins VALUES ($1::int8, md5($1::int8::text))",
+            &[&(first + i as i64)],
+        )
+        .map(|_| ())
+    })
+}
+
+/// [`assert_synced`] for `kv` and `ins`, and no duplicate ids in either.
+pub fn assert_kv_ins_synced(src: &Db, tgt: &Db, sub: &str) {
+    assert_synced(src, tgt, sub, &["kv", "ins"]);
+    assert_no_duplicates(tgt, "ins", "id");
+    assert_no_duplicates(tgt, "kv", "id");
 }

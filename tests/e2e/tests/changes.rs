@@ -68,24 +68,7 @@ fn caught_up_within(src: &Db, tgt: &Db, sub: &str, timeout: Duration) {
                 .unwrap_or(false)
         },
     );
-    let lsn = current_lsn(src);
-    wait_until_or(
-        timeout,
-        &format!("sync {sub} to apply the source up to {lsn}"),
-        || describe(tgt, sub),
-        || {
-            let Ok(mut c) = tgt.try_client() else {
-                return false;
-            };
-            c.query_one(
-                "SELECT coalesce(applied_lsn >= $1::text::pg_lsn, false) \
-                 FROM livesync.subscription WHERE subname = $2",
-                &[&lsn, &sub],
-            )
-            .map(|r| r.get::<_, bool>(0))
-            .unwrap_or(false)
-        },
-    );
+    wait_applied(src, tgt, sub, timeout);
 }
 
 fn caught_up(src: &Db, tgt: &Db, sub: &str) {

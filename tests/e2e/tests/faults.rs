@@ -16,30 +16,6 @@ use std::time::{Duration, Instant};
 
 use livesync_e2e::*;
 
-const INS_TARGET_DDL: &str = "CREATE TABLE ins (id bigint, payload text)";
-
-fn setup(src: &Db, tgt: &Db, ins_rows: i64) {
-    src.exec(&format!(
-        "{}; {}; CREATE TABLE ins (id bigint PRIMARY KEY, payload text); \
-         INSERT INTO ins SELECT g, md5(g::text) FROM generate_series(1, {ins_rows}) g; \
-         CREATE PUBLICATION analytics FOR TABLE kv, ins",
-        kv_table_ddl("kv"),
-        kv_fill_sql("kv", 5_000)
-    ));
-    tgt.exec(&format!("{}; {INS_TARGET_DDL}", kv_table_ddl("kv")));
-}
-
-/// Inserts ids from `first` up into `ins`, one per statement.
-fn ins_writer(src: &Db, first: i64) -> BackgroundWriter {
-    BackgroundWriter::spawn(src, "ins writer", move |c, i| {
-        c.execute(
-            "INSERT INTO ins VALUES ($1::int8, md5($1::int8::text))",
-            &[&(first + i as i64)],
-        )
-        .map(|_| ())
-    })
-}
-
 /// A writer that survives source restarts: per iteration one transaction inserting into
 /// `ins` (id `first + i`) and updating a `kv` row.
 fn reconnecting_writer(src: &Db, first: i64) -> BackgroundWriter {
@@ -57,33 +33,6 @@ fn reconnecting_writer(src: &Db, first: i64) -> BackgroundWriter {
     })
 }
 
-fn assert_all_synced(src: &Db, tgt: &Db, sub: &str) {
-    assert_synced(src, tgt, sub, &["kv", "ins"]);
-    assert_no_duplicates(tgt, "ins", "id");
-    assert_no_duplicates(tgt, "kv", "id");
-}
-
-/// Waits (up to `timeout`) until the sync has applied the source's current position.
-fn wait_applied_current(src: &Db, tgt: &Db, sub: &str, timeout: Duration) {
-    let lsn = current_lsn(src);
-    wait_until(
-        timeout,
-        &format!("sync {sub} to apply the source up to {lsn}"),
-        || {
-            let Ok(mut c) = tgt.try_client() else {
-                return false;
-            };
-            c.query_one(
-                "SELECT coalesce(applied_lsn >= $1::text::pg_lsn, false) \
-                 FROM livesync.subscription WHERE subname = $2",
-                &[&lsn, &sub],
-            )
-            .map(|r| r.get::<_, bool>(0))
-            .unwrap_or(false)
-        },
-    );
-}
-
 // ---------------------------------------------------------------------------------------------
 // 1. Source unreachable for a while
 // ---------------------------------------------------------------------------------------------
@@ -93,7 +42,7 @@ fn source_unreachable_for_a_while_resumes_by_itself() {
     let outage = Duration::from_secs(env_secs("LIVESYNC_E2E_OUTAGE_SECS", 20));
     let src = Db::fresh(source(), "outage_src");
     let tgt = Db::fresh(target(), "outage_tgt");
-    setup(&src, &tgt, 5_000);
+    setup_kv_ins(&src, &tgt, 5_000);
     let proxy = TcpProxy::start(source().port());
     let ci = format!(
         "postgres://postgres@127.0.0.1:{}/{}?connect_timeout=5",
@@ -103,7 +52,7 @@ fn source_unreachable_for_a_while_resumes_by_itself() {
     let sub = "outage";
     let _g = start_sync(&tgt, &ci, "analytics", sub);
     wait_for_tables(&tgt, sub, &["public.ins", "public.kv"], 'r');
-    assert_all_synced(&src, &tgt, sub);
+    assert_kv_ins_synced(&src, &tgt, sub);
     assert_eq!(last_error(&tgt, sub), None, "an error before any fault");
 
     let w1 = BackgroundWriter::kv(&src, "kv", 5_001);
@@ -143,16 +92,16 @@ fn source_unreachable_for_a_while_resumes_by_itself() {
     sleep(Duration::from_secs(2)); // writes after the restore
     let (s1, s2) = (w1.stop(), w2.stop());
     // The retry backoff is capped by livesync.max_retry_interval (60 s by default).
-    wait_applied_current(&src, &tgt, sub, Duration::from_secs(120));
+    wait_applied(&src, &tgt, sub, Duration::from_secs(120));
     eprintln!(
         "[e2e] caught up {:.1}s after the restore; writers {s1:?} {s2:?}; proxy (passed, refused) {:?}",
         t1.elapsed().as_secs_f64(),
         proxy.counts()
     );
-    assert_all_synced(&src, &tgt, sub);
+    assert_kv_ins_synced(&src, &tgt, sub);
     // Applying again: the error is cleared by the first successful commit.
     src.exec("INSERT INTO ins VALUES (9000001, 'after recovery')");
-    assert_all_synced(&src, &tgt, sub);
+    assert_kv_ins_synced(&src, &tgt, sub);
     wait_until_or(
         Duration::from_secs(30),
         "last_error to be cleared once the sync applies again",
@@ -170,7 +119,7 @@ fn source_unreachable_for_a_while_resumes_by_itself() {
 fn terminated_walsender_resumes_by_itself() {
     let src = Db::fresh(source(), "termws_src");
     let tgt = Db::fresh(target(), "termws_tgt");
-    setup(&src, &tgt, 5_000);
+    setup_kv_ins(&src, &tgt, 5_000);
     let sub = "term_walsender";
     let _g = start_sync(&tgt, &src.uri(), "analytics", sub);
     wait_for_tables(&tgt, sub, &["public.ins", "public.kv"], 'r');
@@ -213,14 +162,14 @@ fn terminated_walsender_resumes_by_itself() {
     sleep(Duration::from_secs(1));
     w1.stop();
     w2.stop();
-    assert_all_synced(&src, &tgt, sub);
+    assert_kv_ins_synced(&src, &tgt, sub);
 }
 
 #[test]
 fn terminated_walsenders_during_copy_copy_each_row_once() {
     let src = Db::fresh(source(), "termcopy_src");
     let tgt = Db::fresh(target(), "termcopy_tgt");
-    setup(&src, &tgt, 1_000_000);
+    setup_kv_ins(&src, &tgt, 1_000_000);
     let sub = "term_copy";
     let w1 = BackgroundWriter::kv(&src, "kv", 5_001);
     let _g = start_sync(&tgt, &src.uri(), "analytics", sub);
@@ -253,7 +202,7 @@ fn terminated_walsenders_during_copy_copy_each_row_once() {
     src.exec("INSERT INTO ins SELECT g, 'after' FROM generate_series(2000001, 2000100) g");
     sleep(Duration::from_secs(1));
     w1.stop();
-    assert_all_synced(&src, &tgt, sub);
+    assert_kv_ins_synced(&src, &tgt, sub);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -265,7 +214,7 @@ fn source_fast_and_immediate_restarts_under_writes() {
     let sc = Cluster::new_private(Kind::Source, "restart_src_w");
     let src = Db::fresh(&sc, "srcrw_src");
     let tgt = Db::fresh(target(), "srcrw_tgt");
-    setup(&src, &tgt, 5_000);
+    setup_kv_ins(&src, &tgt, 5_000);
     let sub = "restart_src_writes";
     let _g = start_sync(&tgt, &src.uri(), "analytics", sub);
     wait_for_tables(&tgt, sub, &["public.ins", "public.kv"], 'r');
@@ -283,7 +232,7 @@ fn source_fast_and_immediate_restarts_under_writes() {
         stats.inserts, stats.deletes
     );
     assert!(stats.inserts > 0);
-    assert_all_synced(&src, &tgt, sub);
+    assert_kv_ins_synced(&src, &tgt, sub);
     // The guard's drop needs the source up: drop now, while it is.
     livesync_drop(&tgt, sub);
     assert_eq!(slots_on_source(&sc, sub), Vec::<String>::new());
@@ -322,7 +271,7 @@ fn kill9_of_a_table_sync_worker_during_copy_under_writes() {
     let tc = Cluster::new_private(Kind::Target, "killts_tgt");
     let src = Db::fresh(source(), "killts_src");
     let tgt = Db::fresh(&tc, "killts_tgt");
-    setup(&src, &tgt, 1_000_000);
+    setup_kv_ins(&src, &tgt, 1_000_000);
     let sub = "kill_tablesync";
     let w1 = BackgroundWriter::kv(&src, "kv", 5_001);
     let _g = start_sync(&tgt, &src.uri(), "analytics", sub);
@@ -339,7 +288,7 @@ fn kill9_of_a_table_sync_worker_during_copy_under_writes() {
     src.exec("INSERT INTO ins SELECT g, 'after' FROM generate_series(2000001, 2000100) g");
     sleep(Duration::from_secs(1));
     w1.stop();
-    assert_all_synced(&src, &tgt, sub);
+    assert_kv_ins_synced(&src, &tgt, sub);
 }
 
 #[test]
@@ -347,7 +296,7 @@ fn target_immediate_restart_during_copy_copies_each_row_once() {
     let tc = Cluster::new_private(Kind::Target, "restartcopy_tgt");
     let src = Db::fresh(source(), "restartcopy_src");
     let tgt = Db::fresh(&tc, "restartcopy_tgt");
-    setup(&src, &tgt, 1_000_000);
+    setup_kv_ins(&src, &tgt, 1_000_000);
     let sub = "restart_copy";
     let w1 = BackgroundWriter::kv(&src, "kv", 5_001);
     let w2 = ins_writer(&src, 3_000_001);
@@ -369,7 +318,7 @@ fn target_immediate_restart_during_copy_copies_each_row_once() {
     sleep(Duration::from_secs(1));
     w1.stop();
     w2.stop();
-    assert_all_synced(&src, &tgt, sub);
+    assert_kv_ins_synced(&src, &tgt, sub);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -428,13 +377,13 @@ fn assert_stops_with_slot_error(src: &Db, tgt: &Db, sub: &str, after_id: i64) {
 fn slot_dropped_while_stopped_is_reported_not_ignored() {
     let src = Db::fresh(source(), "slotdrop_src");
     let tgt = Db::fresh(target(), "slotdrop_tgt");
-    setup(&src, &tgt, 1_000);
+    setup_kv_ins(&src, &tgt, 1_000);
     let sub = "slot_dropped_stopped";
     let _g = start_sync(&tgt, &src.uri(), "analytics", sub);
     let w = BackgroundWriter::kv(&src, "kv", 5_001);
     sleep(Duration::from_secs(1));
     w.stop();
-    assert_all_synced(&src, &tgt, sub);
+    assert_kv_ins_synced(&src, &tgt, sub);
     livesync_stop(&tgt, sub);
     wait_until(SYNC_TIMEOUT, "the slot to be released", || {
         slot_active_pid(source(), sub).is_none()
@@ -466,7 +415,7 @@ fn slot_dropped_while_stopped_is_reported_not_ignored() {
 fn slot_dropped_while_running_is_reported_not_ignored() {
     let src = Db::fresh(source(), "slotdrop2_src");
     let tgt = Db::fresh(target(), "slotdrop2_tgt");
-    setup(&src, &tgt, 1_000);
+    setup_kv_ins(&src, &tgt, 1_000);
     let sub = "slot_dropped_running";
     let _g = start_sync(&tgt, &src.uri(), "analytics", sub);
     wait_for_tables(&tgt, sub, &["public.ins", "public.kv"], 'r');
@@ -507,13 +456,13 @@ fn slot_dropped_while_running_is_reported_not_ignored() {
 fn slot_recreated_under_the_same_name_is_reported_not_ignored() {
     let src = Db::fresh(source(), "slotre_src");
     let tgt = Db::fresh(target(), "slotre_tgt");
-    setup(&src, &tgt, 1_000);
+    setup_kv_ins(&src, &tgt, 1_000);
     let sub = "slot_recreated";
     let _g = start_sync(&tgt, &src.uri(), "analytics", sub);
     let w = BackgroundWriter::kv(&src, "kv", 5_001);
     sleep(Duration::from_secs(1));
     w.stop();
-    assert_all_synced(&src, &tgt, sub);
+    assert_kv_ins_synced(&src, &tgt, sub);
     livesync_stop(&tgt, sub);
     wait_until(SYNC_TIMEOUT, "the slot to be released", || {
         slot_active_pid(source(), sub).is_none()
@@ -560,13 +509,13 @@ fn slot_invalidated_by_max_slot_wal_keep_size_is_reported() {
     );
     let src = Db::fresh(&sc, "walkeep_src");
     let tgt = Db::fresh(target(), "walkeep_tgt");
-    setup(&src, &tgt, 1_000);
+    setup_kv_ins(&src, &tgt, 1_000);
     let sub = "slot_invalidated";
     let _g = start_sync(&tgt, &src.uri(), "analytics", sub);
     let w = BackgroundWriter::kv(&src, "kv", 5_001);
     sleep(Duration::from_secs(1));
     w.stop();
-    assert_all_synced(&src, &tgt, sub);
+    assert_kv_ins_synced(&src, &tgt, sub);
     livesync_stop(&tgt, sub);
     wait_until(SYNC_TIMEOUT, "the slot to be released", || {
         slot_active_pid(&sc, sub).is_none()
@@ -622,14 +571,14 @@ fn slot_invalidated_by_max_slot_wal_keep_size_is_reported() {
 fn idle_source_slot_keeps_advancing() {
     let src = Db::fresh(source(), "idle_src");
     let tgt = Db::fresh(target(), "idle_tgt");
-    setup(&src, &tgt, 1_000);
+    setup_kv_ins(&src, &tgt, 1_000);
     src.exec("CREATE TABLE unpublished (id bigint PRIMARY KEY, payload text)");
     let sub = "idle_source";
     let _g = start_sync(&tgt, &src.uri(), "analytics", sub);
     let w = BackgroundWriter::kv(&src, "kv", 5_001);
     sleep(Duration::from_secs(1));
     w.stop();
-    assert_all_synced(&src, &tgt, sub);
+    assert_kv_ins_synced(&src, &tgt, sub);
 
     // Only WAL that holds nothing published from now on.
     let w = BackgroundWriter::spawn(&src, "unpublished writer", |c, i| {
@@ -682,8 +631,8 @@ fn idle_source_slot_keeps_advancing() {
         t0.elapsed().as_secs_f64()
     );
     // API.md: applied_lsn advances on keepalives too.
-    wait_applied_current(&src, &tgt, sub, Duration::from_secs(60));
-    assert_all_synced(&src, &tgt, sub);
+    wait_applied(&src, &tgt, sub, Duration::from_secs(60));
+    assert_kv_ins_synced(&src, &tgt, sub);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,36 +9,6 @@ use std::time::{Duration, Instant};
 
 use livesync_e2e::*;
 
-const INS_TARGET_DDL: &str = "CREATE TABLE ins (id bigint, payload text)";
-
-fn setup(src: &Db, tgt: &Db, ins_rows: i64) {
-    src.exec(&format!(
-        "{}; {}; CREATE TABLE ins (id bigint PRIMARY KEY, payload text); \
-         INSERT INTO ins SELECT g, md5(g::text) FROM generate_series(1, {ins_rows}) g; \
-         CREATE PUBLICATION analytics FOR TABLE kv, ins",
-        kv_table_ddl("kv"),
-        kv_fill_sql("kv", 5_000)
-    ));
-    tgt.exec(&format!("{}; {INS_TARGET_DDL}", kv_table_ddl("kv")));
-}
-
-/// Inserts ids from `first` up into `ins`, one per statement.
-fn ins_writer(src: &Db, first: i64) -> BackgroundWriter {
-    BackgroundWriter::spawn(src, "ins writer", move |c, i| {
-        c.execute(
-            "INSERT INTO ins VALUES ($1::int8, md5($1::int8::text))",
-            &[&(first + i as i64)],
-        )
-        .map(|_| ())
-    })
-}
-
-fn assert_all_synced(src: &Db, tgt: &Db, sub: &str) {
-    assert_synced(src, tgt, sub, &["kv", "ins"]);
-    assert_no_duplicates(tgt, "ins", "id");
-    assert_no_duplicates(tgt, "kv", "id");
-}
-
 /// Waits until the sync has an apply worker other than `old`.
 fn wait_new_worker(tgt: &Db, sub: &str, old: Option<i32>) -> i32 {
     let mut pid = None;
@@ -62,7 +32,7 @@ fn target_immediate_restart_resumes_by_itself() {
     let tc = Cluster::new_private(Kind::Target, "restart_tgt");
     let src = Db::fresh(source(), "restart_src");
     let tgt = Db::fresh(&tc, "restart_tgt");
-    setup(&src, &tgt, 5_000);
+    setup_kv_ins(&src, &tgt, 5_000);
     let sub = "restart_target";
     let _g = start_sync(&tgt, &src.uri(), "analytics", sub);
     wait_for_tables(&tgt, sub, &["public.ins", "public.kv"], 'r');
@@ -80,7 +50,7 @@ fn target_immediate_restart_resumes_by_itself() {
         "[e2e] apply worker {old_pid:?} -> {new_pid} {:.1}s after the restart; writers {s1:?} {s2:?}",
         t0.elapsed().as_secs_f64()
     );
-    assert_all_synced(&src, &tgt, sub);
+    assert_kv_ins_synced(&src, &tgt, sub);
     assert!(sub_info(&tgt, sub).unwrap().enabled);
 
     // A second time, with a fast shutdown and writes while the target is down.
@@ -90,7 +60,7 @@ fn target_immediate_restart_resumes_by_itself() {
               UPDATE kv SET payload = 'while down' WHERE id % 3 = 0",
     );
     tc.start();
-    assert_all_synced(&src, &tgt, sub);
+    assert_kv_ins_synced(&src, &tgt, sub);
 }
 
 #[test]
@@ -98,7 +68,7 @@ fn kill9_of_the_apply_worker_resumes_by_itself() {
     let tc = Cluster::new_private(Kind::Target, "kill_tgt");
     let src = Db::fresh(source(), "kill_src");
     let tgt = Db::fresh(&tc, "kill_tgt");
-    setup(&src, &tgt, 5_000);
+    setup_kv_ins(&src, &tgt, 5_000);
     let sub = "kill_apply";
     let _g = start_sync(&tgt, &src.uri(), "analytics", sub);
     wait_for_tables(&tgt, sub, &["public.ins", "public.kv"], 'r');
@@ -118,7 +88,7 @@ fn kill9_of_the_apply_worker_resumes_by_itself() {
     sleep(Duration::from_secs(1));
     w1.stop();
     w2.stop();
-    assert_all_synced(&src, &tgt, sub);
+    assert_kv_ins_synced(&src, &tgt, sub);
 }
 
 #[test]
@@ -127,7 +97,7 @@ fn kill9_during_initial_copy_copies_each_row_once() {
     let src = Db::fresh(source(), "killcopy_src");
     let tgt = Db::fresh(&tc, "killcopy_tgt");
     // Big enough that the copy is always seen in state 'd' (it takes seconds).
-    setup(&src, &tgt, 1_500_000);
+    setup_kv_ins(&src, &tgt, 1_500_000);
     let sub = "kill_copy";
     let _g = start_sync(&tgt, &src.uri(), "analytics", sub);
 
@@ -161,7 +131,7 @@ fn kill9_during_initial_copy_copies_each_row_once() {
         ),
     }
     src.exec("INSERT INTO ins SELECT g, 'after' FROM generate_series(2000001, 2000100) g");
-    assert_all_synced(&src, &tgt, sub);
+    assert_kv_ins_synced(&src, &tgt, sub);
 }
 
 #[test]
@@ -169,10 +139,10 @@ fn stopped_sync_stays_stopped_across_restart() {
     let tc = Cluster::new_private(Kind::Target, "stopped_tgt");
     let src = Db::fresh(source(), "stopped_src");
     let tgt = Db::fresh(&tc, "stopped_tgt");
-    setup(&src, &tgt, 1_000);
+    setup_kv_ins(&src, &tgt, 1_000);
     let sub = "stay_stopped";
     let _g = start_sync(&tgt, &src.uri(), "analytics", sub);
-    assert_all_synced(&src, &tgt, sub);
+    assert_kv_ins_synced(&src, &tgt, sub);
     livesync_stop(&tgt, sub);
     src.exec("INSERT INTO ins SELECT g, 'while stopped' FROM generate_series(700001, 700100) g");
 
@@ -191,7 +161,7 @@ fn stopped_sync_stays_stopped_across_restart() {
 
     try_livesync_start(&tgt, &src.uri(), "analytics", Some(sub), None)
         .unwrap_or_else(|e| panic!("resume: {}", err_text(&e)));
-    assert_all_synced(&src, &tgt, sub);
+    assert_kv_ins_synced(&src, &tgt, sub);
 }
 
 #[test]
@@ -199,7 +169,7 @@ fn source_immediate_restart_resumes_by_itself() {
     let sc = Cluster::new_private(Kind::Source, "restart_src");
     let src = Db::fresh(&sc, "srcrestart_src");
     let tgt = Db::fresh(target(), "srcrestart_tgt");
-    setup(&src, &tgt, 5_000);
+    setup_kv_ins(&src, &tgt, 5_000);
     let sub = "restart_source";
     let _g = start_sync(&tgt, &src.uri(), "analytics", sub);
     wait_for_tables(&tgt, sub, &["public.ins", "public.kv"], 'r');
@@ -209,7 +179,7 @@ fn source_immediate_restart_resumes_by_itself() {
         "INSERT INTO ins SELECT g, 'after' FROM generate_series(601001, 602000) g; \
               DELETE FROM kv WHERE id % 5 = 0",
     );
-    assert_all_synced(&src, &tgt, sub);
+    assert_kv_ins_synced(&src, &tgt, sub);
     // The guard's drop needs the source up: drop now, while it is.
     livesync_drop(&tgt, sub);
     assert_eq!(slots_on_source(&sc, sub), Vec::<String>::new());
