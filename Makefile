@@ -39,7 +39,7 @@ lint:
 	cargo clippy $(E2E) --tests -- -D warnings
 
 e2e:
-	cargo test $(E2E) -- --test-threads=$(E2E_THREADS)
+	cargo test $(E2E) --no-fail-fast -- --test-threads=$(E2E_THREADS)
 
 ## bench: livesync versus native logical replication, same machine, same run
 bench: install

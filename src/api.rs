@@ -360,7 +360,14 @@ mod livesync {
                     sync.subid,
                     (s.apply_pid > 0).then_some(s.apply_pid),
                     l(s.received_lsn),
-                    l(s.applied_lsn.max(origin)),
+                    // While a worker runs, only what it published after a commit
+                    // returned: the origin's position moves inside the commit, a moment
+                    // before the applied rows become visible to other sessions.
+                    if s.apply_pid > 0 {
+                        l(s.applied_lsn)
+                    } else {
+                        l(s.applied_lsn.max(origin))
+                    },
                     l(s.source_end_lsn),
                     (s.last_msg_ms > 0)
                         .then(|| {

@@ -132,6 +132,9 @@ impl ApplyWorker {
         self.sub = Some(sub.clone());
         stream::prepare_session()?;
         let start = stream::setup_origin(&catalog::apply_origin_name(self.dboid, self.subid))?;
+        if let Some(s) = REGISTRY.exclusive().sync_mut(self.dboid, self.subid) {
+            s.applied_lsn = s.applied_lsn.max(start);
+        }
         worker::xact(|| Ok(catalog::clear_all_catchups(self.subid)?))?;
 
         let info = ConnInfo::parse(&sub.source)
@@ -355,12 +358,30 @@ impl ApplyWorker {
             TableState::Ready
         };
         let mut changed = false;
+        // Leaving tables whose copy is committed on the target: a joining table in the
+        // same partition tree (a publish_via_partition_root switch) replaces their rows.
+        let settled: Vec<(String, String)> = known
+            .iter()
+            .filter(|r| {
+                !tables.iter().any(|t| t.relid == r.rrelid)
+                    && matches!(
+                        r.state,
+                        TableState::FinishedCopy | TableState::SyncDone | TableState::Ready
+                    )
+            })
+            .map(|r| (r.schemaname.clone(), r.tablename.clone()))
+            .collect();
         for t in &tables {
             if !known.iter().any(|r| r.rrelid == t.relid) {
                 worker::xact(|| {
-                    Ok(catalog::insert_rel(
-                        self.subid, t.relid, &t.schema, &t.name, new_state,
-                    )?)
+                    catalog::insert_rel(self.subid, t.relid, &t.schema, &t.name, new_state)?;
+                    if new_state == TableState::Init && !settled.is_empty() {
+                        let replaces = catalog::overlapping_targets(&t.schema, &t.name, &settled)?;
+                        if !replaces.is_empty() {
+                            catalog::set_rel_replaces(self.subid, t.relid, &replaces)?;
+                        }
+                    }
+                    Ok(())
                 })?;
                 changed = true;
             }
