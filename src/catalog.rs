@@ -221,6 +221,90 @@ pub fn insert_rel(
     .map(drop)
 }
 
+/// Of the target tables of `leaving` tables (target schema, name), those whose rows the
+/// copy of a joining table (target `schema`.`name`) brings again, because the two are in
+/// one partition tree on the target: a leaving partition under the joining table, or the
+/// joining table itself when it is a partition of a leaving one. This is what a
+/// `publish_via_partition_root` switch does: the root replaces its leaves in the
+/// publication, or the leaves their root, and the rows are already on the target.
+pub fn overlapping_targets(
+    schema: &str,
+    name: &str,
+    leaving: &[(String, String)],
+) -> SpiResult<Vec<u32>> {
+    let mut out: Vec<u32> = Vec::new();
+    Spi::connect(|client| {
+        for (us, un) in leaving {
+            let rows = client.select(
+                "WITH t AS (SELECT c.oid FROM pg_catalog.pg_class c \
+                              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                             WHERE n.nspname = $1 AND c.relname = $2), \
+                      u AS (SELECT c.oid FROM pg_catalog.pg_class c \
+                              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                             WHERE n.nspname = $3 AND c.relname = $4) \
+                 SELECT u.oid::int8 FROM t, u \
+                  WHERE u.oid IN (SELECT relid FROM pg_catalog.pg_partition_tree(t.oid)) \
+                 UNION \
+                 SELECT t.oid::int8 FROM t, u \
+                  WHERE t.oid IN (SELECT relid FROM pg_catalog.pg_partition_tree(u.oid))",
+                None,
+                &[
+                    schema.into(),
+                    name.into(),
+                    us.as_str().into(),
+                    un.as_str().into(),
+                ],
+            )?;
+            for row in rows {
+                if let Some(o) = row.get::<i64>(1)? {
+                    if !out.contains(&(o as u32)) {
+                        out.push(o as u32);
+                    }
+                }
+            }
+        }
+        SpiResult::Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Record the target tables a table's copy must empty first (see [`overlapping_targets`]).
+pub fn set_rel_replaces(subid: i32, relid: u32, targets: &[u32]) -> SpiResult<()> {
+    let list = format!(
+        "{{{}}}",
+        targets
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    run(
+        "UPDATE livesync.sync_rel SET replaces = $3::text::oid[] WHERE subid = $1 AND rrelid = $2",
+        &[subid.into(), oid(relid), list.into()],
+    )
+    .map(drop)
+}
+
+/// The target tables (as SQL names) a table's copy empties first, those that still exist.
+pub fn rel_replaces(subid: i32, relid: u32) -> SpiResult<Vec<String>> {
+    Spi::connect(|client| {
+        let mut out = Vec::new();
+        for row in client.select(
+            "SELECT c.oid::regclass::text FROM livesync.sync_rel r \
+               CROSS JOIN LATERAL unnest(r.replaces) AS u(oid) \
+               JOIN pg_catalog.pg_class c ON c.oid = u.oid \
+              WHERE r.subid = $1 AND r.rrelid = $2",
+            None,
+            &[subid.into(), oid(relid)],
+        )? {
+            if let Some(t) = row.get::<String>(1)? {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    })
+}
+
 pub fn delete_rel(subid: i32, relid: u32) -> SpiResult<()> {
     run(
         "DELETE FROM livesync.sync_rel WHERE subid = $1 AND rrelid = $2",

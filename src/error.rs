@@ -130,7 +130,15 @@ impl Error {
                 None,
             ),
             Error::Spi(_) => (Code::ERRCODE_INTERNAL_ERROR, self.to_string(), None, None),
-            Error::Spool(_) => (Code::ERRCODE_IO_ERROR, self.to_string(), None, None),
+            Error::Spool(_) => (
+                Code::ERRCODE_IO_ERROR,
+                self.to_string(),
+                None,
+                Some(
+                    "Large source transactions are spooled to base/pgsql_tmp in the target's data directory: check its free space and permissions. The sync retries by itself."
+                        .to_string(),
+                ),
+            ),
             Error::Terminated => (Code::ERRCODE_ADMIN_SHUTDOWN, self.to_string(), None, None),
             Error::NeedsResync { msg } => (
                 Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,

@@ -87,6 +87,11 @@ CREATE TABLE livesync.sync_rel (
     catchup_lsn     pg_lsn,
     last_error      text,
     last_error_time timestamptz,
+    -- Target tables this table's copy empties first, in its own transaction: they hold
+    -- rows the sync wrote through a partition or partition root that left the publication
+    -- as this table joined it (a publish_via_partition_root switch); the copy brings them
+    -- again.
+    replaces        oid[],
     added_at        timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (subid, rrelid)
 );

@@ -66,7 +66,13 @@ impl Spool {
                 .write(true)
                 .truncate(first_segment)
                 .read(true)
-                .open(&path)?;
+                .open(&path)
+                .map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("could not open file \"{}\": {e}", path.display()),
+                    )
+                })?;
             let len = file.metadata()?.len();
             self.open.insert(
                 xid,

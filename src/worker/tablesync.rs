@@ -227,6 +227,16 @@ impl TableSync {
 
         let started = std::time::Instant::now();
         worker::begin();
+        // Rows the sync already wrote through a partition or root that left the publication
+        // as this table joined it come again with this copy: remove them in the same
+        // transaction (DELETE, not TRUNCATE, so readers keep seeing the old rows meanwhile).
+        for t in catalog::rel_replaces(self.subid, self.relid)? {
+            Spi::run(&format!("DELETE FROM {t}"))?;
+            log!(
+                "livesync: emptied {t}: its rows come again with the copy of \"{}\"",
+                rel.qualified_target()
+            );
+        }
         let mut applier = crate::apply::Applier::new();
         applier.relation(relation)?;
         let target = applier.mapping(self.relid)?;

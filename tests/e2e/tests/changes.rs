@@ -764,6 +764,48 @@ fn partitioned_source_leaves_to_same_leaves() {
 }
 
 #[test]
+fn publish_via_partition_root_switch_is_followed_without_doubling() {
+    // ALTER PUBLICATION ... SET (publish_via_partition_root) swaps the leaves for their
+    // root in the publication (and back). The target has the same partitions, so the rows
+    // the sync wrote through the leaves are the rows the root's copy brings again: they
+    // must be replaced, not doubled (native replication may lose or double them here).
+    let src = Db::fresh(source(), "viaswitch_src");
+    let tgt = Db::fresh(target(), "viaswitch_tgt");
+    src.exec(PART_DDL);
+    src.exec(&part_fill(1, 2000));
+    src.exec("CREATE PUBLICATION p FOR TABLE meas");
+    copy_schema(&src, &tgt, &[]);
+    let sub = "via_switch";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    let leaves = [
+        "public.meas_2024_01",
+        "public.meas_2024_02",
+        "public.meas_def",
+    ];
+    let all = ["meas", "meas_2024_01", "meas_2024_02", "meas_def"];
+    wait_tables(&tgt, sub, &leaves, 'r');
+
+    for (via_root, tables) in [(true, &["public.meas"][..]), (false, &leaves[..])] {
+        // Keep writing while the publication switches.
+        let first = if via_root { 10_000 } else { 20_000 };
+        let w = BackgroundWriter::spawn(&src, "meas writer", move |c, i| {
+            c.execute(&part_fill(first + i as i32, first + i as i32), &[])
+                .map(|_| ())
+        });
+        sleep(Duration::from_millis(300));
+        src.exec(&format!(
+            "ALTER PUBLICATION p SET (publish_via_partition_root = {via_root})"
+        ));
+        wait_tables(&tgt, sub, tables, 'r');
+        src.exec(PART_CHANGES);
+        let written = w.stop();
+        assert!(written.inserts > 0, "the writer wrote nothing");
+        synced(&src, &tgt, sub, &all);
+        assert_no_duplicates(&tgt, "meas", "id, ts");
+    }
+}
+
+#[test]
 fn partitioned_source_leaf_missing_on_target_then_created() {
     let src = Db::fresh(source(), "leafmiss_src");
     let tgt = Db::fresh(target(), "leafmiss_tgt");

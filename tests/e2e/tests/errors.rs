@@ -14,10 +14,11 @@
 
 use std::io::Read;
 use std::net::TcpListener;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use livesync_e2e::postgres::{Client, NoTls};
 use livesync_e2e::*;
 
 /// A source database with table `t` and publication `analytics`.
@@ -474,4 +475,108 @@ fn publication_dropped_while_running_is_reported() {
         0,
         "a change made after the publication was dropped was applied"
     );
+}
+
+/// A client of `tgt` that collects the server's NOTICEs and WARNINGs.
+fn client_with_notices(tgt: &Db) -> (Client, Arc<Mutex<Vec<String>>>) {
+    let notices = Arc::new(Mutex::new(Vec::new()));
+    let sink = notices.clone();
+    let client = tgt
+        .config()
+        .notice_callback(move |n| {
+            sink.lock()
+                .unwrap()
+                .push(format!("{}: {}", n.severity(), n.message()))
+        })
+        .connect(NoTls)
+        .expect("connect to the target");
+    (client, notices)
+}
+
+#[test]
+fn drop_with_the_source_gone_names_the_way_out() {
+    // livesync_drop must drop the slots on the source, so a source it cannot reach is an
+    // ERROR that changes nothing and says how to forget the sync anyway; DROP EXTENSION
+    // (which must not be blocked by a dead source) warns and names the slots left behind.
+    let src = source_db(source(), "gone_src");
+    let tgt = Db::fresh(target(), "gone_tgt");
+    tgt.exec(&kv_table_ddl("t"));
+    let proxy = TcpProxy::start(source().port());
+    let ci = format!(
+        "postgres://postgres@127.0.0.1:{}/{}?connect_timeout=3",
+        proxy.port(),
+        src.name
+    );
+    // Both read the same table into the same target table: only one copies it.
+    for (sub, copy_data) in [("gone_a", None), ("gone_b", Some(false))] {
+        try_livesync_start(&tgt, &ci, "analytics", Some(sub), copy_data)
+            .unwrap_or_else(|e| panic!("livesync_start {sub}: {}", err_text(&e)));
+        wait_for_tables(&tgt, sub, &["public.t"], 'r');
+    }
+    proxy.cut();
+
+    let t0 = Instant::now();
+    let res = tgt.client().batch_execute("SELECT livesync_drop('gone_a')");
+    let text = assert_sqlstate(res, &["08"], "livesync_drop with the source unreachable");
+    eprintln!(
+        "[e2e] livesync_drop with the source gone, after {:.1}s: {text}",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "livesync_drop took {:?} to fail",
+        t0.elapsed()
+    );
+    assert!(
+        text.contains("drop_slots => false"),
+        "the hint should name livesync_drop(..., drop_slots => false): {text}"
+    );
+    assert!(
+        sub_info(&tgt, "gone_a").is_some(),
+        "a failed livesync_drop forgot the sync"
+    );
+    assert_eq!(
+        slots_on_source(source(), "gone_a"),
+        vec!["gone_a".to_string()],
+        "the slot must still be there"
+    );
+
+    tgt.exec("SELECT livesync_drop('gone_a', drop_slots => false)");
+    assert!(sub_info(&tgt, "gone_a").is_none(), "gone_a is still listed");
+    assert_eq!(
+        slots_on_source(source(), "gone_a"),
+        vec!["gone_a".to_string()],
+        "drop_slots => false must leave the slot alone"
+    );
+    source()
+        .client("postgres")
+        .batch_execute("SELECT pg_drop_replication_slot('gone_a')")
+        .expect("drop the slot left behind");
+
+    // DROP EXTENSION with the source gone: done, with a WARNING naming the slots.
+    let (mut c, notices) = client_with_notices(&tgt);
+    c.batch_execute("DROP EXTENSION livesync")
+        .unwrap_or_else(|e| panic!("DROP EXTENSION with the source gone: {}", err_text(&e)));
+    let notices = notices.lock().unwrap().clone();
+    eprintln!("[e2e] DROP EXTENSION with the source gone said: {notices:?}");
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.starts_with("WARNING") && n.contains("gone_b")),
+        "DROP EXTENSION should warn that the slots of gone_b were left: {notices:?}"
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "livesync workers of the dropped extension to exit",
+        || livesync_backends(&tgt).is_empty(),
+    );
+    assert_eq!(
+        slots_on_source(source(), "gone_b"),
+        vec!["gone_b".to_string()],
+        "the slot left behind"
+    );
+    source()
+        .client("postgres")
+        .batch_execute("SELECT pg_drop_replication_slot('gone_b')")
+        .expect("drop the slot left behind");
 }

@@ -780,3 +780,48 @@ fn soak_pgbench_tpcb_and_hypertable() {
         "rows in the hypertable's root"
     );
 }
+
+#[test]
+fn spool_write_error_is_reported_and_retried() {
+    // A large source transaction is streamed before it commits and spooled to the target's
+    // base/pgsql_tmp. When the spool cannot be written (a full disk, here a directory the
+    // server may not write to), the sync reports the error, retries, and loses nothing.
+    let tc = Cluster::new_private(Kind::Target, "spool_tgt");
+    let src = Db::fresh(source(), "spool_src");
+    let tgt = Db::fresh(&tc, "spool_tgt");
+    setup_kv_ins(&src, &tgt, 1_000);
+    let sub = "spool_error";
+    let _g = start_sync(&tgt, &src.uri(), "analytics", sub);
+    wait_for_tables(&tgt, sub, &["public.ins", "public.kv"], 'r');
+
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = tc.datadir().join("base").join("pgsql_tmp");
+    if !tmp.exists() {
+        std::fs::create_dir(&tmp).expect("create base/pgsql_tmp");
+        let owner = std::fs::metadata(tc.datadir()).expect("stat the data directory");
+        std::os::unix::fs::chown(&tmp, Some(owner.uid()), Some(owner.gid()))
+            .expect("chown base/pgsql_tmp to the server's user");
+    }
+    let mode = |m: u32| {
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(m))
+            .expect("chmod base/pgsql_tmp")
+    };
+    mode(0o000);
+    let w = ins_writer(&src, 1_000_001);
+    // Far more than logical_decoding_work_mem (64kB on the test sources): streamed.
+    src.exec("INSERT INTO ins SELECT g, md5(g::text) FROM generate_series(2000001, 2050000) g");
+    let err = wait_for_last_error(
+        &tgt,
+        sub,
+        Duration::from_secs(60),
+        "report the spool error",
+        |e| e.to_lowercase().contains("spool"),
+    );
+    eprintln!("[e2e] spool error reported: {err}");
+    mode(0o700);
+    sleep(Duration::from_secs(1));
+    w.stop();
+    // The worker retries after its backoff (capped by livesync.max_retry_interval).
+    wait_applied(&src, &tgt, sub, Duration::from_secs(120));
+    assert_kv_ins_synced(&src, &tgt, sub);
+}
