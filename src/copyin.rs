@@ -4,8 +4,10 @@
 //! no per-row work in livesync at all.
 //!
 //! Never used for hypertables: a direct `CopyFrom` bypasses TimescaleDB's routing and would
-//! put every row into the hypertable's root. Those (and tables whose target skips a source
-//! column) go through [`crate::apply::Applier`]'s batched INSERT instead.
+//! put every row into the hypertable's root. Hypertables get [`copy_into_hypertable`]
+//! instead: TimescaleDB's own COPY (reached through its ProcessUtility hook, which reads a
+//! file), fed from staging files. Tables whose target skips a source column go through
+//! [`crate::apply::Applier`]'s batched INSERT.
 
 use crate::error::{Error, Result};
 use crate::relmap::Mapping;
@@ -148,4 +150,73 @@ pub fn copy_into(m: &Mapping, mut next: impl FnMut() -> Result<Option<Bytes>>) -
         (_, Some(e)) => Err(e),
         (r, None) => r,
     }
+}
+
+/// Bytes of COPY text staged per file for [`copy_into_hypertable`].
+const STAGE_BYTES: usize = 32 << 20;
+
+/// Removes a staging file however the copy ends.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// COPY the stream `next` yields into the hypertable of `m`, routed into chunks by
+/// TimescaleDB. TimescaleDB routes COPY only in its ProcessUtility hook, and a COPY run
+/// through SPI can only read a file: the stream is staged in files of up to 32 MB in
+/// `base/pgsql_tmp` (removed at the end, and by PostgreSQL at restart after a crash), each
+/// then loaded with `COPY ... FROM 'file'`, in the caller's transaction. That is about
+/// twice as fast as executor INSERTs, because TimescaleDB's COPY inserts in batches.
+/// `tag` makes the file name unique to the caller. Returns the rows copied.
+pub fn copy_into_hypertable(
+    m: &Mapping,
+    tag: &str,
+    mut next: impl FnMut() -> Result<Option<Bytes>>,
+) -> Result<u64> {
+    use std::io::Write;
+    let path =
+        std::path::PathBuf::from("base/pgsql_tmp").join(format!("pgsql_tmp_livesync_copy_{tag}"));
+    std::fs::create_dir_all("base/pgsql_tmp")?;
+    let _cleanup = RemoveOnDrop(path.clone());
+    let cols = m
+        .cols
+        .iter()
+        .flatten()
+        .map(|t| crate::relmap::quote_ident(&t.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "COPY {} ({cols}) FROM {}",
+        m.qualified,
+        crate::remote::quote_literal(&path.to_string_lossy())
+    );
+    let mut rows: u64 = 0;
+    let mut eof = false;
+    while !eof {
+        let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path)?);
+        let mut staged = 0usize;
+        while staged < STAGE_BYTES {
+            match next()? {
+                Some(chunk) => {
+                    // COPY text escapes newlines inside values: one per row.
+                    rows += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+                    staged += chunk.len();
+                    file.write_all(&chunk)?;
+                }
+                None => {
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        file.flush()?;
+        drop(file);
+        if staged > 0 {
+            Spi::run(&sql)?;
+        }
+    }
+    Ok(rows)
 }

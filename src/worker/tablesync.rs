@@ -242,19 +242,31 @@ impl TableSync {
         let target = applier.mapping(self.relid)?;
         let mut count: u64 = 0;
         let mut bytes: u64 = 0;
-        let fast = !target.hypertable && !no_columns && target.cols.iter().all(Option::is_some);
-        if fast {
-            // Not a hypertable and every column maps: PostgreSQL's own COPY FROM.
+        let copyable = !no_columns && target.cols.iter().all(Option::is_some);
+        let method = match (copyable, target.hypertable) {
+            (true, false) => "COPY",
+            (true, true) => "TimescaleDB COPY",
+            (false, _) => "batched INSERT",
+        };
+        if copyable {
             let rt = &self.rt;
             let mut copy = block_on(rt, conn.copy_out(&sql))??;
-            count = crate::copyin::copy_into(&target, || {
+            let next = || {
                 let chunk = block_on(rt, copy.next_chunk())??;
                 bytes += chunk.as_ref().map_or(0, |c| c.len() as u64);
                 Ok(chunk)
-            })?;
+            };
+            count = if target.hypertable {
+                // TimescaleDB's COPY, which routes rows into chunks.
+                let tag = format!("{}_{}_{}", self.dboid, self.subid, self.relid);
+                crate::copyin::copy_into_hypertable(&target, &tag, next)?
+            } else {
+                // Every column maps: PostgreSQL's own COPY FROM.
+                crate::copyin::copy_into(&target, next)?
+            };
         } else {
-            // Hypertables (rows must be routed into chunks by the executor), and targets
-            // that skip a source column: batched INSERTs.
+            // Targets that skip a source column, and tables without columns: batched
+            // INSERTs.
             let mut parser = CopyParser::new();
             let mut rows = Vec::new();
             let mut copy = block_on(&self.rt, conn.copy_out(&sql))??;
@@ -293,7 +305,7 @@ impl TableSync {
             bytes as f64 / 1e6,
             rel.qualified_target(),
             bytes as f64 / 1e6 / secs,
-            if fast { "COPY" } else { "batched INSERT" },
+            method,
             crate::lsn::format(lsn)
         );
         Ok(())

@@ -1224,6 +1224,13 @@ fn types_case(odd_target_settings: bool) {
     eprintln!("[e2e] xml column: {with_xml}");
     src.exec(&types_ddl(with_xml));
     copy_schema(&src, &tgt, &[]);
+    if odd_target_settings {
+        // Every type through TimescaleDB's COPY and into chunks too (integer dimension).
+        tgt.exec(
+            "SET client_min_messages = warning; \
+             SELECT create_hypertable('types_full', 'id', chunk_time_interval => 500)",
+        );
+    }
     src.exec(&types_rows(0, with_xml));
     src.exec("INSERT INTO types_full SELECT * FROM types");
     src.exec("CREATE PUBLICATION p FOR TABLE types, types_full");
