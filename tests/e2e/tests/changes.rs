@@ -1382,25 +1382,32 @@ fn table_dropped_from_publication_while_copying() {
     assert!(slots_on_source(source(), &prefix).is_empty());
 }
 
-#[test]
-fn table_readded_to_publication_is_copied_again() {
-    let src = Db::fresh(source(), "readd_src");
-    let tgt = Db::fresh(target(), "readd_tgt");
+/// kv tables `t` (`t_rows` rows) and `u` (`u_rows`) on both sides, publication `p` of
+/// both, and sync `sub` of it, copied and caught up.
+fn kv_pair_synced(src: &Db, tgt: &Db, sub: &str, t_rows: i64, u_rows: i64) -> SyncGuard {
     ddl_both(
-        &src,
-        &tgt,
+        src,
+        tgt,
         &format!("{}; {}", kv_table_ddl("t"), kv_table_ddl("u")),
     );
     src.exec(&format!(
         "{}; {}",
-        kv_fill_sql("t", 5_000),
-        kv_fill_sql("u", 100)
+        kv_fill_sql("t", t_rows),
+        kv_fill_sql("u", u_rows)
     ));
     src.exec("CREATE PUBLICATION p FOR TABLE t, u");
+    let guard = start_sync(tgt, &src.uri(), "p", sub);
+    wait_tables(tgt, sub, &["public.t", "public.u"], 'r');
+    synced(src, tgt, sub, &["t", "u"]);
+    guard
+}
+
+#[test]
+fn table_readded_to_publication_is_copied_again() {
+    let src = Db::fresh(source(), "readd_src");
+    let tgt = Db::fresh(target(), "readd_tgt");
     let sub = "readd";
-    let _g = start_sync(&tgt, &src.uri(), "p", sub);
-    wait_tables(&tgt, sub, &["public.t", "public.u"], 'r');
-    synced(&src, &tgt, sub, &["t", "u"]);
+    let _g = kv_pair_synced(&src, &tgt, sub, 5_000, 100);
 
     src.exec("ALTER PUBLICATION p DROP TABLE t");
     wait_tables(&tgt, sub, &["public.u"], 'r');
@@ -1427,21 +1434,8 @@ fn table_readded_to_publication_is_copied_again() {
 fn apply_error_unique_violation_then_recovery() {
     let src = Db::fresh(source(), "uniq_src");
     let tgt = Db::fresh(target(), "uniq_tgt");
-    ddl_both(
-        &src,
-        &tgt,
-        &format!("{}; {}", kv_table_ddl("t"), kv_table_ddl("u")),
-    );
-    src.exec(&format!(
-        "{}; {}",
-        kv_fill_sql("t", 1_000),
-        kv_fill_sql("u", 10)
-    ));
-    src.exec("CREATE PUBLICATION p FOR TABLE t, u");
     let sub = "uniq_err";
-    let _g = start_sync(&tgt, &src.uri(), "p", sub);
-    wait_tables(&tgt, sub, &["public.t", "public.u"], 'r');
-    synced(&src, &tgt, sub, &["t", "u"]);
+    let _g = kv_pair_synced(&src, &tgt, sub, 1_000, 10);
 
     // A row edited by hand on the target with the key the source inserts next.
     tgt.exec("INSERT INTO t VALUES (1001, -1, 'by hand')");

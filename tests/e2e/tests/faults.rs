@@ -337,6 +337,23 @@ fn rows_after(tgt: &Db, after_id: i64) -> i64 {
     ))
 }
 
+/// `livesync_start` after the slot was lost (`what` says how): refusing to resume right
+/// away is fine if the error says why; otherwise the sync must stop with that error.
+fn assert_resume_refused_or_stops(src: &Db, tgt: &Db, sub: &str, after_id: i64, what: &str) {
+    match try_livesync_start(tgt, &src.uri(), "analytics", Some(sub), None) {
+        Err(e) => {
+            let text = err_text(&e);
+            eprintln!("[e2e] {what}: {text}");
+            assert!(
+                slot_error_ok(sub)(&text),
+                "resume refused, but the error does not name the slot and ask for a resync: {text}"
+            );
+            assert_eq!(rows_after(tgt, after_id), 0);
+        }
+        Ok(()) => assert_stops_with_slot_error(src, tgt, sub, after_id),
+    }
+}
+
 /// After the slot was lost: the error must say so, the sync must not go on as if nothing
 /// happened (no row written after the loss appears), and it stays that way for a while.
 fn assert_stops_with_slot_error(src: &Db, tgt: &Db, sub: &str, after_id: i64) {
@@ -395,20 +412,13 @@ fn slot_dropped_while_stopped_is_reported_not_ignored() {
         after_id + 1,
         after_id + 100
     ));
-    let res = try_livesync_start(&tgt, &src.uri(), "analytics", Some(sub), None);
-    match &res {
-        // Refusing to resume right away is fine too, if it says why.
-        Err(e) => {
-            let text = err_text(e);
-            eprintln!("[e2e] resume after the slot was dropped: {text}");
-            assert!(
-                slot_error_ok(sub)(&text),
-                "resume refused, but the error does not name the slot and ask for a resync: {text}"
-            );
-            assert_eq!(rows_after(&tgt, after_id), 0);
-        }
-        Ok(()) => assert_stops_with_slot_error(&src, &tgt, sub, after_id),
-    }
+    assert_resume_refused_or_stops(
+        &src,
+        &tgt,
+        sub,
+        after_id,
+        "resume after the slot was dropped",
+    );
 }
 
 #[test]
@@ -484,19 +494,7 @@ fn slot_recreated_under_the_same_name_is_reported_not_ignored() {
         after_id + 101,
         after_id + 200
     ));
-    let res = try_livesync_start(&tgt, &src.uri(), "analytics", Some(sub), None);
-    match &res {
-        Err(e) => {
-            let text = err_text(e);
-            eprintln!("[e2e] resume on a recreated slot: {text}");
-            assert!(
-                slot_error_ok(sub)(&text),
-                "resume refused, but the error does not name the slot and ask for a resync: {text}"
-            );
-            assert_eq!(rows_after(&tgt, after_id), 0);
-        }
-        Ok(()) => assert_stops_with_slot_error(&src, &tgt, sub, after_id),
-    }
+    assert_resume_refused_or_stops(&src, &tgt, sub, after_id, "resume on a recreated slot");
 }
 
 #[test]
@@ -547,19 +545,7 @@ fn slot_invalidated_by_max_slot_wal_keep_size_is_reported() {
         "[e2e] slot {sub} invalidated after {} rows",
         next - after_id - 1
     );
-    let res = try_livesync_start(&tgt, &src.uri(), "analytics", Some(sub), None);
-    match &res {
-        Err(e) => {
-            let text = err_text(e);
-            eprintln!("[e2e] resume on an invalidated slot: {text}");
-            assert!(
-                slot_error_ok(sub)(&text),
-                "resume refused, but the error does not name the slot and ask for a resync: {text}"
-            );
-            assert_eq!(rows_after(&tgt, after_id), 0);
-        }
-        Ok(()) => assert_stops_with_slot_error(&src, &tgt, sub, after_id),
-    }
+    assert_resume_refused_or_stops(&src, &tgt, sub, after_id, "resume on an invalidated slot");
     livesync_drop(&tgt, sub);
 }
 
