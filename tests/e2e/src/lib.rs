@@ -962,6 +962,34 @@ fn rows_as_text(client: &mut Client, table: &str) -> Vec<String> {
         .collect()
 }
 
+/// Rows with how often they occur.
+pub type RowCounts<'a> = Vec<(&'a str, i64)>;
+
+/// Up to 10 rows of `a` that `b` lacks or holds another number of times, and the same the
+/// other way round, each as (row, count): what a failed table comparison reports.
+pub fn multiset_differences<'a>(
+    a: &'a [String],
+    b: &'a [String],
+) -> (RowCounts<'a>, RowCounts<'a>) {
+    fn count(v: &[String]) -> std::collections::BTreeMap<&str, i64> {
+        let mut m = std::collections::BTreeMap::<&str, i64>::new();
+        for r in v {
+            *m.entry(r.as_str()).or_default() += 1;
+        }
+        m
+    }
+    let (am, bm) = (count(a), count(b));
+    let only = |x: &std::collections::BTreeMap<&'a str, i64>,
+                y: &std::collections::BTreeMap<&'a str, i64>| {
+        x.iter()
+            .filter(|(k, n)| y.get(*k) != Some(n))
+            .take(10)
+            .map(|(k, n)| (*k, *n))
+            .collect::<Vec<_>>()
+    };
+    (only(&am, &bm), only(&bm, &am))
+}
+
 /// Panics (with a sample of the differing rows) unless `table` holds the same rows on both.
 pub fn assert_tables_equal(src: &Db, tgt: &Db, table: &str) {
     let (mut s, mut t) = (src.client(), tgt.client());
@@ -972,24 +1000,7 @@ pub fn assert_tables_equal(src: &Db, tgt: &Db, table: &str) {
     }
     let sr = rows_as_text(&mut s, table);
     let tr = rows_as_text(&mut t, table);
-    fn count(v: &[String]) -> std::collections::BTreeMap<&str, i64> {
-        let mut m = std::collections::BTreeMap::<&str, i64>::new();
-        for r in v {
-            *m.entry(r.as_str()).or_default() += 1;
-        }
-        m
-    }
-    let (sm, tm) = (count(&sr), count(&tr));
-    let only_src: Vec<_> = sm
-        .iter()
-        .filter(|(k, n)| tm.get(*k) != Some(n))
-        .take(10)
-        .collect();
-    let only_tgt: Vec<_> = tm
-        .iter()
-        .filter(|(k, n)| sm.get(*k) != Some(n))
-        .take(10)
-        .collect();
+    let (only_src, only_tgt) = multiset_differences(&sr, &tr);
     panic!(
         "table {table} differs: source {}/{} has {} rows, target {}/{} has {} rows\n\
          source rows missing or with another multiplicity on the target (row, count): {only_src:?}\n\

@@ -11,7 +11,6 @@
 //! Every test works in databases of its own and uses a sync name no other test of this binary
 //! uses (slots are global on the shared source).
 
-use std::collections::BTreeMap;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -197,25 +196,8 @@ fn assert_same_in(src: &Db, tgt: &Db, src_query: &str, tgt_query: &str, setup: &
     if a == b {
         return;
     }
-    let count = |v: Vec<String>| {
-        let mut m = BTreeMap::<String, i64>::new();
-        for r in v {
-            *m.entry(r).or_default() += 1;
-        }
-        m
-    };
-    let sm = count(rows_text(&mut s, src_query));
-    let tm = count(rows_text(&mut t, tgt_query));
-    let only_src: Vec<_> = sm
-        .iter()
-        .filter(|(k, n)| tm.get(*k) != Some(n))
-        .take(10)
-        .collect();
-    let only_tgt: Vec<_> = tm
-        .iter()
-        .filter(|(k, n)| sm.get(*k) != Some(n))
-        .take(10)
-        .collect();
+    let (sr, tr) = (rows_text(&mut s, src_query), rows_text(&mut t, tgt_query));
+    let (only_src, only_tgt) = multiset_differences(&sr, &tr);
     panic!(
         "source {src_query} ({} rows) and target {tgt_query} ({} rows) differ (session: {setup:?})\n\
          source rows missing or with another multiplicity on the target: {only_src:?}\n\

@@ -390,22 +390,29 @@ fn assert_stops_with_slot_error(src: &Db, tgt: &Db, sub: &str, after_id: i64) {
     );
 }
 
-#[test]
-fn slot_dropped_while_stopped_is_reported_not_ignored() {
-    let src = Db::fresh(source(), "slotdrop_src");
-    let tgt = Db::fresh(target(), "slotdrop_tgt");
-    setup_kv_ins(&src, &tgt, 1_000);
-    let sub = "slot_dropped_stopped";
-    let _g = start_sync(&tgt, &src.uri(), "analytics", sub);
-    let w = BackgroundWriter::kv(&src, "kv", 5_001);
+/// The kv/ins fixture synced under writes by sync `sub`, which is then stopped, and its
+/// slot dropped on the source behind livesync's back.
+fn synced_stopped_and_slot_dropped(src: &Db, tgt: &Db, sub: &str) -> SyncGuard {
+    setup_kv_ins(src, tgt, 1_000);
+    let guard = start_sync(tgt, &src.uri(), "analytics", sub);
+    let w = BackgroundWriter::kv(src, "kv", 5_001);
     sleep(Duration::from_secs(1));
     w.stop();
-    assert_kv_ins_synced(&src, &tgt, sub);
-    livesync_stop(&tgt, sub);
+    assert_kv_ins_synced(src, tgt, sub);
+    livesync_stop(tgt, sub);
     wait_until(SYNC_TIMEOUT, "the slot to be released", || {
         slot_active_pid(source(), sub).is_none()
     });
     src.exec(&format!("SELECT pg_drop_replication_slot('{sub}')"));
+    guard
+}
+
+#[test]
+fn slot_dropped_while_stopped_is_reported_not_ignored() {
+    let src = Db::fresh(source(), "slotdrop_src");
+    let tgt = Db::fresh(target(), "slotdrop_tgt");
+    let sub = "slot_dropped_stopped";
+    let _g = synced_stopped_and_slot_dropped(&src, &tgt, sub);
     let after_id = 1_000_000;
     src.exec(&format!(
         "INSERT INTO ins SELECT g, 'after the drop' FROM generate_series({}, {}) g",
@@ -466,18 +473,8 @@ fn slot_dropped_while_running_is_reported_not_ignored() {
 fn slot_recreated_under_the_same_name_is_reported_not_ignored() {
     let src = Db::fresh(source(), "slotre_src");
     let tgt = Db::fresh(target(), "slotre_tgt");
-    setup_kv_ins(&src, &tgt, 1_000);
     let sub = "slot_recreated";
-    let _g = start_sync(&tgt, &src.uri(), "analytics", sub);
-    let w = BackgroundWriter::kv(&src, "kv", 5_001);
-    sleep(Duration::from_secs(1));
-    w.stop();
-    assert_kv_ins_synced(&src, &tgt, sub);
-    livesync_stop(&tgt, sub);
-    wait_until(SYNC_TIMEOUT, "the slot to be released", || {
-        slot_active_pid(source(), sub).is_none()
-    });
-    src.exec(&format!("SELECT pg_drop_replication_slot('{sub}')"));
+    let _g = synced_stopped_and_slot_dropped(&src, &tgt, sub);
     let after_id = 1_000_000;
     // Changes between the drop and the re-creation: lost for any new slot.
     src.exec(&format!(
