@@ -133,8 +133,26 @@ impl Applier {
         }
     }
 
-    /// The target of a source relation (resolved on first use).
+    /// The target of a source relation (resolved on first use), with its partition
+    /// ancestors locked for the rest of the transaction.
+    ///
+    /// DDL on a partitioned table (`CREATE TABLE ... PARTITION OF`, `ATTACH`/`DETACH
+    /// PARTITION`) locks the parent before its partitions. The executor locks a partition
+    /// first and may open the parent only afterwards, to build the partition constraint
+    /// it checks rows against. A user adding a partition while the sync writes into the
+    /// default partition could then deadlock with it. Locking the ancestors first, root
+    /// down, as the DDL does, keeps one lock order: the sync waits for the DDL instead.
     pub fn mapping(&mut self, relid: RelId) -> Result<Rc<Mapping>> {
+        let m = self.resolved(relid)?;
+        for &a in &m.ancestors {
+            // SAFETY: main thread, inside a transaction; held until it ends. Locking an
+            // OID that was dropped meanwhile is harmless (nothing else waits on it).
+            unsafe { pg_sys::LockRelationOid(a, pg_sys::AccessShareLock as pg_sys::LOCKMODE) };
+        }
+        Ok(m)
+    }
+
+    fn resolved(&mut self, relid: RelId) -> Result<Rc<Mapping>> {
         self.process_invalidations();
         if let Some(m) = self.maps.get(&relid) {
             return Ok(m.clone());
@@ -718,6 +736,7 @@ mod tests {
             identity,
             dims: vec![],
             hypertable: false,
+            ancestors: vec![],
         }
     }
 

@@ -53,6 +53,9 @@ pub struct Mapping {
     pub dims: Vec<usize>,
     /// The target is a TimescaleDB hypertable (rows must go through the executor).
     pub hypertable: bool,
+    /// When the target is a partition: its partitioned ancestors, root first. The applier
+    /// locks them before it writes (see `Applier::mapping`).
+    pub ancestors: Vec<pg_sys::Oid>,
 }
 
 pub fn quote_ident(s: &str) -> String {
@@ -152,6 +155,7 @@ pub fn resolve(rel: &Relation) -> Result<Mapping> {
             quote_ident(&col)
         ))
     })?;
+    let ancestors = partition_ancestors(local_oid)?;
     let dim_names = hypertable_dimensions(schema, &rel.name)?;
     let hypertable = dim_names.is_some();
     let dim_names = dim_names.unwrap_or_default();
@@ -171,7 +175,28 @@ pub fn resolve(rel: &Relation) -> Result<Mapping> {
         cols,
         key: key_columns(rel),
         identity: rel.replica_identity,
+        ancestors,
     })
+}
+
+/// The partitioned tables above `oid`, root first; empty when it is not a partition.
+fn partition_ancestors(oid: pg_sys::Oid) -> Result<Vec<pg_sys::Oid>> {
+    Ok(Spi::connect(|client| {
+        // pg_partition_ancestors lists the relation itself, then its parent, upward.
+        let rows = client.select(
+            "SELECT relid FROM pg_catalog.pg_partition_ancestors($1) WHERE relid <> $1",
+            None,
+            &[oid.into()],
+        )?;
+        let mut up = Vec::new();
+        for row in rows {
+            if let Some(o) = row.get::<pg_sys::Oid>(1)? {
+                up.push(o);
+            }
+        }
+        up.reverse();
+        Ok::<_, pgrx::spi::SpiError>(up)
+    })?)
 }
 
 /// Partitioning columns of a hypertable; None when the table is not one.

@@ -823,6 +823,58 @@ fn partitioned_source_leaf_missing_on_target_then_created() {
     assert_no_duplicates(&tgt, "meas", "id, ts");
 }
 
+#[test]
+fn partition_added_on_the_target_while_the_sync_writes_does_not_deadlock() {
+    // CREATE TABLE ... PARTITION OF locks the parent, then the default partition. The
+    // executor locks a partition first and opens its parent afterwards (to build the
+    // partition constraint), so a sync writing into the default partition could deadlock
+    // with the user's DDL. Here the DDL holds the parent while a change for the default
+    // partition arrives: the sync must wait without holding the partition, and the DDL
+    // must go through (it failed with 40P01 before the sync locked parents first).
+    let src = Db::fresh(source(), "partddl_src");
+    let tgt = Db::fresh(target(), "partddl_tgt");
+    src.exec(PART_DDL);
+    src.exec(&part_fill(1, 300));
+    src.exec("CREATE PUBLICATION p FOR TABLE meas");
+    copy_schema(&src, &tgt, &[]);
+    let sub = "part_ddl";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    let leaves = [
+        "public.meas_2024_01",
+        "public.meas_2024_02",
+        "public.meas_def",
+    ];
+    wait_tables(&tgt, sub, &leaves, 'r');
+
+    let mut ddl = tgt.client();
+    ddl.batch_execute("BEGIN; LOCK TABLE ONLY meas IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    // Lands in meas_def on both sides.
+    src.exec("INSERT INTO meas VALUES (1000001, '2024-06-01 00:00+00', 1, 1)");
+    wait_until(LONG, "the sync to wait for the lock on meas", || {
+        tgt.query_one::<i64>(
+            "SELECT count(*) FROM pg_locks \
+              WHERE relation = 'public.meas'::regclass AND NOT granted",
+        ) > 0
+    });
+    // Past deadlock_timeout (1 s), so a lock cycle would be detected by the DDL.
+    sleep(Duration::from_millis(1500));
+    ddl.batch_execute(
+        "CREATE TABLE meas_2030_01 PARTITION OF meas \
+         FOR VALUES FROM ('2030-01-01 00:00+00') TO ('2030-02-01 00:00+00'); COMMIT",
+    )
+    .unwrap_or_else(|e| panic!("the DDL failed: {}", err_text(&e)));
+    src.exec(PART_CHANGES);
+    synced(
+        &src,
+        &tgt,
+        sub,
+        &["meas", "meas_2024_01", "meas_2024_02", "meas_def"],
+    );
+    assert_eq!(count_only(&tgt, "meas_2030_01"), 0);
+    assert_no_duplicates(&tgt, "meas", "id, ts");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Column differences, generated and identity columns, constraints, triggers
 // ---------------------------------------------------------------------------------------------
