@@ -249,35 +249,29 @@ fn livesync_drop(
 fn drop_sync(subscription: Option<&str>, drop_slots: bool) -> Result<()> {
     require_preload()?;
     let row = find_sync(subscription)?;
-    drop_one(&row, drop_slots, false)
+    drop_one(&row, drop_slots)
 }
 
-/// Stop the sync, drop its slots on the source, forget it. With `lenient`, a source that
-/// cannot be reached is a WARNING that names the slots left behind, not an ERROR.
-fn drop_one(row: &catalog::SyncRow, drop_slots: bool, lenient: bool) -> Result<()> {
+/// Stop the sync, forget it, drop its slots on the source. The catalog work comes first,
+/// so that an error there rolls everything back before anything irreversible happened; a
+/// source that cannot be reached is an ERROR whose hint says how to forget the sync anyway.
+fn drop_one(row: &catalog::SyncRow, drop_slots: bool) -> Result<()> {
     stop_workers(row.subid)?;
-    if drop_slots {
-        if let Err(e) = drop_remote_slots(row) {
-            if !lenient {
-                return Err(match e {
-                    Error::User { .. } => e,
-                    other => Error::user(Code::ERRCODE_CONNECTION_FAILURE, other.to_string()),
-                }
-                .hint(format!(
-                    "To forget the sync without dropping its slots, call SELECT livesync_drop('{}', drop_slots => false) and drop slots named '{}%' on the source yourself.",
-                    row.subname, row.subname
-                )));
-            }
-            pgrx::warning!(
-                "could not drop the replication slots of livesync subscription \"{}\" on the source: {e}; drop slots named '{}%' there yourself",
-                row.subname,
-                row.subname
-            );
-        }
-    }
     let db = dboid();
     drop_origins(db, row.subid)?;
     catalog::delete_sync(row.subid)?;
+    if drop_slots {
+        drop_remote_slots(row).map_err(|e| {
+            match e {
+                Error::User { .. } => e,
+                other => Error::user(Code::ERRCODE_CONNECTION_FAILURE, other.to_string()),
+            }
+            .hint(format!(
+                "To forget the sync without dropping its slots, call SELECT livesync_drop('{}', drop_slots => false) and drop slots named '{}%' on the source yourself.",
+                row.subname, row.subname
+            ))
+        })?;
+    }
     let subid = row.subid;
     register_xact_callback(PgXactCallbackEvent::Commit, move || {
         REGISTRY.exclusive().forget_sync(db, subid);
@@ -303,6 +297,14 @@ fn drop_remote_slots(row: &catalog::SyncRow) -> Result<()> {
         conn.close().await;
         Ok::<(), Error>(())
     })?
+}
+
+fn warn_slots_left(row: &catalog::SyncRow, e: &Error) {
+    pgrx::warning!(
+        "could not drop the replication slots of livesync subscription \"{}\" on the source: {e}; drop slots named '{}%' there yourself",
+        row.subname,
+        row.subname
+    );
 }
 
 /// Drop the replication origins of a sync (the apply one and any table-sync ones).
@@ -435,7 +437,91 @@ unsafe fn drops_livesync(pstmt: *mut pg_sys::PlannedStmt) -> bool {
     })
 }
 
+thread_local! {
+    /// The syncs a `DROP EXTENSION livesync` under way has stopped; their slots and
+    /// origins are dropped once the statement has succeeded.
+    static DROPPING: std::cell::RefCell<Vec<catalog::SyncRow>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// May the current user drop the livesync extension? (Owner or superuser, as PostgreSQL
+/// itself checks once the statement runs.)
+fn may_drop_extension() -> bool {
+    // SAFETY: catalog lookups on the main thread inside a transaction.
+    unsafe {
+        let ext = pg_sys::get_extension_oid(c"livesync".as_ptr(), true);
+        ext != pg_sys::InvalidOid && pg_sys::pg_extension_ownercheck(ext, pg_sys::GetUserId())
+    }
+}
+
+/// Before `DROP EXTENSION livesync` runs: stop every sync's workers. Returns whether the
+/// statement is such a drop (then `after_drop_extension` must follow its success).
+///
+/// Nothing irreversible happens here: if the statement fails (not the owner, objects that
+/// depend on the extension, ...), the transaction aborts, the stop is undone and the
+/// launcher starts the workers again. Runs under `pg_guard`, so a Rust error or panic
+/// here becomes an ordinary PostgreSQL ERROR.
 #[pg_guard]
+unsafe extern "C-unwind" fn before_utility(pstmt: *mut pg_sys::PlannedStmt) -> bool {
+    if !drops_livesync(pstmt)
+        || !catalog::extension_installed().unwrap_or(false)
+        || !may_drop_extension()
+    {
+        return false;
+    }
+    let syncs = catalog::all_syncs().or_raise();
+    for row in &syncs {
+        stop_workers(row.subid).or_raise();
+    }
+    DROPPING.with(|d| *d.borrow_mut() = syncs);
+    true
+}
+
+/// After `DROP EXTENSION livesync` succeeded: drop the stopped syncs' replication origins
+/// and their slots on the source. A source that cannot be reached is a WARNING naming the
+/// slots left behind, as dropping the extension must stay possible when the source is gone.
+#[pg_guard]
+unsafe extern "C-unwind" fn after_drop_extension() {
+    let syncs = DROPPING.with(|d| std::mem::take(&mut *d.borrow_mut()));
+    let db = dboid();
+    for row in &syncs {
+        // Transactional: an error here still rolls the whole DROP back, slots untouched.
+        drop_origins(db, row.subid).or_raise();
+    }
+    for row in &syncs {
+        if let Err(e) = drop_remote_slots(row) {
+            warn_slots_left(row, &e);
+        }
+        let subid = row.subid;
+        register_xact_callback(PgXactCallbackEvent::Commit, move || {
+            REGISTRY.exclusive().forget_sync(db, subid);
+        });
+    }
+}
+
+unsafe extern "C-unwind" {
+    /// The server's `standard_ProcessUtility`, called directly. pgrx's own binding wraps
+    /// the call in its FFI guard, which turns an ERROR into a Rust panic and back into a
+    /// new ERROR: that loses the error's position, its schema/table/column/constraint
+    /// fields, and appends a Rust backtrace to DETAIL. Every utility statement run on the
+    /// target (COPY, CREATE ...) passes through this hook, so its errors must not change.
+    #[link_name = "standard_ProcessUtility"]
+    fn standard_process_utility(
+        pstmt: *mut pg_sys::PlannedStmt,
+        query_string: *const core::ffi::c_char,
+        read_only_tree: bool,
+        context: pg_sys::ProcessUtilityContext::Type,
+        params: pg_sys::ParamListInfo,
+        query_env: *mut pg_sys::QueryEnvironment,
+        dest: *mut pg_sys::DestReceiver,
+        qc: *mut pg_sys::QueryCompletion,
+    );
+}
+
+/// The ProcessUtility hook. Deliberately not `#[pg_guard]`: this frame owns nothing that
+/// needs dropping, so an ERROR raised by the statement itself (or by `before_utility`)
+/// longjmps through it untouched, exactly as through a C hook, and reaches the client with
+/// every field intact.
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C-unwind" fn utility_hook(
     pstmt: *mut pg_sys::PlannedStmt,
@@ -447,33 +533,20 @@ unsafe extern "C-unwind" fn utility_hook(
     dest: *mut pg_sys::DestReceiver,
     qc: *mut pg_sys::QueryCompletion,
 ) {
-    if drops_livesync(pstmt) && catalog::extension_installed().unwrap_or(false) {
-        let syncs = catalog::all_syncs().or_raise();
-        for row in syncs {
-            drop_one(&row, true, true).or_raise();
-        }
-    }
-    match PREV_UTILITY_HOOK {
-        Some(prev) => prev(
-            pstmt,
-            query_string,
-            read_only_tree,
-            context,
-            params,
-            query_env,
-            dest,
-            qc,
-        ),
-        None => pg_sys::standard_ProcessUtility(
-            pstmt,
-            query_string,
-            read_only_tree,
-            context,
-            params,
-            query_env,
-            dest,
-            qc,
-        ),
+    let dropping_livesync = before_utility(pstmt);
+    let next = PREV_UTILITY_HOOK.unwrap_or(standard_process_utility);
+    next(
+        pstmt,
+        query_string,
+        read_only_tree,
+        context,
+        params,
+        query_env,
+        dest,
+        qc,
+    );
+    if dropping_livesync {
+        after_drop_extension();
     }
 }
 

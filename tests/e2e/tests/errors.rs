@@ -580,3 +580,42 @@ fn drop_slot_left_behind(sub: &str, why: &str) {
         .execute("SELECT pg_drop_replication_slot($1)", &[&sub])
         .expect("drop the slot left behind");
 }
+
+#[test]
+fn errors_of_other_utility_statements_reach_the_client_intact() {
+    // livesync's ProcessUtility hook (it watches for DROP EXTENSION livesync) sees every
+    // utility statement run on the target. Errors raised inside them must reach the client
+    // exactly as without livesync: SQLSTATE, detail, constraint and table names, the error
+    // position, COPY's context line, and no Rust backtrace.
+    use livesync_e2e::postgres::error::{ErrorPosition, SqlState};
+    use std::io::Write;
+    let tgt = Db::fresh(target(), "hookpass");
+    let mut c = tgt.client();
+    c.batch_execute("CREATE TABLE u (id int PRIMARY KEY); INSERT INTO u VALUES (1)")
+        .unwrap();
+
+    let copy = (|| {
+        let mut w = c.copy_in("COPY u FROM STDIN")?;
+        w.write_all(b"2\n1\n").expect("write to COPY");
+        w.finish()
+    })();
+    let e = copy.expect_err("COPY of a duplicate key must fail");
+    let db = e.as_db_error().expect("a server error");
+    assert_eq!(db.code(), &SqlState::UNIQUE_VIOLATION, "{db:?}");
+    assert_eq!(db.detail(), Some("Key (id)=(1) already exists."), "{db:?}");
+    assert_eq!(db.constraint(), Some("u_pkey"), "{db:?}");
+    assert_eq!(db.table(), Some("u"), "{db:?}");
+    assert!(
+        db.where_().is_some_and(|w| w.contains("COPY u, line 2")),
+        "{db:?}"
+    );
+
+    let e = c
+        .batch_execute("CREATE TABLE x (a no_such_type)")
+        .expect_err("an unknown type must fail");
+    let db = e.as_db_error().expect("a server error");
+    assert_eq!(db.code(), &SqlState::UNDEFINED_OBJECT, "{db:?}");
+    assert_eq!(db.position(), Some(&ErrorPosition::Original(19)), "{db:?}");
+    assert_eq!(db.detail(), None, "{db:?}");
+    assert_eq!(db.where_(), None, "{db:?}");
+}

@@ -245,6 +245,7 @@ fn non_superuser_cannot_operate_or_read_the_connection_strings() {
         "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'lowly') THEN \
          CREATE ROLE lowly LOGIN NOSUPERUSER; END IF; END $$",
     );
+    let pid_before = sub_info(&tgt, sub).unwrap().pid;
     let mut cfg = tgt.config();
     cfg.user("lowly");
     let mut c = cfg.connect(NoTls).expect("connect as lowly");
@@ -268,6 +269,9 @@ fn non_superuser_cannot_operate_or_read_the_connection_strings() {
             "SELECT * FROM livesync.sync_rel".to_string(),
             "reading livesync.sync_rel",
         ),
+        // Not the extension's owner: PostgreSQL refuses, and livesync must not have
+        // stopped the sync or dropped its slot before that.
+        ("DROP EXTENSION livesync".to_string(), "DROP EXTENSION"),
     ] {
         let res = c.batch_execute(&sql);
         let text = assert_sqlstate(res, &["42501"], &format!("{what} as a non-superuser"));
@@ -286,14 +290,17 @@ fn non_superuser_cannot_operate_or_read_the_connection_strings() {
     }
     let info = sub_info(&tgt, sub).unwrap();
     assert!(
-        info.enabled && info.pid.is_some(),
-        "lowly changed the sync: {info:?}"
+        info.enabled && info.pid.is_some() && info.pid == pid_before,
+        "lowly changed the sync (apply worker was {pid_before:?}): {info:?}"
     );
     assert!(sub_info(&tgt, "lowly_sync").is_none());
     assert_eq!(
         slots_on_source(source(), "lowly_sync"),
         Vec::<String>::new()
     );
+    assert_eq!(slots_on_source(source(), sub), vec![sub.to_string()]);
+    src.exec("INSERT INTO t SELECT g, g * 10, md5(g::text) FROM generate_series(101, 200) g");
+    assert_synced(&src, &tgt, sub, &["t"]);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -704,6 +704,44 @@ fn drop_during_initial_copy_leaves_no_slot() {
 }
 
 #[test]
+fn drop_extension_that_fails_changes_nothing() {
+    // DROP EXTENSION livesync refused by PostgreSQL (a user view depends on the extension)
+    // must leave the sync as it was: slot kept on the source, changes still applied. Then,
+    // with the view gone, it drops the extension and the slot.
+    let src = Db::fresh(source(), "dropextfail_src");
+    let tgt = Db::fresh(target(), "dropextfail_tgt");
+    ddl_both(&src, &tgt, &kv_table_ddl("t"));
+    src.exec(&kv_fill_sql("t", 500));
+    src.exec("CREATE PUBLICATION p FOR TABLE t");
+    let sub = "dropextfail";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    wait_for_tables(&tgt, sub, &["public.t"], 'r');
+    tgt.exec("CREATE VIEW my_sync_status AS SELECT subname, lag_bytes FROM livesync.subscription");
+
+    let err = tgt
+        .client()
+        .batch_execute("DROP EXTENSION livesync")
+        .expect_err("DROP EXTENSION with a dependent view must fail");
+    assert_eq!(
+        sqlstate(&err).as_deref(),
+        Some("2BP01"),
+        "{}",
+        err_text(&err)
+    );
+    assert_eq!(slots_on_source(source(), sub), vec![sub.to_string()]);
+    src.exec("UPDATE t SET v = v + 1 WHERE id % 3 = 0; DELETE FROM t WHERE id % 7 = 0");
+    assert_synced(&src, &tgt, sub, &["t"]);
+
+    tgt.exec("DROP VIEW my_sync_status; DROP EXTENSION livesync");
+    assert_eq!(slots_on_source(source(), sub), Vec::<String>::new());
+    wait_until(
+        Duration::from_secs(10),
+        "livesync workers to exit after DROP EXTENSION",
+        || livesync_backends(&tgt).is_empty(),
+    );
+}
+
+#[test]
 fn drop_extension_drops_every_sync_and_slot() {
     let src = Db::fresh(source(), "dropext_src");
     let tgt = Db::fresh(target(), "dropext_tgt");
