@@ -152,8 +152,9 @@ pub fn copy_into(m: &Mapping, mut next: impl FnMut() -> Result<Option<Bytes>>) -
     }
 }
 
-/// Bytes of COPY text staged per file for [`copy_into_hypertable`].
-const STAGE_BYTES: usize = 32 << 20;
+/// Bytes of COPY text staged per file for [`copy_into_hypertable`]: small enough that the
+/// reader thread (`worker::copyread`) keeps reading the source while a file loads.
+const STAGE_BYTES: usize = 8 << 20;
 
 /// Removes a staging file however the copy ends.
 struct RemoveOnDrop(std::path::PathBuf);
@@ -166,7 +167,7 @@ impl Drop for RemoveOnDrop {
 
 /// COPY the stream `next` yields into the hypertable of `m`, routed into chunks by
 /// TimescaleDB. TimescaleDB routes COPY only in its ProcessUtility hook, and a COPY run
-/// through SPI can only read a file: the stream is staged in files of up to 32 MB in
+/// through SPI can only read a file: the stream is staged in files of up to 8 MB in
 /// `base/pgsql_tmp` (removed at the end, and by PostgreSQL at restart after a crash), each
 /// then loaded with `COPY ... FROM 'file'`, in the caller's transaction. That is about
 /// twice as fast as executor INSERTs, because TimescaleDB's COPY inserts in batches.
@@ -195,11 +196,15 @@ pub fn copy_into_hypertable(
     );
     let mut rows: u64 = 0;
     let mut eof = false;
+    let (mut waiting, mut loading) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
     while !eof {
         let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path)?);
         let mut staged = 0usize;
         while staged < STAGE_BYTES {
-            match next()? {
+            let t = std::time::Instant::now();
+            let chunk = next()?;
+            waiting += t.elapsed();
+            match chunk {
                 Some(chunk) => {
                     // COPY text escapes newlines inside values: one per row.
                     rows += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
@@ -215,8 +220,16 @@ pub fn copy_into_hypertable(
         file.flush()?;
         drop(file);
         if staged > 0 {
+            let t = std::time::Instant::now();
             Spi::run(&sql)?;
+            loading += t.elapsed();
         }
     }
+    pgrx::debug1!(
+        "livesync: {} loaded in {:.1} s; {:.1} s waiting for the source",
+        m.display,
+        loading.as_secs_f64(),
+        waiting.as_secs_f64()
+    );
     Ok(rows)
 }

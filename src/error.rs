@@ -51,6 +51,11 @@ impl Error {
         }
     }
 
+    /// Something livesync itself got wrong (XX000).
+    pub fn internal(msg: impl Into<String>) -> Self {
+        Error::user(Code::ERRCODE_INTERNAL_ERROR, msg)
+    }
+
     pub fn hint(mut self, h: impl Into<String>) -> Self {
         if let Error::User { hint, .. } = &mut self {
             *hint = Some(h.into());

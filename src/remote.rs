@@ -68,6 +68,25 @@ pub async fn slot_exists(conn: &mut Connection, slot: &str) -> Result<bool> {
 /// a REPEATABLE READ transaction, whose snapshot then matches the slot). Returns the slot's
 /// consistent point.
 pub async fn create_slot(conn: &mut Connection, slot: &str, snapshot: &str) -> Result<u64> {
+    Ok(create_slot_snapshot(conn, slot, snapshot).await?.0)
+}
+
+/// [`create_slot`] with `SNAPSHOT 'export'`: also returns the name of the exported
+/// snapshot, which other sessions can import (`SET TRANSACTION SNAPSHOT`) until the
+/// connection runs its next command.
+pub async fn create_slot_exporting(conn: &mut Connection, slot: &str) -> Result<(u64, String)> {
+    let (lsn, snapshot) = create_slot_snapshot(conn, slot, "export").await?;
+    let snapshot = snapshot.ok_or_else(|| {
+        SourceError::Protocol("CREATE_REPLICATION_SLOT exported no snapshot".into())
+    })?;
+    Ok((lsn, snapshot))
+}
+
+async fn create_slot_snapshot(
+    conn: &mut Connection,
+    slot: &str,
+    snapshot: &str,
+) -> Result<(u64, Option<String>)> {
     let sql = format!(
         "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT '{snapshot}')",
         quote_ident(slot)
@@ -92,13 +111,14 @@ pub async fn create_slot(conn: &mut Connection, slot: &str, snapshot: &str) -> R
         }
         Err(e) => return Err(e.into()),
     };
-    rows.first()
+    let row = rows.first();
+    let lsn = row
         .and_then(|r| r.get(1))
         .and_then(lsn::parse)
         .ok_or_else(|| {
             SourceError::Protocol("CREATE_REPLICATION_SLOT returned no consistent point".into())
-                .into()
-        })
+        })?;
+    Ok((lsn, row.and_then(|r| r.get(2)).map(str::to_string)))
 }
 
 /// Drop a slot, waiting for a walsender that still holds it to let go. Ok(false): no such slot.
@@ -172,6 +192,21 @@ pub async fn copy_columns(conn: &mut Connection, relid: u32) -> Result<Vec<Strin
         .iter()
         .filter_map(|r| r.get(0).map(str::to_string))
         .collect())
+}
+
+/// The columns to copy (no dropped or generated ones), and whether the table is
+/// partitioned (its rows are then in its partitions: COPY needs a SELECT).
+pub async fn copy_columns_and_kind(
+    conn: &mut Connection,
+    relid: u32,
+) -> Result<(Vec<String>, bool)> {
+    let cols = copy_columns(conn, relid).await?;
+    let kind = conn
+        .simple_query(&format!(
+            "SELECT relkind FROM pg_catalog.pg_class WHERE oid = {relid}"
+        ))
+        .await?;
+    Ok((cols, kind.first().and_then(|r| r.get(0)) == Some("p")))
 }
 
 /// What a publication publishes of one table (PostgreSQL 15+): its column list (all

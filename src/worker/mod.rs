@@ -10,6 +10,7 @@
 //! slices, between which we honour SIGTERM (workers) or query cancel (SQL functions).
 
 pub mod apply;
+pub mod copyread;
 pub mod launcher;
 pub mod spool;
 pub mod stream;

@@ -1,11 +1,12 @@
 //! The table-sync worker: copies one table, catches up, hands it to the apply worker.
 //!
 //! As PostgreSQL's `tablesync.c`:
-//! 1. (i or d) Create a slot on the source inside a REPEATABLE READ transaction with
-//!    `USE_SNAPSHOT`, so the snapshot the COPY reads is exactly the slot's consistent point
-//!    L. Load the rows into the target in ONE transaction that also sets the table's state
-//!    to f and records L in the table's replication origin: a copy that fails leaves
-//!    nothing behind, and is redone from scratch.
+//! 1. (i or d) Create a slot on the source that exports its snapshot; a reader thread
+//!    (`copyread`) imports it, so the COPY reads exactly the slot's consistent point L
+//!    (PostgreSQL uses `USE_SNAPSHOT` on the same connection; a second connection lets
+//!    reading overlap loading). Load the rows into the target in ONE transaction that
+//!    also sets the table's state to f and records L in the table's replication origin:
+//!    a copy that fails leaves nothing behind, and is redone from scratch.
 //! 2. (f) Wait for the apply worker to publish its position P (`catchup_lsn`) and stop.
 //!    If L >= P, the copy already holds everything the apply worker skipped. Otherwise
 //!    stream this table's changes from the slot, from L up to P, committing each source
@@ -14,6 +15,7 @@
 //!    applies this table's transactions from `sync_lsn` on, and marks the table ready.
 //! 4. Drop the table's slot and origin.
 
+use super::copyread::{self, CopyReader};
 use super::stream::{self, Owner, Stream};
 use crate::catalog::{self, RelRow, SyncRow};
 use crate::copytext::CopyParser;
@@ -170,20 +172,27 @@ impl TableSync {
         stream::drop_origin(origin)?;
         let mut conn = self.connect(sub, true)?;
         block_on(&self.rt, remote::drop_slot(&mut conn, slot))??;
-        block_on(
-            &self.rt,
-            conn.simple_query("BEGIN READ ONLY ISOLATION LEVEL REPEATABLE READ"),
-        )??;
-        let lsn = block_on(&self.rt, remote::create_slot(&mut conn, slot, "use"))??;
-        let (mut columns, partitioned) = block_on(&self.rt, copy_columns(&mut conn, self.relid))??;
+        // The slot's snapshot goes to a reader thread with a connection of its own, which
+        // reads the table while this thread loads it (see `copyread`).
+        let (lsn, snapshot) = block_on(&self.rt, remote::create_slot_exporting(&mut conn, slot))??;
+        let mut reader = CopyReader::start(copyread::Source {
+            info: ConnInfo::parse(&sub.source)
+                .map_err(|e| Error::from_source("invalid connection string", e))?,
+            application_name: format!("{}_sync_{}", sub.subname, self.relid),
+            snapshot,
+            relid: self.relid,
+            publication: sub.publication.clone(),
+            schema: rel.srcschema.clone(),
+            table: rel.srcname.clone(),
+        })?;
+        let meta = reader.meta()?;
+        // The snapshot is imported: the exporting connection is no longer needed.
+        block_on(&self.rt, conn.close())?;
+        let (mut columns, partitioned) = (meta.columns, meta.partitioned);
         // As native tablesync: copy only what the publication publishes (PostgreSQL 15
         // column lists and row filters); changes are filtered by pgoutput the same way.
-        let filter = block_on(
-            &self.rt,
-            remote::publication_filter(&mut conn, &sub.publication, &rel.srcschema, &rel.srcname),
-        )??;
         let mut row_filter = None;
-        if let Some((published, rf)) = filter {
+        if let Some((published, rf)) = meta.filter {
             if !published.is_empty() {
                 columns.retain(|c| published.contains(c));
             }
@@ -248,11 +257,10 @@ impl TableSync {
             (true, true) => "TimescaleDB COPY",
             (false, _) => "batched INSERT",
         };
+        reader.copy(sql)?;
         if copyable {
-            let rt = &self.rt;
-            let mut copy = block_on(rt, conn.copy_out(&sql))??;
             let next = || {
-                let chunk = block_on(rt, copy.next_chunk())??;
+                let chunk = reader.next_chunk()?;
                 bytes += chunk.as_ref().map_or(0, |c| c.len() as u64);
                 Ok(chunk)
             };
@@ -269,8 +277,7 @@ impl TableSync {
             // INSERTs.
             let mut parser = CopyParser::new();
             let mut rows = Vec::new();
-            let mut copy = block_on(&self.rt, conn.copy_out(&sql))??;
-            while let Some(chunk) = block_on(&self.rt, copy.next_chunk())?? {
+            while let Some(chunk) = reader.next_chunk()? {
                 bytes += chunk.len() as u64;
                 parser.push(&chunk, &mut rows).map_err(copy_error)?;
                 for row in rows.drain(..) {
@@ -297,8 +304,6 @@ impl TableSync {
         )?;
         catalog::set_rel_state(self.subid, self.relid, TableState::FinishedCopy, Some(lsn))?;
         worker::commit();
-        let _ = block_on(&self.rt, conn.simple_query("COMMIT"));
-        block_on(&self.rt, conn.close())?;
         let secs = started.elapsed().as_secs_f64().max(0.001);
         log!(
             "livesync: copied {count} rows ({:.1} MB) of \"{}\" in {secs:.1} s ({:.1} MB/s, {}), consistent at {}",
@@ -414,15 +419,4 @@ fn copy_error(e: crate::copytext::CopyError) -> Error {
         pgrx::PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION,
         e.to_string(),
     )
-}
-
-/// The columns to copy (no dropped or generated ones), and whether the table is partitioned.
-async fn copy_columns(conn: &mut Connection, relid: u32) -> Result<(Vec<String>, bool)> {
-    let cols = remote::copy_columns(conn, relid).await?;
-    let kind = conn
-        .simple_query(&format!(
-            "SELECT relkind FROM pg_catalog.pg_class WHERE oid = {relid}"
-        ))
-        .await?;
-    Ok((cols, kind.first().and_then(|r| r.get(0)) == Some("p")))
 }

@@ -173,32 +173,48 @@ fn terminated_walsenders_during_copy_copy_each_row_once() {
     let sub = "term_copy";
     let w1 = BackgroundWriter::kv(&src, "kv", 5_001);
     let _g = start_sync(&tgt, &src.uri(), "analytics", sub);
-    let mut terminated = 0;
+    // (walsenders, copy connections) terminated.
+    let mut terminated = (0, 0);
     let t0 = Instant::now();
-    while terminated == 0 && t0.elapsed() < Duration::from_secs(30) {
-        let copying = try_sub_rels(&tgt, sub)
-            .map(|r| r.iter().any(|x| x.state == 'd'))
-            .unwrap_or(false);
+    while terminated.1 == 0 && t0.elapsed() < Duration::from_secs(30) {
+        // A table's copy is being read (its copy connection exists).
+        let copying: bool = src.query_one(
+            "SELECT count(*) > 0 FROM pg_stat_activity \
+              WHERE datname = current_database() AND backend_type = 'client backend' \
+                AND application_name LIKE 'term\\_copy\\_sync\\_%'",
+        );
         if copying {
-            // Every walsender of this database: the table-sync workers' and the apply
-            // worker's.
-            terminated = src
+            // Every walsender of this database (the table-sync workers' and the apply
+            // worker's) and the connections that read the tables' copies.
+            for row in src
                 .client()
                 .query(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                     WHERE backend_type = 'walsender' AND datname = current_database()",
+                    "SELECT backend_type = 'walsender', pg_terminate_backend(pid) \
+                       FROM pg_stat_activity \
+                      WHERE datname = current_database() \
+                        AND (backend_type = 'walsender' \
+                             OR application_name LIKE 'term\\_copy\\_sync\\_%')",
                     &[],
                 )
                 .unwrap()
-                .len();
+            {
+                if row.get::<_, bool>(0) {
+                    terminated.0 += 1;
+                } else {
+                    terminated.1 += 1;
+                }
+            }
         }
         sleep(Duration::from_millis(20));
     }
     assert!(
-        terminated > 0,
-        "no walsender was terminated during a copy: the test proved nothing"
+        terminated.1 > 0,
+        "no copy connection was terminated during a copy: the test proved nothing"
     );
-    eprintln!("[e2e] terminated {terminated} walsenders during the copy");
+    eprintln!(
+        "[e2e] terminated {} walsenders and {} copy connections during the copy",
+        terminated.0, terminated.1
+    );
     src.exec("INSERT INTO ins SELECT g, 'after' FROM generate_series(2000001, 2000100) g");
     sleep(Duration::from_secs(1));
     w1.stop();
