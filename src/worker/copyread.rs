@@ -14,11 +14,12 @@
 //!    in chunks of about 1 MB through a bounded channel (at most [`AHEAD`] chunks read
 //!    ahead).
 //!
-//! The thread makes no PostgreSQL calls: only the worker's main thread may. It stops on
-//! its own when the worker drops the [`CopyReader`] (an error, SIGTERM) or the source
-//! fails; the worker notices a failed or vanished reader as an error and retries the copy.
+//! The thread makes no PostgreSQL calls (only the worker's main thread may) and blocks
+//! every signal, so PostgreSQL's handlers never run on it. It stops on its own when the
+//! worker drops the [`CopyReader`] (an error, SIGTERM) or the source fails; the worker
+//! notices a failed or vanished reader as an error and retries the copy.
 
-use super::{check_interrupts, runtime, SLICE};
+use super::{check_interrupts, runtime, spawn_without_signals, SLICE};
 use crate::error::{Error, Result};
 use crate::remote;
 use crate::source::{ConnInfo, Connection};
@@ -77,16 +78,14 @@ impl CopyReader {
         let (sql_tx, sql_rx) = mpsc::sync_channel(1);
         let cancel = Arc::new(AtomicBool::new(false));
         let stop = cancel.clone();
-        std::thread::Builder::new()
-            .name(format!("livesync copy reader {}", src.relid))
-            .spawn(move || {
-                let rt = runtime();
-                let res = rt.block_on(read(&src, &tx, &sql_rx, &stop));
-                if let Err(e) = res {
-                    let _ = tx.send(Msg::Failed(e));
-                }
-            })
-            .map_err(|e| Error::internal(format!("could not start the copy reader thread: {e}")))?;
+        spawn_without_signals(format!("livesync copy reader {}", src.relid), move || {
+            let rt = runtime();
+            let res = rt.block_on(read(&src, &tx, &sql_rx, &stop));
+            if let Err(e) = res {
+                let _ = tx.send(Msg::Failed(e));
+            }
+        })
+        .map_err(|e| Error::internal(format!("could not start the copy reader thread: {e}")))?;
         Ok(CopyReader {
             rx,
             sql: Some(sql_tx),

@@ -26,11 +26,46 @@ use std::time::Duration;
 /// How long one `block_on` slice may run before we look at interrupts again.
 const SLICE: Duration = Duration::from_millis(100);
 
+/// The tokio runtime of a worker (or of a copy reader thread): current_thread, so the
+/// backend's own thread drives the connections. Threads it may start anyway (tokio's
+/// blocking pool, for DNS lookups) block every signal first.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_start(block_signals_in_this_thread)
         .build()
         .expect("could not create the tokio runtime")
+}
+
+/// Block every signal in the calling thread. PostgreSQL's signal handlers (SIGTERM,
+/// SIGALRM for timeouts, SIGUSR1 for interrupts, ...) assume they interrupt the backend's
+/// own thread; run on another thread, they would race with it.
+fn block_signals_in_this_thread() {
+    // SAFETY: plain libc calls on a local sigset_t; they only change this thread's mask.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+    }
+}
+
+/// Start a thread that never runs PostgreSQL's signal handlers: every signal is blocked in
+/// the calling thread while the new one is created (it inherits that mask), then the
+/// caller's mask is restored. Such a thread must make no PostgreSQL calls either.
+pub fn spawn_without_signals<F: FnOnce() + Send + 'static>(
+    name: String,
+    f: F,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    // SAFETY: as above; `old` receives the caller's mask and is put back unchanged.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let spawned = std::thread::Builder::new().name(name).spawn(f);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        spawned
+    }
 }
 
 fn in_bgworker() -> bool {
