@@ -382,6 +382,13 @@ impl Connection {
             ("IntervalStyle", "postgres"),
             ("extra_float_digits", "3"),
             ("bytea_output", "hex"),
+            // A copy may take hours, a walsender idles between commands: timeouts set on
+            // the source (for the role or database) must not cut them. Startup parameters
+            // take precedence over ALTER ROLE / ALTER DATABASE settings.
+            ("statement_timeout", "0"),
+            ("lock_timeout", "0"),
+            ("idle_in_transaction_session_timeout", "0"),
+            ("idle_session_timeout", "0"),
         ];
         if let Some(a) = app_name {
             params.push(("application_name", a));

@@ -704,6 +704,52 @@ fn drop_during_initial_copy_leaves_no_slot() {
 }
 
 #[test]
+fn timeouts_set_for_the_source_role_do_not_cut_the_sync() {
+    // Managed sources often set statement_timeout and idle timeouts for roles. A copy may
+    // take hours and a walsender idles between commands: livesync's connections override
+    // them (as startup parameters, which take precedence over ALTER ROLE settings).
+    let src = Db::fresh(source(), "srctimeout_src");
+    let tgt = Db::fresh(target(), "srctimeout_tgt");
+    ddl_both(&src, &tgt, &kv_table_ddl("t"));
+    src.exec(&kv_fill_sql("t", 200_000));
+    src.exec("CREATE PUBLICATION p FOR TABLE t");
+    source().exec(
+        "postgres",
+        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'impatient') THEN \
+         CREATE ROLE impatient LOGIN REPLICATION; END IF; END $$; \
+         ALTER ROLE impatient SET statement_timeout = '1ms'; \
+         ALTER ROLE impatient SET lock_timeout = '1ms'; \
+         ALTER ROLE impatient SET idle_in_transaction_session_timeout = '1s'; \
+         ALTER ROLE impatient SET idle_session_timeout = '1s'",
+    );
+    src.exec("GRANT SELECT ON t TO impatient");
+    // The role's setting is in force for its ordinary sessions.
+    let mut cfg = src.config();
+    cfg.user("impatient").options("");
+    let mut c = cfg.connect(postgres::NoTls).expect("connect as impatient");
+    let slow = c.batch_execute("SELECT pg_sleep(0.2)");
+    assert_eq!(
+        slow.as_ref().err().and_then(sqlstate).as_deref(),
+        Some("57014"),
+        "the role's statement_timeout should cancel a slow query: {slow:?}"
+    );
+
+    let sub = "srctimeout";
+    let _g = start_sync(
+        &tgt,
+        &source().uri_as("impatient", None, &src.name),
+        "p",
+        sub,
+    );
+    wait_for_tables(&tgt, sub, &["public.t"], 'r');
+    src.exec("UPDATE t SET v = v + 1 WHERE id % 3 = 0; DELETE FROM t WHERE id % 7 = 0");
+    sleep(Duration::from_secs(2)); // longer than the idle timeouts
+    src.exec("INSERT INTO t SELECT g, g, 'late' FROM generate_series(200001, 200100) g");
+    assert_synced(&src, &tgt, sub, &["t"]);
+    assert_eq!(sub_info(&tgt, sub).unwrap().last_error, None);
+}
+
+#[test]
 fn drop_extension_that_fails_changes_nothing() {
     // DROP EXTENSION livesync refused by PostgreSQL (a user view depends on the extension)
     // must leave the sync as it was: slot kept on the source, changes still applied. Then,
