@@ -677,6 +677,34 @@ const PART_CHANGES: &str = "UPDATE meas SET v = -v WHERE id % 5 = 0; \
      DELETE FROM meas WHERE id % 10 = 3; \
      DELETE FROM meas_2024_02 WHERE id % 10 = 4";
 
+/// The leaf partitions, as `livesync.subscription_rel` lists them without
+/// publish_via_partition_root.
+const PART_LEAVES: [&str; 3] = [
+    "public.meas_2024_01",
+    "public.meas_2024_02",
+    "public.meas_def",
+];
+/// Every table of the partition tree, for comparisons.
+const PART_TABLES: [&str; 4] = ["meas", "meas_2024_01", "meas_2024_02", "meas_def"];
+
+/// `meas` with rows 1..=2000 on the source, its schema (and partitions) on the target, and
+/// a sync of publication `p` (the leaves) whose leaves are ready.
+fn partition_leaves_synced(src: &Db, tgt: &Db, sub: &str) -> SyncGuard {
+    src.exec(PART_DDL);
+    src.exec(&part_fill(1, 2000));
+    src.exec("CREATE PUBLICATION p FOR TABLE meas");
+    copy_schema(src, tgt, &[]);
+    let guard = start_sync(tgt, &src.uri(), "p", sub);
+    wait_tables(tgt, sub, &PART_LEAVES, 'r');
+    guard
+}
+
+/// Every table of the tree equals the source's, with no row twice.
+fn partition_tree_synced(src: &Db, tgt: &Db, sub: &str) {
+    synced(src, tgt, sub, &PART_TABLES);
+    assert_no_duplicates(tgt, "meas", "id, ts");
+}
+
 fn partition_root_case(hypertable: bool) {
     let tag = if hypertable { "ht" } else { "plain" };
     let src = Db::fresh(source(), &format!("viaroot_{tag}_src"));
@@ -722,27 +750,11 @@ fn partitioned_source_leaves_to_same_leaves() {
     // 013_partition: publish_via_partition_root = false; the target has the same partitions.
     let src = Db::fresh(source(), "leaves_src");
     let tgt = Db::fresh(target(), "leaves_tgt");
-    src.exec(PART_DDL);
-    src.exec(&part_fill(1, 2000));
-    src.exec("CREATE PUBLICATION p FOR TABLE meas");
-    copy_schema(&src, &tgt, &[]);
     let sub = "leaves_same";
-    let _g = start_sync(&tgt, &src.uri(), "p", sub);
-    let leaves = [
-        "public.meas_2024_01",
-        "public.meas_2024_02",
-        "public.meas_def",
-    ];
-    wait_tables(&tgt, sub, &leaves, 'r');
+    let _g = partition_leaves_synced(&src, &tgt, sub);
     src.exec(&part_fill(2001, 3000));
     src.exec(PART_CHANGES);
-    synced(
-        &src,
-        &tgt,
-        sub,
-        &["meas", "meas_2024_01", "meas_2024_02", "meas_def"],
-    );
-    assert_no_duplicates(&tgt, "meas", "id, ts");
+    partition_tree_synced(&src, &tgt, sub);
 }
 
 #[test]
@@ -753,21 +765,10 @@ fn publish_via_partition_root_switch_is_followed_without_doubling() {
     // must be replaced, not doubled (native replication may lose or double them here).
     let src = Db::fresh(source(), "viaswitch_src");
     let tgt = Db::fresh(target(), "viaswitch_tgt");
-    src.exec(PART_DDL);
-    src.exec(&part_fill(1, 2000));
-    src.exec("CREATE PUBLICATION p FOR TABLE meas");
-    copy_schema(&src, &tgt, &[]);
     let sub = "via_switch";
-    let _g = start_sync(&tgt, &src.uri(), "p", sub);
-    let leaves = [
-        "public.meas_2024_01",
-        "public.meas_2024_02",
-        "public.meas_def",
-    ];
-    let all = ["meas", "meas_2024_01", "meas_2024_02", "meas_def"];
-    wait_tables(&tgt, sub, &leaves, 'r');
+    let _g = partition_leaves_synced(&src, &tgt, sub);
 
-    for (via_root, tables) in [(true, &["public.meas"][..]), (false, &leaves[..])] {
+    for (via_root, tables) in [(true, &["public.meas"][..]), (false, &PART_LEAVES[..])] {
         // Keep writing while the publication switches.
         let first = if via_root { 10_000 } else { 20_000 };
         let w = BackgroundWriter::spawn(&src, "meas writer", move |c, i| {
@@ -782,8 +783,7 @@ fn publish_via_partition_root_switch_is_followed_without_doubling() {
         src.exec(PART_CHANGES);
         let written = w.stop();
         assert!(written.inserts > 0, "the writer wrote nothing");
-        synced(&src, &tgt, sub, &all);
-        assert_no_duplicates(&tgt, "meas", "id, ts");
+        partition_tree_synced(&src, &tgt, sub);
     }
 }
 
@@ -807,20 +807,9 @@ fn partitioned_source_leaf_missing_on_target_then_created() {
         "CREATE TABLE meas_2024_02 PARTITION OF meas \
          FOR VALUES FROM ('2024-02-01 00:00+00') TO ('2024-03-01 00:00+00')",
     );
-    let leaves = [
-        "public.meas_2024_01",
-        "public.meas_2024_02",
-        "public.meas_def",
-    ];
-    wait_tables(&tgt, sub, &leaves, 'r');
+    wait_tables(&tgt, sub, &PART_LEAVES, 'r');
     src.exec(PART_CHANGES);
-    synced(
-        &src,
-        &tgt,
-        sub,
-        &["meas", "meas_2024_01", "meas_2024_02", "meas_def"],
-    );
-    assert_no_duplicates(&tgt, "meas", "id, ts");
+    partition_tree_synced(&src, &tgt, sub);
 }
 
 #[test]
@@ -833,18 +822,8 @@ fn partition_added_on_the_target_while_the_sync_writes_does_not_deadlock() {
     // must go through (it failed with 40P01 before the sync locked parents first).
     let src = Db::fresh(source(), "partddl_src");
     let tgt = Db::fresh(target(), "partddl_tgt");
-    src.exec(PART_DDL);
-    src.exec(&part_fill(1, 300));
-    src.exec("CREATE PUBLICATION p FOR TABLE meas");
-    copy_schema(&src, &tgt, &[]);
     let sub = "part_ddl";
-    let _g = start_sync(&tgt, &src.uri(), "p", sub);
-    let leaves = [
-        "public.meas_2024_01",
-        "public.meas_2024_02",
-        "public.meas_def",
-    ];
-    wait_tables(&tgt, sub, &leaves, 'r');
+    let _g = partition_leaves_synced(&src, &tgt, sub);
 
     let mut ddl = tgt.client();
     ddl.batch_execute("BEGIN; LOCK TABLE ONLY meas IN ACCESS EXCLUSIVE MODE")
@@ -865,14 +844,8 @@ fn partition_added_on_the_target_while_the_sync_writes_does_not_deadlock() {
     )
     .unwrap_or_else(|e| panic!("the DDL failed: {}", err_text(&e)));
     src.exec(PART_CHANGES);
-    synced(
-        &src,
-        &tgt,
-        sub,
-        &["meas", "meas_2024_01", "meas_2024_02", "meas_def"],
-    );
+    partition_tree_synced(&src, &tgt, sub);
     assert_eq!(count_only(&tgt, "meas_2030_01"), 0);
-    assert_no_duplicates(&tgt, "meas", "id, ts");
 }
 
 // ---------------------------------------------------------------------------------------------
