@@ -272,11 +272,15 @@ fn drop_one(row: &catalog::SyncRow, drop_slots: bool) -> Result<()> {
             ))
         })?;
     }
-    let subid = row.subid;
+    forget_at_commit(db, row.subid);
+    Ok(())
+}
+
+/// Once the dropping transaction commits, take the sync out of shared memory too.
+fn forget_at_commit(db: u32, subid: i32) {
     register_xact_callback(PgXactCallbackEvent::Commit, move || {
         REGISTRY.exclusive().forget_sync(db, subid);
     });
-    Ok(())
 }
 
 fn drop_remote_slots(row: &catalog::SyncRow) -> Result<()> {
@@ -297,14 +301,6 @@ fn drop_remote_slots(row: &catalog::SyncRow) -> Result<()> {
         conn.close().await;
         Ok::<(), Error>(())
     })?
-}
-
-fn warn_slots_left(row: &catalog::SyncRow, e: &Error) {
-    pgrx::warning!(
-        "could not drop the replication slots of livesync subscription \"{}\" on the source: {e}; drop slots named '{}%' there yourself",
-        row.subname,
-        row.subname
-    );
 }
 
 /// Drop the replication origins of a sync (the apply one and any table-sync ones).
@@ -490,12 +486,13 @@ unsafe extern "C-unwind" fn after_drop_extension() {
     }
     for row in &syncs {
         if let Err(e) = drop_remote_slots(row) {
-            warn_slots_left(row, &e);
+            pgrx::warning!(
+                "could not drop the replication slots of livesync subscription \"{}\" on the source: {e}; drop slots named '{}%' there yourself",
+                row.subname,
+                row.subname
+            );
         }
-        let subid = row.subid;
-        register_xact_callback(PgXactCallbackEvent::Commit, move || {
-            REGISTRY.exclusive().forget_sync(db, subid);
-        });
+        forget_at_commit(db, row.subid);
     }
 }
 

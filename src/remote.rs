@@ -64,9 +64,9 @@ pub async fn slot_exists(conn: &mut Connection, slot: &str) -> Result<bool> {
     Ok(!conn.simple_query(&sql).await?.is_empty())
 }
 
-/// Create a logical slot with pgoutput. `snapshot` is `nothing` or `use` (the latter inside
-/// a REPEATABLE READ transaction, whose snapshot then matches the slot). Returns the slot's
-/// consistent point.
+/// Create a logical slot with pgoutput. `snapshot` is `nothing`, or `use` inside a
+/// REPEATABLE READ transaction (whose snapshot then matches the slot); for `export` see
+/// [`create_slot_exporting`]. Returns the slot's consistent point.
 pub async fn create_slot(conn: &mut Connection, slot: &str, snapshot: &str) -> Result<u64> {
     Ok(create_slot_snapshot(conn, slot, snapshot).await?.0)
 }

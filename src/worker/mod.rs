@@ -41,11 +41,16 @@ pub fn runtime() -> tokio::runtime::Runtime {
 /// SIGALRM for timeouts, SIGUSR1 for interrupts, ...) assume they interrupt the backend's
 /// own thread; run on another thread, they would race with it.
 fn block_signals_in_this_thread() {
-    // SAFETY: plain libc calls on a local sigset_t; they only change this thread's mask.
+    // SAFETY: changes only this thread's mask.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &all_signals(), std::ptr::null_mut()) };
+}
+
+fn all_signals() -> libc::sigset_t {
+    // SAFETY: sigfillset initialises the zeroed local set it is given.
     unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+        all
     }
 }
 
@@ -56,12 +61,10 @@ pub fn spawn_without_signals<F: FnOnce() + Send + 'static>(
     name: String,
     f: F,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    // SAFETY: as above; `old` receives the caller's mask and is put back unchanged.
+    // SAFETY: changes only this thread's mask; `old` receives it and is put back unchanged.
     unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
         let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all_signals(), &mut old);
         let spawned = std::thread::Builder::new().name(name).spawn(f);
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
         spawned

@@ -124,10 +124,16 @@ impl TableSync {
         })
     }
 
-    fn connect(&self, sub: &SyncRow, replication: bool) -> Result<Connection> {
+    /// The source's connection parameters, and the application_name this table's
+    /// connections show on the source.
+    fn source(&self, sub: &SyncRow) -> Result<(ConnInfo, String)> {
         let info = ConnInfo::parse(&sub.source)
             .map_err(|e| Error::from_source("invalid connection string", e))?;
-        let app = format!("{}_sync_{}", sub.subname, self.relid);
+        Ok((info, format!("{}_sync_{}", sub.subname, self.relid)))
+    }
+
+    fn connect(&self, sub: &SyncRow, replication: bool) -> Result<Connection> {
+        let (info, app) = self.source(sub)?;
         block_on(&self.rt, Connection::connect(&info, replication, &app))?
             .map_err(|e| Error::from_source("could not connect to the source", e))
     }
@@ -175,10 +181,10 @@ impl TableSync {
         // The slot's snapshot goes to a reader thread with a connection of its own, which
         // reads the table while this thread loads it (see `copyread`).
         let (lsn, snapshot) = block_on(&self.rt, remote::create_slot_exporting(&mut conn, slot))??;
+        let (info, application_name) = self.source(sub)?;
         let mut reader = CopyReader::start(copyread::Source {
-            info: ConnInfo::parse(&sub.source)
-                .map_err(|e| Error::from_source("invalid connection string", e))?,
-            application_name: format!("{}_sync_{}", sub.subname, self.relid),
+            info,
+            application_name,
             snapshot,
             relid: self.relid,
             publication: sub.publication.clone(),
