@@ -15,12 +15,17 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::authentication::sasl::{
+    ChannelBinding, ScramSha256, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
+};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
-use super::conninfo::{ConnInfo, HostSpec, SslMode};
+use super::conninfo::{
+    passwd_entry, ChannelBinding as CbMode, ConnInfo, HostSpec, SslMode, TargetSessionAttrs,
+    FIXED_STARTUP_PARAMS,
+};
 use super::proto::{self, Frame, Reader};
 use super::{tls, ReplMessage, ServerError, SourceError};
 
@@ -148,6 +153,9 @@ pub struct Connection {
     state: State,
     target: String,
     tls: bool,
+    /// Over TLS: the `tls-server-end-point` channel binding data of the server's certificate,
+    /// or why there is none.
+    end_point: Option<Result<Vec<u8>, String>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -169,32 +177,107 @@ fn connect_err(target: &str, msg: impl Into<String>) -> SourceError {
 
 impl Connection {
     /// Full startup, bounded by `connect_timeout` (default 10 s) per host. Hosts of a
-    /// multi-host connection string are tried in order; the last error is returned.
+    /// multi-host connection string are tried in order, and a server that does not match
+    /// `target_session_attrs` is left for the next host, as libpq does (`prefer-standby`: a
+    /// first round wants a standby, a second takes any server); the last error is returned.
     pub async fn connect(
         info: &ConnInfo,
         replication: bool,
         application_name: &str,
     ) -> Result<Connection, SourceError> {
         let timeout = info.connect_timeout();
+        let rounds: &[TargetSessionAttrs] = match info.target_session_attrs {
+            TargetSessionAttrs::PreferStandby => {
+                &[TargetSessionAttrs::Standby, TargetSessionAttrs::Any]
+            }
+            _ => std::slice::from_ref(&info.target_session_attrs),
+        };
         let mut last_err = None;
-        for host in &info.hosts {
-            let fut = Self::connect_host(info, host, replication, application_name);
-            let res = match timeout {
-                Some(d) => match tokio::time::timeout(d, fut).await {
-                    Ok(r) => r,
-                    Err(_) => Err(SourceError::Timeout {
-                        target: host.display(),
-                        secs: d.as_secs(),
-                    }),
-                },
-                None => fut.await,
-            };
-            match res {
-                Ok(c) => return Ok(c),
-                Err(e) => last_err = Some(e),
+        for &want in rounds {
+            for host in &info.hosts {
+                let fut = async {
+                    let mut c =
+                        Self::connect_host(info, host, replication, application_name).await?;
+                    match c.session_mismatch(want).await? {
+                        None => Ok(c),
+                        Some(why) => {
+                            c.close().await;
+                            Err(connect_err(&host.display(), why))
+                        }
+                    }
+                };
+                let res = match timeout {
+                    Some(d) => match tokio::time::timeout(d, fut).await {
+                        Ok(r) => r,
+                        Err(_) => Err(SourceError::Timeout {
+                            target: host.display(),
+                            secs: d.as_secs(),
+                        }),
+                    },
+                    None => fut.await,
+                };
+                match res {
+                    Ok(c) => return Ok(c),
+                    Err(e) => last_err = Some(e),
+                }
             }
         }
         Err(last_err.unwrap_or_else(|| SourceError::InvalidConnInfo("no host given".into())))
+    }
+
+    /// Why this server does not match `want` (libpq's messages), `None` if it does. Uses the
+    /// `default_transaction_read_only` and `in_hot_standby` the server reported at startup,
+    /// and asks (`SHOW transaction_read_only`, `pg_is_in_recovery()`) when it did not report
+    /// them. Both work on a `replication=database` connection too.
+    async fn session_mismatch(
+        &mut self,
+        want: TargetSessionAttrs,
+    ) -> Result<Option<&'static str>, SourceError> {
+        let reported = |c: &Connection, k: &str| c.parameter(k).map(|v| v == "on");
+        Ok(match want {
+            TargetSessionAttrs::Any | TargetSessionAttrs::PreferStandby => None,
+            TargetSessionAttrs::ReadWrite | TargetSessionAttrs::ReadOnly => {
+                let read_only = match (
+                    reported(self, "default_transaction_read_only"),
+                    reported(self, "in_hot_standby"),
+                ) {
+                    (Some(a), Some(b)) => a || b,
+                    _ => self.query_bool("SHOW transaction_read_only").await?,
+                };
+                match (want, read_only) {
+                    (TargetSessionAttrs::ReadWrite, true) => Some("session is read-only"),
+                    (TargetSessionAttrs::ReadOnly, false) => Some("session is not read-only"),
+                    _ => None,
+                }
+            }
+            TargetSessionAttrs::Primary | TargetSessionAttrs::Standby => {
+                let standby = match reported(self, "in_hot_standby") {
+                    Some(b) => b,
+                    None => {
+                        self.query_bool("SELECT pg_catalog.pg_is_in_recovery()")
+                            .await?
+                    }
+                };
+                match (want, standby) {
+                    (TargetSessionAttrs::Primary, true) => Some("server is in hot standby mode"),
+                    (TargetSessionAttrs::Standby, false) => {
+                        Some("server is not in hot standby mode")
+                    }
+                    _ => None,
+                }
+            }
+        })
+    }
+
+    /// A one-value boolean query (`on`/`t` are true).
+    async fn query_bool(&mut self, sql: &str) -> Result<bool, SourceError> {
+        let rows = self.simple_query(sql).await?;
+        match rows.first().and_then(|r| r.get(0)) {
+            Some(v) => Ok(v == "on" || v == "t"),
+            None => Err(SourceError::Protocol(format!(
+                "\"{sql}\" returned no value"
+            ))),
+        }
     }
 
     async fn connect_host(
@@ -244,10 +327,13 @@ impl Connection {
         let target = host.display();
         if host.is_unix() {
             let path = host.socket_path();
-            return UnixStream::connect(&path)
+            let s = UnixStream::connect(&path)
                 .await
-                .map(Stream::Unix)
-                .map_err(|e| connect_err(&target, e.to_string()));
+                .map_err(|e| connect_err(&target, e.to_string()))?;
+            if let Some(want) = &info.requirepeer {
+                check_peer(&s, want).map_err(|m| connect_err(&target, m))?;
+            }
+            return Ok(Stream::Unix(s));
         }
         let addrs: Vec<SocketAddr> = if let Some(a) = &host.hostaddr {
             let ip: std::net::IpAddr = a.parse().map_err(|_| {
@@ -297,6 +383,7 @@ impl Connection {
         let target = host.display();
         let mut stream = Self::open_socket(info, host).await?;
         let mut tls_on = false;
+        let mut end_point = None;
         if tls_attempt != TlsAttempt::Plain {
             let config = tls::client_config(info)?;
             let mut req = BytesMut::new();
@@ -323,6 +410,12 @@ impl Connection {
                         .connect(name, tcp)
                         .await
                         .map_err(|e| SourceError::Tls(tls::describe_tls_error(&e)))?;
+                    end_point = Some(
+                        match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                            Some(cert) => tls::server_end_point(cert.as_ref()),
+                            None => Err("the server sent no certificate".to_string()),
+                        },
+                    );
                     stream = Stream::Tls(Box::new(tls));
                     tls_on = true;
                 }
@@ -357,6 +450,7 @@ impl Connection {
             state: State::Idle,
             target,
             tls: tls_on,
+            end_point,
         };
         conn.startup(info, host, replication, app).await?;
         Ok(conn)
@@ -374,22 +468,11 @@ impl Connection {
             .as_deref()
             .or(if app.is_empty() { None } else { Some(app) })
             .or(info.fallback_application_name.as_deref());
-        let mut params: Vec<(&str, &str)> = vec![
-            ("user", &info.user),
-            ("database", &info.dbname),
-            ("client_encoding", "UTF8"),
-            ("DateStyle", "ISO"),
-            ("IntervalStyle", "postgres"),
-            ("extra_float_digits", "3"),
-            ("bytea_output", "hex"),
-            // A copy may take hours, a walsender idles between commands: timeouts set on
-            // the source (for the role or database) must not cut them. Startup parameters
-            // take precedence over ALTER ROLE / ALTER DATABASE settings.
-            ("statement_timeout", "0"),
-            ("lock_timeout", "0"),
-            ("idle_in_transaction_session_timeout", "0"),
-            ("idle_session_timeout", "0"),
-        ];
+        // The fixed settings (an empty search_path, no timeouts, our formats) come after
+        // `options` in the server's processing, so they win; the parser refuses `options`
+        // that set them.
+        let mut params: Vec<(&str, &str)> = vec![("user", &info.user), ("database", &info.dbname)];
+        params.extend(FIXED_STARTUP_PARAMS.iter().copied());
         if let Some(a) = app_name {
             params.push(("application_name", a));
         }
@@ -415,14 +498,37 @@ impl Connection {
             })
         };
         let mut scram: Option<ScramSha256> = None;
+        // SCRAM-SHA-256-PLUS was chosen / the server's final SCRAM message was verified.
+        let mut scram_plus = false;
+        let mut scram_done = false;
+        let cb = info.channel_binding;
 
         loop {
             let f = self.read_frame().await?;
             match f.tag {
                 b'R' => {
                     let mut r = Reader::new(f.body);
-                    match r.i32()? {
-                        0 => {}
+                    let code = r.i32()?;
+                    // libpq's check_expected_areq: with channel_binding=require only SASL may
+                    // authenticate us (no password may be sent another way).
+                    if cb == CbMode::Require && !matches!(code, 0 | 10 | 11 | 12) {
+                        return Err(SourceError::Auth(
+                            "channel binding required but not supported by server's authentication request".into(),
+                        ));
+                    }
+                    match code {
+                        0 => {
+                            if scram.is_some() && !scram_done {
+                                return Err(SourceError::Auth(
+                                    "the server reported success before completing SCRAM authentication".into(),
+                                ));
+                            }
+                            if cb == CbMode::Require && !(scram_done && scram_plus) {
+                                return Err(SourceError::Auth(
+                                    "channel binding required, but server authenticated client without channel binding".into(),
+                                ));
+                            }
+                        }
                         3 => {
                             let pw = get_password(&mut password)?;
                             frontend::password_message(&pw, &mut self.wbuf)?;
@@ -448,21 +554,11 @@ impl Connection {
                                 }
                                 mechs.push(m);
                             }
-                            if !mechs.iter().any(|m| m == SCRAM_SHA_256) {
-                                return Err(SourceError::Auth(format!(
-                                    "none of the server's SASL authentication mechanisms are supported (server offers: {})",
-                                    mechs.join(", ")
-                                )));
-                            }
+                            let (mech, binding) = self.choose_sasl(&mechs, cb)?;
+                            scram_plus = mech == SCRAM_SHA_256_PLUS;
                             let pw = get_password(&mut password)?;
-                            // We do not do channel binding; "n" (not "y") so a server offering
-                            // SCRAM-SHA-256-PLUS over TLS does not suspect a downgrade.
-                            let s = ScramSha256::new(&pw, ChannelBinding::unsupported());
-                            frontend::sasl_initial_response(
-                                SCRAM_SHA_256,
-                                s.message(),
-                                &mut self.wbuf,
-                            )?;
+                            let s = ScramSha256::new(&pw, binding);
+                            frontend::sasl_initial_response(mech, s.message(), &mut self.wbuf)?;
                             self.flush().await?;
                             scram = Some(s);
                         }
@@ -485,6 +581,7 @@ impl Connection {
                                     "SCRAM authentication failed: invalid server signature: {e}"
                                 ))
                             })?;
+                            scram_done = true;
                         }
                         2 => return Err(unsupported_auth("Kerberos V5")),
                         7 | 8 => return Err(unsupported_auth("GSSAPI")),
@@ -504,6 +601,59 @@ impl Connection {
                 t => return Err(unexpected(t, "during startup")),
             }
         }
+    }
+
+    /// libpq's `pg_SASL_init` choice: SCRAM-SHA-256-PLUS with `tls-server-end-point` when the
+    /// server offers it over TLS and `channel_binding` is not `disable`, else SCRAM-SHA-256
+    /// with the GS2 flag `y` (we could bind, the server cannot) or `n`.
+    fn choose_sasl(
+        &self,
+        mechs: &[String],
+        cb: CbMode,
+    ) -> Result<(&'static str, ChannelBinding), SourceError> {
+        let plus_offered = mechs.iter().any(|m| m == SCRAM_SHA_256_PLUS);
+        if plus_offered && !self.tls {
+            // Perhaps SSL was stripped by a proxy: the server would refuse us anyway.
+            return Err(SourceError::Auth(
+                "server offered SCRAM-SHA-256-PLUS authentication over a non-SSL connection".into(),
+            ));
+        }
+        let mut no_binding_why = None;
+        if plus_offered && cb != CbMode::Disable {
+            match &self.end_point {
+                Some(Ok(data)) => {
+                    return Ok((
+                        SCRAM_SHA_256_PLUS,
+                        ChannelBinding::tls_server_end_point(data.clone()),
+                    ))
+                }
+                Some(Err(why)) => no_binding_why = Some(why.clone()),
+                None => {}
+            }
+        }
+        if cb == CbMode::Require {
+            return Err(SourceError::Auth(match no_binding_why {
+                Some(why) => format!("channel binding is required, but {why}"),
+                None if !self.tls => {
+                    "channel binding is required, but the connection does not use SSL".into()
+                }
+                None => "channel binding is required, but server did not offer an authentication method that supports channel binding".into(),
+            }));
+        }
+        if !mechs.iter().any(|m| m == SCRAM_SHA_256) {
+            return Err(SourceError::Auth(format!(
+                "none of the server's SASL authentication mechanisms are supported (server offers: {})",
+                mechs.join(", ")
+            )));
+        }
+        // "y" tells a server that cannot bind that we could; a server offering -PLUS would
+        // take "y" as a downgrade attack, so when we cannot or may not bind: "n".
+        let binding = if self.tls && cb != CbMode::Disable && !plus_offered {
+            ChannelBinding::unrequested()
+        } else {
+            ChannelBinding::unsupported()
+        };
+        Ok((SCRAM_SHA_256, binding))
     }
 
     /// A server parameter reported by ParameterStatus (`server_version`, ...).
@@ -916,6 +1066,23 @@ fn parse_data_row(columns: Arc<[String]>, body: Bytes) -> Result<Row, SourceErro
     Ok(Row { columns, values })
 }
 
+/// libpq's `requirepeer`: the server's end of the Unix socket must belong to OS user `want`.
+fn check_peer(s: &UnixStream, want: &str) -> Result<(), String> {
+    let uid = s
+        .peer_cred()
+        .map_err(|e| format!("could not get peer credentials: {e}"))?
+        .uid();
+    let name = passwd_entry(uid)
+        .map(|(n, _)| n)
+        .ok_or_else(|| format!("local user with ID {uid} does not exist"))?;
+    if name != want {
+        return Err(format!(
+            "requirepeer specifies \"{want}\", but actual peer user name is \"{name}\""
+        ));
+    }
+    Ok(())
+}
+
 fn configure_keepalive(s: &TcpStream, info: &ConnInfo) {
     let sock = socket2::SockRef::from(s);
     if !info.keepalives {
@@ -968,6 +1135,7 @@ mod tests {
             state: State::CopyBoth,
             target: "test".into(),
             tls: false,
+            end_point: None,
         }
     }
 
@@ -1105,5 +1273,173 @@ mod tests {
             let r = parse_data_row(cols.clone(), Bytes::copy_from_slice(&d[..cut]));
             assert!(r.is_err(), "cut {cut}");
         }
+    }
+
+    fn idle_over(
+        sock: UnixStream,
+        tls: bool,
+        end_point: Option<Result<Vec<u8>, String>>,
+    ) -> Connection {
+        let mut c = copy_both_over(sock);
+        c.state = State::Idle;
+        c.tls = tls;
+        c.end_point = end_point;
+        c
+    }
+
+    /// The GS2 header the client-first message of a choice starts with.
+    fn gs2(choice: (&'static str, ChannelBinding)) -> (&'static str, String) {
+        let s = ScramSha256::new(b"pw", choice.1);
+        let msg = String::from_utf8(s.message().to_vec()).unwrap();
+        let header = msg.split(",,").next().unwrap().to_string();
+        (choice.0, header)
+    }
+
+    #[test]
+    fn sasl_choice_follows_libpq() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let both = vec![SCRAM_SHA_256_PLUS.to_string(), SCRAM_SHA_256.to_string()];
+            let plain = vec![SCRAM_SHA_256.to_string()];
+            let plus = (SCRAM_SHA_256_PLUS, "p=tls-server-end-point".to_string());
+            let y = (SCRAM_SHA_256, "y".to_string());
+            let n = (SCRAM_SHA_256, "n".to_string());
+            let (a, _b) = UnixStream::pair().unwrap();
+            let tls_ok = idle_over(a, true, Some(Ok(vec![1, 2, 3])));
+            let choose = |c: &Connection, m: &[String], cb| c.choose_sasl(m, cb).map(gs2);
+            // TLS, hash available.
+            assert_eq!(choose(&tls_ok, &both, CbMode::Prefer).unwrap(), plus);
+            assert_eq!(choose(&tls_ok, &both, CbMode::Require).unwrap(), plus);
+            assert_eq!(choose(&tls_ok, &both, CbMode::Disable).unwrap(), n);
+            assert_eq!(choose(&tls_ok, &plain, CbMode::Prefer).unwrap(), y);
+            assert_eq!(choose(&tls_ok, &plain, CbMode::Disable).unwrap(), n);
+            let e = choose(&tls_ok, &plain, CbMode::Require).unwrap_err();
+            assert!(
+                e.to_string().contains("channel binding is required, but server did not offer an authentication method that supports channel binding"),
+                "{e}"
+            );
+            // TLS, no hash for this certificate.
+            let (a, _b2) = UnixStream::pair().unwrap();
+            let tls_nohash = idle_over(a, true, Some(Err("no hash for OID 9".into())));
+            assert_eq!(choose(&tls_nohash, &both, CbMode::Prefer).unwrap(), n);
+            let e = choose(&tls_nohash, &both, CbMode::Require).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("channel binding is required, but no hash for OID 9"),
+                "{e}"
+            );
+            // No TLS.
+            let (a, _b3) = UnixStream::pair().unwrap();
+            let plain_conn = idle_over(a, false, None);
+            let e = choose(&plain_conn, &both, CbMode::Prefer).unwrap_err();
+            assert!(e.to_string().contains("over a non-SSL connection"), "{e}");
+            assert_eq!(choose(&plain_conn, &plain, CbMode::Prefer).unwrap(), n);
+            let e = choose(&plain_conn, &plain, CbMode::Require).unwrap_err();
+            assert!(e.to_string().contains("does not use SSL"), "{e}");
+            let e = choose(&plain_conn, &["OTHER".to_string()], CbMode::Prefer).unwrap_err();
+            assert!(e.to_string().contains("none of the server's SASL"), "{e}");
+        });
+    }
+
+    /// Plays a server answering one simple query with one row of one value.
+    async fn answer_one_query(mut server: UnixStream, value: &str) -> String {
+        let mut head = [0u8; 5];
+        server.read_exact(&mut head).await.unwrap();
+        assert_eq!(head[0], b'Q');
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut body = vec![0u8; len - 4];
+        server.read_exact(&mut body).await.unwrap();
+        let sql = String::from_utf8(body[..body.len() - 1].to_vec()).unwrap();
+        let mut w = BytesMut::new();
+        let mut t = BytesMut::new();
+        t.put_i16(1);
+        t.put_slice(b"v\0");
+        t.put_slice(&[0u8; 18]);
+        w.put_u8(b'T');
+        w.put_u32(4 + t.len() as u32);
+        w.put_slice(&t);
+        w.put_u8(b'D');
+        w.put_u32(4 + 2 + 4 + value.len() as u32);
+        w.put_i16(1);
+        w.put_i32(value.len() as i32);
+        w.put_slice(value.as_bytes());
+        w.put_u8(b'C');
+        w.put_u32(4 + 5);
+        w.put_slice(b"SHOW\0");
+        w.put_slice(b"Z\0\0\0\x05I");
+        server.write_all(&w).await.unwrap();
+        sql
+    }
+
+    #[test]
+    fn session_attrs_from_reports_or_queries() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use TargetSessionAttrs::*;
+            // Reported by the server (PostgreSQL 14+): no query.
+            let (a, _b) = UnixStream::pair().unwrap();
+            let mut c = idle_over(a, false, None);
+            for (dtro, hot, want, res) in [
+                ("on", "off", ReadWrite, Some("session is read-only")),
+                ("off", "on", ReadWrite, Some("session is read-only")),
+                ("off", "off", ReadWrite, None),
+                ("on", "off", ReadOnly, None),
+                ("off", "off", ReadOnly, Some("session is not read-only")),
+                ("on", "off", Primary, None),
+                ("off", "on", Primary, Some("server is in hot standby mode")),
+                (
+                    "off",
+                    "off",
+                    Standby,
+                    Some("server is not in hot standby mode"),
+                ),
+                ("off", "on", Standby, None),
+                ("on", "on", Any, None),
+            ] {
+                c.params
+                    .insert("default_transaction_read_only".into(), dtro.into());
+                c.params.insert("in_hot_standby".into(), hot.into());
+                assert_eq!(
+                    c.session_mismatch(want).await.unwrap(),
+                    res,
+                    "{dtro} {hot} {want:?}"
+                );
+            }
+            // Not reported: asked.
+            for (want, value, sql, res) in [
+                (
+                    ReadWrite,
+                    "on",
+                    "SHOW transaction_read_only",
+                    Some("session is read-only"),
+                ),
+                (ReadWrite, "off", "SHOW transaction_read_only", None),
+                (
+                    ReadOnly,
+                    "off",
+                    "SHOW transaction_read_only",
+                    Some("session is not read-only"),
+                ),
+                (
+                    Standby,
+                    "f",
+                    "SELECT pg_catalog.pg_is_in_recovery()",
+                    Some("server is not in hot standby mode"),
+                ),
+                (Primary, "f", "SELECT pg_catalog.pg_is_in_recovery()", None),
+            ] {
+                let (a, server) = UnixStream::pair().unwrap();
+                let mut c = idle_over(a, false, None);
+                let srv = tokio::spawn(answer_one_query(server, value));
+                assert_eq!(c.session_mismatch(want).await.unwrap(), res, "{want:?}");
+                assert_eq!(srv.await.unwrap(), sql);
+            }
+        });
     }
 }

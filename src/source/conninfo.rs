@@ -1,4 +1,4 @@
-//! Parsing of libpq connection strings into [`ConnInfo`].
+//! Parsing of libpq connection strings into [`ConnInfo`], with libpq's defaults.
 //!
 //! Both forms libpq accepts are understood:
 //!
@@ -6,13 +6,22 @@
 //!   with percent-decoding everywhere, `[::1]` IPv6 literals and `ssl=true`;
 //! * `key=value` strings, values optionally in single quotes, with backslash escapes.
 //!
-//! Every keyword libpq 15 knows is accepted; an unknown keyword is an error, as in libpq.
-//! Keywords that do not apply to this client (GSSAPI, CRLs, ...) are accepted and ignored,
-//! except where ignoring them would silently weaken security (`gssencmode=require`,
-//! `channel_binding=require`, `service`, `requirepeer`): those are rejected.
+//! A connection string means what libpq (15) makes of it in the process that runs this client,
+//! i.e. inside the target's PostgreSQL server, as the OS user that runs it. Every value not
+//! given in the string comes, in this order, from the service named by `service` (or
+//! `PGSERVICE`) in `pg_service.conf`, from the keyword's environment variable (`PGHOST`,
+//! `PGUSER`, `PGSSLMODE`, ...) and from libpq's built-in default (the user defaults to the name
+//! of the OS user). The environment is read through [`Env`], so tests can inject one.
+//!
+//! Every keyword libpq 15 knows is accepted by the parser, an unknown keyword is an error, as
+//! in libpq. No keyword is accepted and then silently ignored: each is honoured or rejected
+//! with a message saying why, see [`KNOWN_KEYS`]. The only exceptions are the GSSAPI-only
+//! keywords `krbsrvname` and `gsslib`: this client has no GSSAPI, refuses GSSAPI
+//! authentication requests and rejects `gssencmode=require`, so they cannot change anything.
 //!
 //! The password is never part of [`ConnInfo::redacted`] nor of the `Debug` output.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,8 +31,30 @@ use super::SourceError;
 /// Default connect timeout when the connection string has none.
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
 
-/// Every keyword libpq 15 knows.
-const KNOWN_KEYS: &[&str] = &[
+/// Every keyword libpq 15 knows, and what this client does with it:
+///
+/// | keyword | treatment |
+/// |---|---|
+/// | `host`, `hostaddr`, `port` | hosts tried in order (multi-host lists) |
+/// | `dbname`, `user`, `password`, `passfile` | honoured (`.pgpass` as libpq) |
+/// | `channel_binding` | `disable`, `prefer` (default), `require`: SCRAM-SHA-256-PLUS with `tls-server-end-point` |
+/// | `connect_timeout` | per host, default 10 s |
+/// | `client_encoding` | must be UTF8 (the client always talks UTF8); anything else is rejected |
+/// | `options` | sent; may not set what the client sets itself ([`FIXED_STARTUP_PARAMS`], `application_name`) |
+/// | `application_name`, `fallback_application_name` | honoured |
+/// | `keepalives*`, `tcp_user_timeout` | honoured (TCP) |
+/// | `sslmode`, `sslcert`, `sslkey`, `sslrootcert`, `sslsni` | honoured |
+/// | `sslcrl`, `sslcrldir` | CRLs checked for the whole chain (needs certificate verification) |
+/// | `ssl_min_protocol_version`, `ssl_max_protocol_version` | honoured within TLSv1.2..TLSv1.3; a maximum below TLSv1.2 is rejected |
+/// | `sslcompression` | `0` honoured, `1` rejected (rustls has no TLS compression) |
+/// | `sslpassword` | rejected (encrypted client keys cannot be read) |
+/// | `requirepeer` | checked on Unix-domain sockets (peer credentials), as libpq |
+/// | `gssencmode` | `disable`/`prefer` (no GSSAPI: plain), `require` rejected |
+/// | `krbsrvname`, `gsslib` | ignored: GSSAPI-only, and GSSAPI is never used (see the module doc) |
+/// | `service` | `pg_service.conf` lookup as libpq |
+/// | `target_session_attrs` | all six values, checked per host as libpq |
+/// | `replication` | rejected: livesync chooses the mode of each connection |
+pub const KNOWN_KEYS: &[&str] = &[
     "host",
     "hostaddr",
     "port",
@@ -62,6 +93,216 @@ const KNOWN_KEYS: &[&str] = &[
     "replication",
 ];
 
+/// The environment variable libpq 15 takes each keyword's default from (`PGSERVICE` is
+/// handled with the service file, as in libpq, since it must be known first).
+const ENV_VARS: &[(&str, &str)] = &[
+    ("host", "PGHOST"),
+    ("hostaddr", "PGHOSTADDR"),
+    ("port", "PGPORT"),
+    ("dbname", "PGDATABASE"),
+    ("user", "PGUSER"),
+    ("password", "PGPASSWORD"),
+    ("passfile", "PGPASSFILE"),
+    ("channel_binding", "PGCHANNELBINDING"),
+    ("connect_timeout", "PGCONNECT_TIMEOUT"),
+    ("client_encoding", "PGCLIENTENCODING"),
+    ("options", "PGOPTIONS"),
+    ("application_name", "PGAPPNAME"),
+    ("sslmode", "PGSSLMODE"),
+    ("sslcompression", "PGSSLCOMPRESSION"),
+    ("sslcert", "PGSSLCERT"),
+    ("sslkey", "PGSSLKEY"),
+    ("sslrootcert", "PGSSLROOTCERT"),
+    ("sslcrl", "PGSSLCRL"),
+    ("sslcrldir", "PGSSLCRLDIR"),
+    ("sslsni", "PGSSLSNI"),
+    ("requirepeer", "PGREQUIREPEER"),
+    ("ssl_min_protocol_version", "PGSSLMINPROTOCOLVERSION"),
+    ("ssl_max_protocol_version", "PGSSLMAXPROTOCOLVERSION"),
+    ("gssencmode", "PGGSSENCMODE"),
+    ("krbsrvname", "PGKRBSRVNAME"),
+    ("gsslib", "PGGSSLIB"),
+    ("target_session_attrs", "PGTARGETSESSIONATTRS"),
+];
+
+/// Settings every connection to the source sends in its startup packet. Startup parameters
+/// take precedence over `ALTER ROLE` / `ALTER DATABASE` settings on the source:
+///
+/// * `search_path` is empty, so no object a user created on the source (a function or
+///   operator in `public`, ...) is picked up by livesync's queries instead of the built-in one;
+/// * a copy may take hours and a walsender idles between commands: timeouts set on the source
+///   must not cut them;
+/// * the formats livesync parses.
+pub const FIXED_STARTUP_PARAMS: &[(&str, &str)] = &[
+    ("client_encoding", "UTF8"),
+    ("DateStyle", "ISO"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "3"),
+    ("bytea_output", "hex"),
+    ("search_path", ""),
+    ("statement_timeout", "0"),
+    ("lock_timeout", "0"),
+    ("idle_in_transaction_session_timeout", "0"),
+    ("idle_session_timeout", "0"),
+];
+
+/// Where libpq takes its defaults from: the environment of the process, the OS user it runs
+/// as and that user's home directory. [`ProcessEnv`] is the real one; tests use [`MapEnv`].
+pub trait Env {
+    /// An environment variable (`None` when unset or not valid UTF-8).
+    fn var(&self, name: &str) -> Option<String>;
+    /// The name of the OS user the process runs as (libpq's default user name).
+    fn os_user(&self) -> Option<String>;
+    /// The home directory, for `~/.pgpass`, `~/.pg_service.conf` and `~/.postgresql/`:
+    /// `$HOME`, else the OS user's home directory (libpq 15's `pqGetHomeDirectory`).
+    fn home_dir(&self) -> Option<PathBuf>;
+    /// libpq's compiled-in `SYSCONFDIR`, the directory of the system-wide `pg_service.conf`
+    /// when `PGSYSCONFDIR` is not set.
+    fn default_sysconfdir(&self) -> PathBuf;
+}
+
+/// The real environment of this process.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var_os(name).and_then(|v| v.into_string().ok())
+    }
+
+    fn os_user(&self) -> Option<String> {
+        passwd_entry(effective_uid()).map(|(name, _)| name)
+    }
+
+    fn home_dir(&self) -> Option<PathBuf> {
+        match self.var("HOME") {
+            Some(h) if !h.is_empty() => Some(PathBuf::from(h)),
+            _ => passwd_entry(effective_uid()).map(|(_, dir)| dir),
+        }
+    }
+
+    /// libpq's `SYSCONFDIR` is fixed when libpq is built; this crate does not link libpq, so
+    /// it takes the first existing directory of the usual builds: PGDG Debian/Ubuntu packages
+    /// (`/etc/postgresql-common`), PGDG RPMs (`/etc/sysconfig/pgsql`), source builds
+    /// (`/usr/local/pgsql/etc`). `PGSYSCONFDIR` overrides it, as in libpq.
+    fn default_sysconfdir(&self) -> PathBuf {
+        const CANDIDATES: &[&str] = &[
+            "/etc/postgresql-common",
+            "/etc/sysconfig/pgsql",
+            "/usr/local/pgsql/etc",
+        ];
+        CANDIDATES
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_dir())
+            .unwrap_or_else(|| PathBuf::from(CANDIDATES[2]))
+    }
+}
+
+/// An injected environment: variables, OS user, its home directory (used when `HOME` is not
+/// among the variables) and the default sysconfdir.
+#[derive(Debug, Clone, Default)]
+pub struct MapEnv {
+    pub vars: HashMap<String, String>,
+    pub os_user: Option<String>,
+    pub passwd_home: Option<PathBuf>,
+    pub sysconfdir: PathBuf,
+}
+
+impl MapEnv {
+    /// No variables, no OS user, no home directory, sysconfdir `/nonexistent`.
+    pub fn new() -> MapEnv {
+        MapEnv {
+            sysconfdir: PathBuf::from("/nonexistent"),
+            ..MapEnv::default()
+        }
+    }
+
+    pub fn with_var(mut self, name: &str, value: impl Into<String>) -> MapEnv {
+        self.vars.insert(name.to_string(), value.into());
+        self
+    }
+
+    pub fn with_os_user(mut self, user: &str) -> MapEnv {
+        self.os_user = Some(user.to_string());
+        self
+    }
+
+    pub fn with_passwd_home(mut self, dir: impl Into<PathBuf>) -> MapEnv {
+        self.passwd_home = Some(dir.into());
+        self
+    }
+
+    pub fn with_sysconfdir(mut self, dir: impl Into<PathBuf>) -> MapEnv {
+        self.sysconfdir = dir.into();
+        self
+    }
+}
+
+impl Env for MapEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        self.vars.get(name).cloned()
+    }
+
+    fn os_user(&self) -> Option<String> {
+        self.os_user.clone()
+    }
+
+    fn home_dir(&self) -> Option<PathBuf> {
+        match self.vars.get("HOME") {
+            Some(h) if !h.is_empty() => Some(PathBuf::from(h)),
+            _ => self.passwd_home.clone(),
+        }
+    }
+
+    fn default_sysconfdir(&self) -> PathBuf {
+        self.sysconfdir.clone()
+    }
+}
+
+/// The effective user id of this process.
+pub(super) fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Name and home directory of the user `uid` from the password database (NSS included).
+pub(super) fn passwd_entry(uid: u32) -> Option<(String, PathBuf)> {
+    use std::ffi::{CStr, OsStr};
+    use std::os::unix::ffi::OsStrExt;
+    let mut buf: Vec<libc::c_char> = vec![0; 4096];
+    // SAFETY: an all-zero passwd is a valid value of this plain C struct.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    loop {
+        // SAFETY: every pointer is valid for the call and buf.len() is its real size.
+        let rc =
+            unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
+        if rc == libc::ERANGE && buf.len() < (1 << 20) {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        break;
+    }
+    if result.is_null() || pwd.pw_name.is_null() {
+        return None;
+    }
+    // SAFETY: on success pw_name and pw_dir point to NUL-terminated strings inside buf.
+    let name = unsafe { CStr::from_ptr(pwd.pw_name) }
+        .to_str()
+        .ok()?
+        .to_string();
+    let dir = if pwd.pw_dir.is_null() {
+        PathBuf::new()
+    } else {
+        // SAFETY: as above.
+        PathBuf::from(OsStr::from_bytes(
+            unsafe { CStr::from_ptr(pwd.pw_dir) }.to_bytes(),
+        ))
+    };
+    Some((name, dir))
+}
+
 /// libpq's `sslmode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SslMode {
@@ -74,7 +315,7 @@ pub enum SslMode {
 }
 
 impl SslMode {
-    fn parse(s: &str) -> Result<SslMode, SourceError> {
+    fn parse(s: &str, from: &str) -> Result<SslMode, SourceError> {
         Ok(match s {
             "disable" => SslMode::Disable,
             "allow" => SslMode::Allow,
@@ -84,7 +325,7 @@ impl SslMode {
             "verify-full" => SslMode::VerifyFull,
             _ => {
                 return Err(invalid(format!(
-                    "invalid sslmode value: \"{s}\" (expected disable, allow, prefer, require, verify-ca or verify-full)"
+                    "invalid sslmode value: \"{s}\"{from} (expected disable, allow, prefer, require, verify-ca or verify-full)"
                 )))
             }
         })
@@ -98,6 +339,86 @@ impl SslMode {
             SslMode::Require => "require",
             SslMode::VerifyCa => "verify-ca",
             SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// libpq's `channel_binding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelBinding {
+    /// Never use channel binding.
+    Disable,
+    /// Use SCRAM-SHA-256-PLUS when the server offers it over TLS (the default).
+    Prefer,
+    /// Fail unless the server is authenticated with SCRAM-SHA-256-PLUS.
+    Require,
+}
+
+impl ChannelBinding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelBinding::Disable => "disable",
+            ChannelBinding::Prefer => "prefer",
+            ChannelBinding::Require => "require",
+        }
+    }
+}
+
+/// libpq's `target_session_attrs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetSessionAttrs {
+    Any,
+    ReadWrite,
+    ReadOnly,
+    Primary,
+    Standby,
+    /// Standby if any host is one, else any.
+    PreferStandby,
+}
+
+impl TargetSessionAttrs {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetSessionAttrs::Any => "any",
+            TargetSessionAttrs::ReadWrite => "read-write",
+            TargetSessionAttrs::ReadOnly => "read-only",
+            TargetSessionAttrs::Primary => "primary",
+            TargetSessionAttrs::Standby => "standby",
+            TargetSessionAttrs::PreferStandby => "prefer-standby",
+        }
+    }
+}
+
+/// A TLS protocol version of `ssl_min_protocol_version` / `ssl_max_protocol_version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    V1_0,
+    V1_1,
+    V1_2,
+    V1_3,
+}
+
+impl TlsVersion {
+    fn parse(key: &str, v: &str, from: &str) -> Result<TlsVersion, SourceError> {
+        Ok(match v {
+            "TLSv1" => TlsVersion::V1_0,
+            "TLSv1.1" => TlsVersion::V1_1,
+            "TLSv1.2" => TlsVersion::V1_2,
+            "TLSv1.3" => TlsVersion::V1_3,
+            _ => {
+                return Err(invalid(format!(
+                "invalid {key} value: \"{v}\"{from} (expected TLSv1, TLSv1.1, TLSv1.2 or TLSv1.3)"
+            )))
+            }
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsVersion::V1_0 => "TLSv1",
+            TlsVersion::V1_1 => "TLSv1.1",
+            TlsVersion::V1_2 => "TLSv1.2",
+            TlsVersion::V1_3 => "TLSv1.3",
         }
     }
 }
@@ -136,7 +457,7 @@ impl HostSpec {
     }
 }
 
-/// A parsed libpq connection string.
+/// A parsed libpq connection string, with every default resolved.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ConnInfo {
     /// Servers to try in order (at least one).
@@ -144,14 +465,26 @@ pub struct ConnInfo {
     pub dbname: String,
     pub user: String,
     password: Option<String>,
-    /// Explicit `passfile`; otherwise `$PGPASSFILE` or `~/.pgpass` is consulted as libpq does.
+    /// The password file: `passfile`, `PGPASSFILE` or `~/.pgpass`.
     pub passfile: Option<PathBuf>,
     pub sslmode: SslMode,
     pub sslrootcert: Option<PathBuf>,
     pub sslcert: Option<PathBuf>,
     pub sslkey: Option<PathBuf>,
+    /// Certificate revocation list file (`sslcrl`). When neither it nor `sslcrldir` is given,
+    /// `~/.postgresql/root.crl` is used if it exists, as libpq.
+    pub sslcrl: Option<PathBuf>,
+    /// Directory of CRL files (`sslcrldir`).
+    pub sslcrldir: Option<PathBuf>,
     /// `sslsni` (default on).
     pub sslsni: bool,
+    /// `ssl_min_protocol_version` (default TLSv1.2, as libpq).
+    pub ssl_min_protocol_version: TlsVersion,
+    /// `ssl_max_protocol_version` (`None`: the highest supported).
+    pub ssl_max_protocol_version: Option<TlsVersion>,
+    pub channel_binding: ChannelBinding,
+    /// OS user name the server must run as (Unix-domain sockets only, as libpq).
+    pub requirepeer: Option<String>,
     /// `connect_timeout` in seconds; `None` means the default (10 s), `Some(0)` no limit.
     pub connect_timeout: Option<u64>,
     pub application_name: Option<String>,
@@ -163,8 +496,9 @@ pub struct ConnInfo {
     pub keepalives_interval: Option<u64>,
     pub keepalives_count: Option<u32>,
     pub tcp_user_timeout_ms: Option<u64>,
-    /// Accepted and recorded, not enforced (every server is acceptable).
-    pub target_session_attrs: Option<String>,
+    pub target_session_attrs: TargetSessionAttrs,
+    /// The home directory the defaults of `~/.postgresql/*` are taken from.
+    pub home_dir: Option<PathBuf>,
 }
 
 impl fmt::Debug for ConnInfo {
@@ -177,150 +511,304 @@ fn invalid(msg: impl Into<String>) -> SourceError {
     SourceError::InvalidConnInfo(msg.into())
 }
 
+/// Where an option's value came from, for messages.
+#[derive(Debug, Clone)]
+enum Origin {
+    Given,
+    Service(PathBuf),
+    Env(&'static str),
+}
+
+/// The options collected so far: the string's, then the service file's, then the
+/// environment's, each only where none was set before.
+#[derive(Default)]
+struct Opts(Vec<(String, String, Origin)>);
+
+impl Opts {
+    fn has(&self, k: &str) -> bool {
+        self.0.iter().any(|(ok, _, _)| ok == k)
+    }
+
+    fn set(&mut self, k: String, v: String, o: Origin) {
+        self.0.retain(|(ok, _, _)| ok != &k);
+        self.0.push((k, v, o));
+    }
+
+    fn set_default(&mut self, k: &str, v: String, o: Origin) {
+        if !self.has(k) {
+            self.0.push((k.to_string(), v, o));
+        }
+    }
+
+    /// The value, `None` when unset or empty (libpq treats an empty value as "not set" for
+    /// nearly every keyword).
+    fn get(&self, k: &str) -> Option<String> {
+        self.0
+            .iter()
+            .find(|(ok, _, _)| ok == k)
+            .map(|(_, v, _)| v.clone())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// ` (from ...)` when the value was not in the connection string, for messages.
+    fn from(&self, k: &str) -> String {
+        match self.0.iter().find(|(ok, _, _)| ok == k).map(|(_, _, o)| o) {
+            Some(Origin::Env(var)) => format!(" (from environment variable {var})"),
+            Some(Origin::Service(p)) => format!(" (from service file \"{}\")", p.display()),
+            _ => String::new(),
+        }
+    }
+
+    fn parse<T: std::str::FromStr>(&self, k: &str) -> Result<Option<T>, SourceError> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => v.trim().parse().map(Some).map_err(|_| {
+                invalid(format!(
+                    "invalid integer value \"{v}\" for connection option \"{k}\"{}",
+                    self.from(k)
+                ))
+            }),
+        }
+    }
+}
+
 impl ConnInfo {
-    /// Parses a libpq connection string (URI or key=value).
+    /// Parses a libpq connection string (URI or key=value), taking defaults from this
+    /// process's environment and OS user, as libpq would here.
     pub fn parse(s: &str) -> Result<ConnInfo, SourceError> {
+        Self::parse_with_env(s, &ProcessEnv)
+    }
+
+    /// [`ConnInfo::parse`] with the defaults taken from `env`.
+    pub fn parse_with_env(s: &str, env: &dyn Env) -> Result<ConnInfo, SourceError> {
         let pairs = if s.starts_with("postgresql://") || s.starts_with("postgres://") {
             parse_uri(s)?
         } else {
             parse_kv(s)?
         };
-        Self::from_pairs(pairs)
+        Self::from_pairs(pairs, env)
     }
 
-    /// Builds from (keyword, value) pairs; later values win, as in libpq.
-    fn from_pairs(pairs: Vec<(String, String)>) -> Result<ConnInfo, SourceError> {
-        let mut opts: Vec<(String, String)> = Vec::new();
+    /// Builds from (keyword, value) pairs (later values win, as in libpq), then fills in the
+    /// defaults as libpq's `conninfo_add_defaults` does.
+    fn from_pairs(pairs: Vec<(String, String)>, env: &dyn Env) -> Result<ConnInfo, SourceError> {
+        let mut opts = Opts::default();
         for (k, v) in pairs {
             if !KNOWN_KEYS.contains(&k.as_str()) {
                 return Err(invalid(format!("invalid connection option \"{k}\"")));
             }
-            opts.retain(|(ok, _)| ok != &k);
-            opts.push((k, v));
+            opts.set(k, v, Origin::Given);
         }
-        // libpq treats an empty value as "not set" for nearly every keyword.
-        let get = |k: &str| -> Option<String> {
-            opts.iter()
-                .find(|(ok, _)| ok == k)
-                .map(|(_, v)| v.clone())
-                .filter(|v| !v.is_empty())
-        };
 
-        if get("service").is_some() {
-            return Err(invalid(
-                "the \"service\" connection option is not supported",
-            ));
+        // The service file first (PGSERVICE only when the string names none), then the
+        // environment: neither overrides a value given before.
+        let service = if opts.has("service") {
+            opts.get("service")
+        } else {
+            env.var("PGSERVICE").filter(|s| !s.is_empty())
+        };
+        if let Some(name) = &service {
+            let (file, entries) = lookup_service(name, env)?;
+            for (k, v) in entries {
+                opts.set_default(&k, v, Origin::Service(file.clone()));
+            }
         }
-        if get("requirepeer").is_some() {
-            return Err(invalid(
-                "the \"requirepeer\" connection option is not supported",
-            ));
+        for (k, var) in ENV_VARS {
+            if let Some(v) = env.var(var) {
+                opts.set_default(k, v, Origin::Env(var));
+            }
         }
-        match get("gssencmode").as_deref() {
+
+        // Rejected keywords.
+        let unsupported = |k: &str, why: &str| -> Result<(), SourceError> {
+            match opts.get(k) {
+                Some(_) => Err(invalid(format!(
+                    "connection option \"{k}\"{} is not supported: {why}",
+                    opts.from(k)
+                ))),
+                None => Ok(()),
+            }
+        };
+        unsupported(
+            "replication",
+            "livesync chooses the replication mode of each connection itself",
+        )?;
+        unsupported(
+            "sslpassword",
+            "encrypted client keys cannot be read, use a key file without a passphrase",
+        )?;
+        match opts.get("sslcompression").as_deref() {
+            None | Some("0") => {}
+            Some("1") => {
+                return Err(invalid(format!(
+                    "sslcompression=1{} is not supported: this client has no TLS compression",
+                    opts.from("sslcompression")
+                )))
+            }
+            Some(v) => {
+                return Err(invalid(format!(
+                    "invalid sslcompression value: \"{v}\"{} (expected 0 or 1)",
+                    opts.from("sslcompression")
+                )))
+            }
+        }
+        // gssencmode=prefer is what libpq does without GSSAPI credentials: no GSS encryption.
+        // krbsrvname and gsslib are deliberately not looked at: they only configure GSSAPI,
+        // which this client never uses (GSSAPI authentication requests are refused and
+        // gssencmode=require is rejected), so they cannot change what happens.
+        match opts.get("gssencmode").as_deref() {
             None | Some("disable") | Some("prefer") => {}
             Some("require") => {
-                return Err(invalid(
-                    "gssencmode \"require\" is not supported (no GSSAPI support)",
-                ))
-            }
-            Some(v) => return Err(invalid(format!("invalid gssencmode value: \"{v}\""))),
-        }
-        match get("channel_binding").as_deref() {
-            None | Some("disable") | Some("prefer") => {}
-            Some("require") => return Err(invalid("channel_binding \"require\" is not supported")),
-            Some(v) => return Err(invalid(format!("invalid channel_binding value: \"{v}\""))),
-        }
-
-        let user = match get("user") {
-            Some(u) => u,
-            None => std::env::var("USER")
-                .ok()
-                .or_else(|| std::env::var("LOGNAME").ok())
-                .filter(|u| !u.is_empty())
-                .ok_or_else(|| invalid("no user name given and none could be determined"))?,
-        };
-        let dbname = get("dbname").unwrap_or_else(|| user.clone());
-
-        let hosts = build_hosts(get("host"), get("hostaddr"), get("port"))?;
-
-        let sslmode = match get("sslmode") {
-            Some(m) => SslMode::parse(&m)?,
-            None => SslMode::Prefer,
-        };
-        let sslsni = match get("sslsni").as_deref() {
-            None => true,
-            Some(v) => parse_bool("sslsni", v)?,
-        };
-        let connect_timeout = match get("connect_timeout") {
-            None => None,
-            Some(v) => {
-                let t: i64 = v.trim().parse().map_err(|_| {
-                    invalid(format!(
-                        "invalid integer value \"{v}\" for connection option \"connect_timeout\""
-                    ))
-                })?;
-                Some(t.max(0) as u64)
-            }
-        };
-        let keepalives = match get("keepalives").as_deref() {
-            None => true,
-            Some(v) => parse_int::<i64>("keepalives", v)? != 0,
-        };
-        let tls_version = |k: &str| -> Result<(), SourceError> {
-            match get(k).as_deref() {
-                None | Some("TLSv1") | Some("TLSv1.1") | Some("TLSv1.2") | Some("TLSv1.3") => {
-                    Ok(())
-                }
-                Some(v) => Err(invalid(format!("invalid {k} value: \"{v}\""))),
-            }
-        };
-        tls_version("ssl_min_protocol_version")?;
-        tls_version("ssl_max_protocol_version")?;
-        if let Some(t) = get("target_session_attrs") {
-            if !matches!(
-                t.as_str(),
-                "any" | "read-write" | "read-only" | "primary" | "standby" | "prefer-standby"
-            ) {
                 return Err(invalid(format!(
-                    "invalid target_session_attrs value: \"{t}\""
+                    "gssencmode \"require\"{} is not supported: this client has no GSSAPI support",
+                    opts.from("gssencmode")
+                )))
+            }
+            Some(v) => {
+                return Err(invalid(format!(
+                    "invalid gssencmode value: \"{v}\"{} (expected disable, prefer or require)",
+                    opts.from("gssencmode")
+                )))
+            }
+        }
+        if let Some(enc) = opts.get("client_encoding") {
+            // The client always talks UTF8 (PostgreSQL's spelling rules: case and
+            // punctuation do not matter).
+            let norm: String = enc
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .collect::<String>()
+                .to_ascii_lowercase();
+            if norm != "utf8" && norm != "unicode" {
+                return Err(invalid(format!(
+                    "client_encoding \"{enc}\"{} is not supported: connections to the source always use UTF8",
+                    opts.from("client_encoding")
                 )));
             }
         }
+        if let Some(o) = opts.get("options") {
+            check_options(&o, &opts.from("options"))?;
+        }
+
+        let channel_binding = match opts.get("channel_binding").as_deref() {
+            None | Some("prefer") => ChannelBinding::Prefer,
+            Some("disable") => ChannelBinding::Disable,
+            Some("require") => ChannelBinding::Require,
+            Some(v) => {
+                return Err(invalid(format!(
+                "invalid channel_binding value: \"{v}\"{} (expected disable, prefer or require)",
+                opts.from("channel_binding")
+            )))
+            }
+        };
+        let target_session_attrs = match opts.get("target_session_attrs").as_deref() {
+            None | Some("any") => TargetSessionAttrs::Any,
+            Some("read-write") => TargetSessionAttrs::ReadWrite,
+            Some("read-only") => TargetSessionAttrs::ReadOnly,
+            Some("primary") => TargetSessionAttrs::Primary,
+            Some("standby") => TargetSessionAttrs::Standby,
+            Some("prefer-standby") => TargetSessionAttrs::PreferStandby,
+            Some(v) => {
+                return Err(invalid(format!(
+                    "invalid target_session_attrs value: \"{v}\"{} (expected any, read-write, read-only, primary, standby or prefer-standby)",
+                    opts.from("target_session_attrs")
+                )))
+            }
+        };
+
+        let user = match opts.get("user") {
+            Some(u) => u,
+            None => env.os_user().filter(|u| !u.is_empty()).ok_or_else(|| {
+                invalid(format!(
+                    "no user name given and the name of the OS user (id {}) could not be looked up",
+                    effective_uid()
+                ))
+            })?,
+        };
+        let dbname = opts.get("dbname").unwrap_or_else(|| user.clone());
+
+        let hosts = build_hosts(opts.get("host"), opts.get("hostaddr"), opts.get("port"))?;
+
+        let sslmode = match opts.get("sslmode") {
+            Some(m) => SslMode::parse(&m, &opts.from("sslmode"))?,
+            None => SslMode::Prefer,
+        };
+        if channel_binding == ChannelBinding::Require && sslmode == SslMode::Disable {
+            return Err(invalid(
+                "channel_binding \"require\" cannot be used with sslmode \"disable\": channel binding needs SSL",
+            ));
+        }
+        let sslsni = match opts.get("sslsni").as_deref() {
+            None => true,
+            Some(v) => parse_bool("sslsni", v)?,
+        };
+        let tls_version = |k: &str| -> Result<Option<TlsVersion>, SourceError> {
+            opts.get(k)
+                .map(|v| TlsVersion::parse(k, &v, &opts.from(k)))
+                .transpose()
+        };
+        let ssl_min_protocol_version =
+            tls_version("ssl_min_protocol_version")?.unwrap_or(TlsVersion::V1_2);
+        let ssl_max_protocol_version = tls_version("ssl_max_protocol_version")?;
+        if let Some(max) = ssl_max_protocol_version {
+            if max < TlsVersion::V1_2 {
+                return Err(invalid(format!(
+                    "ssl_max_protocol_version \"{}\"{} is not supported: only TLSv1.2 and TLSv1.3 are available",
+                    max.as_str(),
+                    opts.from("ssl_max_protocol_version")
+                )));
+            }
+            if max < ssl_min_protocol_version {
+                return Err(invalid(format!(
+                    "invalid SSL protocol version range: ssl_min_protocol_version \"{}\" is above ssl_max_protocol_version \"{}\"",
+                    ssl_min_protocol_version.as_str(),
+                    max.as_str()
+                )));
+            }
+        }
+        let connect_timeout = opts
+            .parse::<i64>("connect_timeout")?
+            .map(|t| t.max(0) as u64);
+        let keepalives = opts.parse::<i64>("keepalives")?.is_none_or(|v| v != 0);
+        let home_dir = env.home_dir();
+        let passfile = opts
+            .get("passfile")
+            .map(PathBuf::from)
+            .or_else(|| home_dir.as_ref().map(|h| h.join(".pgpass")));
 
         Ok(ConnInfo {
             hosts,
             dbname,
             user,
-            password: get("password"),
-            passfile: get("passfile").map(PathBuf::from),
+            password: opts.get("password"),
+            passfile,
             sslmode,
-            sslrootcert: get("sslrootcert").map(PathBuf::from),
-            sslcert: get("sslcert").map(PathBuf::from),
-            sslkey: get("sslkey").map(PathBuf::from),
+            sslrootcert: opts.get("sslrootcert").map(PathBuf::from),
+            sslcert: opts.get("sslcert").map(PathBuf::from),
+            sslkey: opts.get("sslkey").map(PathBuf::from),
+            sslcrl: opts.get("sslcrl").map(PathBuf::from),
+            sslcrldir: opts.get("sslcrldir").map(PathBuf::from),
             sslsni,
+            ssl_min_protocol_version,
+            ssl_max_protocol_version,
+            channel_binding,
+            requirepeer: opts.get("requirepeer"),
             connect_timeout,
-            application_name: get("application_name"),
-            fallback_application_name: get("fallback_application_name"),
-            options: get("options"),
+            application_name: opts.get("application_name"),
+            fallback_application_name: opts.get("fallback_application_name"),
+            options: opts.get("options"),
             keepalives,
-            keepalives_idle: get("keepalives_idle")
-                .map(|v| parse_int("keepalives_idle", &v))
-                .transpose()?,
-            keepalives_interval: get("keepalives_interval")
-                .map(|v| parse_int("keepalives_interval", &v))
-                .transpose()?,
-            keepalives_count: get("keepalives_count")
-                .map(|v| parse_int("keepalives_count", &v))
-                .transpose()?,
-            tcp_user_timeout_ms: get("tcp_user_timeout")
-                .map(|v| parse_int("tcp_user_timeout", &v))
-                .transpose()?,
-            target_session_attrs: get("target_session_attrs"),
+            keepalives_idle: opts.parse("keepalives_idle")?,
+            keepalives_interval: opts.parse("keepalives_interval")?,
+            keepalives_count: opts.parse("keepalives_count")?,
+            tcp_user_timeout_ms: opts.parse("tcp_user_timeout")?,
+            target_session_attrs,
+            home_dir,
         })
     }
 
-    /// The password given in the connection string, if any (the passfile is consulted at
-    /// connect time, see [`ConnInfo::password_for`]).
+    /// The password given in the connection string (or the service file, or PGPASSWORD), if
+    /// any; the passfile is consulted at connect time, see [`ConnInfo::password_for`].
     pub fn password(&self) -> Option<&str> {
         self.password.as_deref()
     }
@@ -330,22 +818,16 @@ impl ConnInfo {
         if let Some(p) = &self.password {
             return Some(p.clone());
         }
-        let file = match &self.passfile {
-            Some(p) => p.clone(),
-            None => match std::env::var_os("PGPASSFILE") {
-                Some(p) => PathBuf::from(p),
-                None => PathBuf::from(std::env::var_os("HOME")?).join(".pgpass"),
-            },
-        };
+        let file = self.passfile.as_ref()?;
         // libpq ignores a passfile that is group or world accessible.
-        let meta = std::fs::metadata(&file).ok()?;
+        let meta = std::fs::metadata(file).ok()?;
         {
             use std::os::unix::fs::PermissionsExt;
             if !meta.is_file() || meta.permissions().mode() & 0o077 != 0 {
                 return None;
             }
         }
-        let text = std::fs::read_to_string(&file).ok()?;
+        let text = std::fs::read_to_string(file).ok()?;
         let pwhost = if host.host.is_empty() || host.host.starts_with('/') {
             "localhost"
         } else {
@@ -358,6 +840,13 @@ impl ConnInfo {
             &self.dbname,
             &self.user,
         )
+    }
+
+    /// A file in `~/.postgresql/` (the home directory libpq would use), for TLS defaults.
+    pub fn home_file(&self, rel: &str) -> Option<PathBuf> {
+        self.home_dir
+            .as_ref()
+            .map(|h| h.join(".postgresql").join(rel))
     }
 
     /// The effective connect timeout (`None` = wait forever, as `connect_timeout=0`).
@@ -419,6 +908,31 @@ impl ConnInfo {
             self.sslrootcert.as_deref().and_then(Path::to_str),
         );
         push_opt("sslcert", self.sslcert.as_deref().and_then(Path::to_str));
+        push_opt("sslcrl", self.sslcrl.as_deref().and_then(Path::to_str));
+        push_opt(
+            "sslcrldir",
+            self.sslcrldir.as_deref().and_then(Path::to_str),
+        );
+        if self.ssl_min_protocol_version != TlsVersion::V1_2 {
+            push_opt(
+                "ssl_min_protocol_version",
+                Some(self.ssl_min_protocol_version.as_str()),
+            );
+        }
+        push_opt(
+            "ssl_max_protocol_version",
+            self.ssl_max_protocol_version.map(TlsVersion::as_str),
+        );
+        if self.channel_binding != ChannelBinding::Prefer {
+            push_opt("channel_binding", Some(self.channel_binding.as_str()));
+        }
+        if self.target_session_attrs != TargetSessionAttrs::Any {
+            push_opt(
+                "target_session_attrs",
+                Some(self.target_session_attrs.as_str()),
+            );
+        }
+        push_opt("requirepeer", self.requirepeer.as_deref());
         push_opt("application_name", self.application_name.as_deref());
         push_opt("options", self.options.as_deref());
         let ct = self.connect_timeout.map(|t| t.to_string());
@@ -436,6 +950,181 @@ impl ConnInfo {
     }
 }
 
+/// Rejects `options` that set what every connection sets itself in its startup packet
+/// ([`FIXED_STARTUP_PARAMS`] and `application_name`): the startup parameter would silently
+/// win. Follows the server's `pg_split_opts` (whitespace separates, backslash escapes) and
+/// its switches `-c name=value`, `-cname=value`, `--name=value` and `-e` (DateStyle).
+fn check_options(options: &str, from: &str) -> Result<(), SourceError> {
+    let mut args: Vec<String> = Vec::new();
+    let mut cur = String::new();
+    let mut in_arg = false;
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        if c.is_whitespace() {
+            if in_arg {
+                args.push(std::mem::take(&mut cur));
+                in_arg = false;
+            }
+            continue;
+        }
+        in_arg = true;
+        if c == '\\' {
+            if let Some(n) = chars.next() {
+                cur.push(n);
+            }
+        } else {
+            cur.push(c);
+        }
+    }
+    if in_arg {
+        args.push(cur);
+    }
+    let fixed = |name: &str| -> Option<&'static str> {
+        let norm = name.replace('-', "_").to_ascii_lowercase();
+        FIXED_STARTUP_PARAMS
+            .iter()
+            .map(|(k, _)| *k)
+            .chain(std::iter::once("application_name"))
+            .find(|k| k.to_ascii_lowercase() == norm)
+    };
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        let setting = if a == "-c" {
+            i += 1;
+            args.get(i).map(String::as_str)
+        } else if let Some(rest) = a.strip_prefix("--") {
+            Some(rest)
+        } else if let Some(rest) = a.strip_prefix("-c") {
+            Some(rest)
+        } else if a == "-e" {
+            Some("DateStyle=euro")
+        } else {
+            None
+        };
+        if let Some(s) = setting {
+            let name = s.split_once('=').map_or(s, |(n, _)| n);
+            if let Some(k) = fixed(name) {
+                return Err(invalid(format!(
+                    "options{from} may not set \"{k}\": every connection to the source sets it itself{}",
+                    if k == "search_path" {
+                        " (to an empty search_path)"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// libpq 15's `parseServiceInfo`: the group `[name]` of `PGSERVICEFILE` (else
+/// `~/.pg_service.conf` if it exists), else of `PGSYSCONFDIR/pg_service.conf` (else the
+/// default sysconfdir's). Returns the file and the group's (keyword, value) pairs in order.
+fn lookup_service(
+    name: &str,
+    env: &dyn Env,
+) -> Result<(PathBuf, Vec<(String, String)>), SourceError> {
+    let first = match env.var("PGSERVICEFILE") {
+        // An explicit service file must exist.
+        Some(f) => Some(PathBuf::from(f)),
+        None => env
+            .home_dir()
+            .map(|h| h.join(".pg_service.conf"))
+            .filter(|p| p.exists()),
+    };
+    if let Some(path) = first {
+        if let Some(entries) = read_service_file(&path, name)? {
+            return Ok((path, entries));
+        }
+    }
+    let dir = env
+        .var("PGSYSCONFDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env.default_sysconfdir());
+    let path = dir.join("pg_service.conf");
+    if path.exists() {
+        if let Some(entries) = read_service_file(&path, name)? {
+            return Ok((path, entries));
+        }
+    }
+    Err(invalid(format!(
+        "definition of service \"{name}\" not found"
+    )))
+}
+
+fn read_service_file(
+    path: &Path,
+    name: &str,
+) -> Result<Option<Vec<(String, String)>>, SourceError> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        invalid(format!(
+            "service file \"{}\" not found ({e})",
+            path.display()
+        ))
+    })?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        invalid(format!(
+            "service file \"{}\" is not valid UTF-8",
+            path.display()
+        ))
+    })?;
+    parse_service_file(&text, path, name)
+}
+
+/// libpq 15's `parseServiceFile`: `None` when the file has no group `[name]`. Lines are not
+/// trimmed except for leading blanks and the line end (as libpq: `host = x` is a syntax
+/// error), `#` starts a comment line, the first value of a keyword in the group counts, and an
+/// unknown keyword or a nested `service` is an error.
+fn parse_service_file(
+    text: &str,
+    path: &Path,
+    name: &str,
+) -> Result<Option<Vec<(String, String)>>, SourceError> {
+    let mut found = false;
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (i, raw) in text.split('\n').enumerate() {
+        let line = raw.trim_end_matches(['\r', '\n']).trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix('[') {
+            if found {
+                break;
+            }
+            found = rest.starts_with(name) && rest[name.len()..].starts_with(']');
+            continue;
+        }
+        if !found {
+            continue;
+        }
+        let syntax = || {
+            invalid(format!(
+                "syntax error in service file \"{}\", line {}",
+                path.display(),
+                i + 1
+            ))
+        };
+        let (k, v) = line.split_once('=').ok_or_else(syntax)?;
+        if k == "service" {
+            return Err(invalid(format!(
+                "nested service specifications not supported in service file \"{}\", line {}",
+                path.display(),
+                i + 1
+            )));
+        }
+        if !KNOWN_KEYS.contains(&k) {
+            return Err(syntax());
+        }
+        if !out.iter().any(|(ok, _)| ok == k) {
+            out.push((k.to_string(), v.to_string()));
+        }
+    }
+    Ok(found.then_some(out))
+}
+
 fn parse_bool(key: &str, v: &str) -> Result<bool, SourceError> {
     match v {
         "1" | "on" | "true" | "yes" => Ok(true),
@@ -444,14 +1133,6 @@ fn parse_bool(key: &str, v: &str) -> Result<bool, SourceError> {
             "invalid value \"{v}\" for connection option \"{key}\""
         ))),
     }
-}
-
-fn parse_int<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, SourceError> {
-    v.trim().parse().map_err(|_| {
-        invalid(format!(
-            "invalid integer value \"{v}\" for connection option \"{key}\""
-        ))
-    })
 }
 
 fn default_host() -> String {
@@ -832,16 +1513,29 @@ fn lookup_pgpass(text: &str, host: &str, port: &str, db: &str, user: &str) -> Op
 mod tests {
     use super::*;
 
-    fn p(s: &str) -> ConnInfo {
-        ConnInfo::parse(s).unwrap_or_else(|e| panic!("parse {s:?}: {e}"))
+    /// A fixed environment: no variables, OS user "osuser", no home directory.
+    fn env() -> MapEnv {
+        MapEnv::new().with_os_user("osuser")
     }
 
-    fn err(s: &str) -> String {
-        match ConnInfo::parse(s) {
+    fn pe(s: &str, env: &MapEnv) -> ConnInfo {
+        ConnInfo::parse_with_env(s, env).unwrap_or_else(|e| panic!("parse {s:?}: {e}"))
+    }
+
+    fn p(s: &str) -> ConnInfo {
+        pe(s, &env())
+    }
+
+    fn erre(s: &str, env: &MapEnv) -> String {
+        match ConnInfo::parse_with_env(s, env) {
             Ok(c) => panic!("expected error for {s:?}, got {c:?}"),
             Err(SourceError::InvalidConnInfo(m)) => m,
             Err(e) => panic!("unexpected error kind {e:?}"),
         }
+    }
+
+    fn err(s: &str) -> String {
+        erre(s, &env())
     }
 
     #[test]
@@ -876,8 +1570,8 @@ mod tests {
         assert_eq!(c.dbname, "a b");
         let c = p("user=u password='' host=h");
         assert_eq!(c.password(), None);
-        let c = p("  host=h\tuser=u\n options='-c search_path=x'  ");
-        assert_eq!(c.options.as_deref(), Some("-c search_path=x"));
+        let c = p("  host=h\tuser=u\n options='-c work_mem=8MB'  ");
+        assert_eq!(c.options.as_deref(), Some("-c work_mem=8MB"));
     }
 
     #[test]
@@ -898,14 +1592,15 @@ mod tests {
     }
 
     #[test]
-    fn kv_accepts_known_ignored_keys() {
+    fn kv_accepts_known_harmless_keys() {
         let c = p(
             "host=h user=u sslcompression=0 sslcrl=/x krbsrvname=pg gsslib=gssapi \
                    gssencmode=prefer channel_binding=prefer target_session_attrs=read-write \
-                   fallback_application_name=f client_encoding=UTF8 replication=database",
+                   fallback_application_name=f client_encoding=UTF8 replication=",
         );
         assert_eq!(c.fallback_application_name.as_deref(), Some("f"));
-        assert_eq!(c.target_session_attrs.as_deref(), Some("read-write"));
+        assert_eq!(c.target_session_attrs, TargetSessionAttrs::ReadWrite);
+        assert_eq!(c.sslcrl.as_deref(), Some(Path::new("/x")));
     }
 
     #[test]
@@ -996,8 +1691,8 @@ mod tests {
         assert_eq!(c.sslmode, SslMode::Require);
         let c = p("postgres://u:@h/db");
         assert_eq!(c.password(), None);
-        let c = p("postgresql://u@h/db?options=-c%20search_path%3Dfoo");
-        assert_eq!(c.options.as_deref(), Some("-c search_path=foo"));
+        let c = p("postgresql://u@h/db?options=-c%20work_mem%3D8MB");
+        assert_eq!(c.options.as_deref(), Some("-c work_mem=8MB"));
     }
 
     #[test]
@@ -1099,5 +1794,574 @@ mod tests {
         ));
         assert_eq!(c.password_for(&c.hosts[0]), None);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A fresh directory for one test.
+    fn tmpdir(name: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("livesync_conninfo_{name}_{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn env_supplies_every_default() {
+        let e = env()
+            .with_var("PGHOST", "envhost1,envhost2")
+            .with_var("PGHOSTADDR", "10.0.0.1,10.0.0.2")
+            .with_var("PGPORT", "6001")
+            .with_var("PGDATABASE", "envdb")
+            .with_var("PGUSER", "envuser")
+            .with_var("PGPASSWORD", "envpw")
+            .with_var("PGPASSFILE", "/env/pgpass")
+            .with_var("PGCHANNELBINDING", "disable")
+            .with_var("PGCONNECT_TIMEOUT", "7")
+            .with_var("PGCLIENTENCODING", "utf-8")
+            .with_var("PGOPTIONS", "-c work_mem=9MB")
+            .with_var("PGAPPNAME", "envapp")
+            .with_var("PGSSLMODE", "verify-full")
+            .with_var("PGSSLCOMPRESSION", "0")
+            .with_var("PGSSLCERT", "/env/c.crt")
+            .with_var("PGSSLKEY", "/env/c.key")
+            .with_var("PGSSLROOTCERT", "/env/root.crt")
+            .with_var("PGSSLCRL", "/env/root.crl")
+            .with_var("PGSSLCRLDIR", "/env/crls")
+            .with_var("PGSSLSNI", "0")
+            .with_var("PGREQUIREPEER", "pgowner")
+            .with_var("PGSSLMINPROTOCOLVERSION", "TLSv1.3")
+            .with_var("PGSSLMAXPROTOCOLVERSION", "TLSv1.3")
+            .with_var("PGGSSENCMODE", "disable")
+            .with_var("PGKRBSRVNAME", "kerb")
+            .with_var("PGGSSLIB", "gssapi")
+            .with_var("PGTARGETSESSIONATTRS", "read-write");
+        let c = pe("", &e);
+        let v: Vec<_> = c
+            .hosts
+            .iter()
+            .map(|h| (h.host.as_str(), h.hostaddr.as_deref(), h.port))
+            .collect();
+        assert_eq!(
+            v,
+            vec![
+                ("envhost1", Some("10.0.0.1"), 6001),
+                ("envhost2", Some("10.0.0.2"), 6001)
+            ]
+        );
+        assert_eq!(c.dbname, "envdb");
+        assert_eq!(c.user, "envuser");
+        assert_eq!(c.password(), Some("envpw"));
+        assert_eq!(c.passfile.as_deref(), Some(Path::new("/env/pgpass")));
+        assert_eq!(c.channel_binding, ChannelBinding::Disable);
+        assert_eq!(c.connect_timeout(), Some(Duration::from_secs(7)));
+        assert_eq!(c.options.as_deref(), Some("-c work_mem=9MB"));
+        assert_eq!(c.application_name.as_deref(), Some("envapp"));
+        assert_eq!(c.sslmode, SslMode::VerifyFull);
+        assert_eq!(c.sslcert.as_deref(), Some(Path::new("/env/c.crt")));
+        assert_eq!(c.sslkey.as_deref(), Some(Path::new("/env/c.key")));
+        assert_eq!(c.sslrootcert.as_deref(), Some(Path::new("/env/root.crt")));
+        assert_eq!(c.sslcrl.as_deref(), Some(Path::new("/env/root.crl")));
+        assert_eq!(c.sslcrldir.as_deref(), Some(Path::new("/env/crls")));
+        assert!(!c.sslsni);
+        assert_eq!(c.requirepeer.as_deref(), Some("pgowner"));
+        assert_eq!(c.ssl_min_protocol_version, TlsVersion::V1_3);
+        assert_eq!(c.ssl_max_protocol_version, Some(TlsVersion::V1_3));
+        assert_eq!(c.target_session_attrs, TargetSessionAttrs::ReadWrite);
+
+        // The connection string wins over the environment, keyword by keyword.
+        let c = pe(
+            "host=h hostaddr=127.0.0.1 port=1 dbname=d user=u password=p sslmode=disable \
+             application_name=a target_session_attrs=any channel_binding=prefer \
+             ssl_min_protocol_version=TLSv1.2 ssl_max_protocol_version=TLSv1.3 sslsni=1 \
+             requirepeer=other connect_timeout=0 passfile=/given",
+            &e,
+        );
+        assert_eq!(c.hosts.len(), 1);
+        assert_eq!((c.hosts[0].host.as_str(), c.hosts[0].port), ("h", 1));
+        assert_eq!((c.dbname.as_str(), c.user.as_str()), ("d", "u"));
+        assert_eq!(c.password(), Some("p"));
+        assert_eq!(c.sslmode, SslMode::Disable);
+        assert_eq!(c.application_name.as_deref(), Some("a"));
+        assert_eq!(c.target_session_attrs, TargetSessionAttrs::Any);
+        assert_eq!(c.channel_binding, ChannelBinding::Prefer);
+        assert_eq!(c.ssl_min_protocol_version, TlsVersion::V1_2);
+        assert!(c.sslsni);
+        assert_eq!(c.requirepeer.as_deref(), Some("other"));
+        assert_eq!(c.connect_timeout(), None);
+        assert_eq!(c.passfile.as_deref(), Some(Path::new("/given")));
+        // ... also in a URI.
+        let e = e.with_var("PGHOSTADDR", "");
+        let c = pe("postgresql://uriuser@urihost:2/uridb", &e);
+        assert_eq!(c.user, "uriuser");
+        assert_eq!(c.dbname, "uridb");
+        assert_eq!((c.hosts[0].host.as_str(), c.hosts[0].port), ("urihost", 2));
+        // An empty variable counts as unset; an empty value in the string blocks the
+        // variable (libpq: the option is set, to nothing) and means the built-in default.
+        let e = env()
+            .with_var("PGPORT", "")
+            .with_var("PGHOST", "envhost")
+            .with_var("PGSSLMODE", "require");
+        let c = pe("sslmode=''", &e);
+        assert_eq!(c.hosts[0].port, 5432);
+        assert_eq!(c.hosts[0].host, "envhost");
+        assert_eq!(c.sslmode, SslMode::Prefer);
+    }
+
+    #[test]
+    fn environment_values_are_validated_and_named() {
+        let m = erre("host=h user=u", &env().with_var("PGSSLMODE", "bogus"));
+        assert!(
+            m.contains("invalid sslmode value: \"bogus\" (from environment variable PGSSLMODE)"),
+            "{m}"
+        );
+        let m = erre("host=h user=u", &env().with_var("PGCONNECT_TIMEOUT", "x"));
+        assert!(m.contains("PGCONNECT_TIMEOUT"), "{m}");
+        let m = erre(
+            "host=h user=u",
+            &env().with_var("PGCLIENTENCODING", "LATIN1"),
+        );
+        assert!(m.contains("client_encoding \"LATIN1\""), "{m}");
+        assert!(m.contains("PGCLIENTENCODING"), "{m}");
+        let m = erre("host=h user=u", &env().with_var("PGGSSENCMODE", "require"));
+        assert!(m.contains("gssencmode \"require\""), "{m}");
+        let m = erre(
+            "host=h user=u",
+            &env().with_var("PGOPTIONS", "-c search_path=x"),
+        );
+        assert!(m.contains("PGOPTIONS") && m.contains("search_path"), "{m}");
+        let m = erre(
+            "host=h user=u",
+            &env().with_var("PGSSLMAXPROTOCOLVERSION", "TLSv1.1"),
+        );
+        assert!(m.contains("PGSSLMAXPROTOCOLVERSION"), "{m}");
+    }
+
+    #[test]
+    fn os_user_is_the_default_user() {
+        // No user anywhere: the OS user, and the database defaults to it.
+        let c = pe("host=/var/run/postgresql", &env());
+        assert_eq!(c.user, "osuser");
+        assert_eq!(c.dbname, "osuser");
+        let c = pe("host=/var/run/postgresql dbname=app", &env());
+        assert_eq!((c.user.as_str(), c.dbname.as_str()), ("osuser", "app"));
+        // PGUSER comes before the OS user; $USER / $LOGNAME are not libpq's.
+        let e = env()
+            .with_var("PGUSER", "pguser")
+            .with_var("USER", "nope")
+            .with_var("LOGNAME", "nope");
+        assert_eq!(pe("host=h", &e).user, "pguser");
+        assert_eq!(pe("host=h", &env().with_var("USER", "nope")).user, "osuser");
+        // No OS user name: a clear error.
+        let m = erre("host=h dbname=app", &MapEnv::new());
+        assert!(m.starts_with("no user name given"), "{m}");
+        // The real resolver: the name of the effective OS user, as `id -un` says.
+        let out = std::process::Command::new("id")
+            .arg("-un")
+            .output()
+            .unwrap();
+        let me = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        assert_eq!(ProcessEnv.os_user().as_deref(), Some(me.as_str()));
+        assert!(!me.is_empty());
+    }
+
+    #[test]
+    fn home_directory_defaults() {
+        // $HOME first, else the OS user's home directory.
+        let e = env().with_passwd_home("/home/pw");
+        let c = pe("host=h", &e);
+        assert_eq!(c.passfile.as_deref(), Some(Path::new("/home/pw/.pgpass")));
+        assert_eq!(
+            c.home_file("root.crt").as_deref(),
+            Some(Path::new("/home/pw/.postgresql/root.crt"))
+        );
+        let e = e.with_var("HOME", "/home/env");
+        let c = pe("host=h", &e);
+        assert_eq!(c.passfile.as_deref(), Some(Path::new("/home/env/.pgpass")));
+        let c = pe("host=h", &e.clone().with_var("PGPASSFILE", "/pf"));
+        assert_eq!(c.passfile.as_deref(), Some(Path::new("/pf")));
+        assert_eq!(pe("host=h", &env()).passfile, None);
+        // The real resolver agrees with $HOME when it is set.
+        if let Some(h) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+            assert_eq!(ProcessEnv.home_dir(), Some(PathBuf::from(h)));
+        }
+    }
+
+    const SERVICES: &str = "# services for tests\n\
+        [other]\n\
+        host=otherhost\n\
+        \n\
+          [svc]\r\n\
+        host=svchost\r\n\
+        port=6100\n\
+        dbname=svcdb\n\
+        # a comment inside\n\
+        user=svcuser\n\
+        user=ignored-second-value\n\
+        password=svc pw \n\
+        options=-c work_mem=5MB\n\
+        sslmode=require\n\
+        [svc2]\n\
+        host=svc2host\n";
+
+    #[test]
+    fn service_file_parsing() {
+        let f = Path::new("/f");
+        let g = parse_service_file(SERVICES, f, "svc").unwrap().unwrap();
+        let want: Vec<(String, String)> = [
+            ("host", "svchost"),
+            ("port", "6100"),
+            ("dbname", "svcdb"),
+            ("user", "svcuser"),
+            ("password", "svc pw "),
+            ("options", "-c work_mem=5MB"),
+            ("sslmode", "require"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(g, want);
+        assert_eq!(
+            parse_service_file(SERVICES, f, "svc2").unwrap().unwrap(),
+            vec![("host".to_string(), "svc2host".to_string())]
+        );
+        // "[sv]" is not "[svc]" and vice versa.
+        assert_eq!(parse_service_file(SERVICES, f, "sv").unwrap(), None);
+        assert_eq!(parse_service_file(SERVICES, f, "nope").unwrap(), None);
+        // Errors only count inside the wanted group.
+        let bad = "[a]\nhost = x\n[b]\nhost=y\n";
+        assert!(parse_service_file(bad, f, "b").unwrap().is_some());
+        let m = match parse_service_file(bad, f, "a") {
+            Err(SourceError::InvalidConnInfo(m)) => m,
+            r => panic!("{r:?}"),
+        };
+        assert_eq!(m, "syntax error in service file \"/f\", line 2");
+        for (text, want) in [
+            (
+                "[a]\nnokey\n",
+                "syntax error in service file \"/f\", line 2",
+            ),
+            (
+                "[a]\nbogus=1\n",
+                "syntax error in service file \"/f\", line 2",
+            ),
+            (
+                "[a]\n\nservice=b\n",
+                "nested service specifications not supported in service file \"/f\", line 3",
+            ),
+        ] {
+            match parse_service_file(text, f, "a") {
+                Err(SourceError::InvalidConnInfo(m)) => assert_eq!(m, want),
+                r => panic!("{text:?}: {r:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn service_lookup_and_precedence() {
+        let d = tmpdir("service");
+        let file = d.join("services.conf");
+        std::fs::write(&file, SERVICES).unwrap();
+        let e = env()
+            .with_var("PGSERVICEFILE", file.to_str().unwrap())
+            .with_var("PGPORT", "7000")
+            .with_var("PGAPPNAME", "envapp");
+        // Values of the service fill what the string does not give; the string wins; the
+        // service wins over the environment; the environment fills the rest.
+        let c = pe("service=svc dbname=explicit", &e);
+        assert_eq!(c.hosts[0].host, "svchost");
+        assert_eq!(c.hosts[0].port, 6100);
+        assert_eq!(c.dbname, "explicit");
+        assert_eq!(c.user, "svcuser");
+        assert_eq!(c.password(), Some("svc pw "));
+        assert_eq!(c.options.as_deref(), Some("-c work_mem=5MB"));
+        assert_eq!(c.sslmode, SslMode::Require);
+        assert_eq!(c.application_name.as_deref(), Some("envapp"));
+        // An empty value in the string also keeps the service's value out.
+        let c = pe("service=svc host='' port=''", &e);
+        assert_eq!(c.hosts[0].port, 5432);
+        assert_ne!(c.hosts[0].host, "svchost");
+        // PGSERVICE when the string names no service, and in a URI.
+        let c = pe("", &e.clone().with_var("PGSERVICE", "svc2"));
+        assert_eq!(c.hosts[0].host, "svc2host");
+        let c = pe(
+            "postgresql:///db?service=svc",
+            &e.clone().with_var("PGSERVICE", "svc2"),
+        );
+        assert_eq!(
+            (c.hosts[0].host.as_str(), c.dbname.as_str()),
+            ("svchost", "db")
+        );
+        // Unknown service: an error.
+        assert_eq!(
+            erre("service=nope", &e),
+            "definition of service \"nope\" not found"
+        );
+        // A PGSERVICEFILE that does not exist: an error.
+        let m = erre(
+            "service=svc",
+            &env().with_var("PGSERVICEFILE", d.join("missing").to_str().unwrap()),
+        );
+        assert!(m.starts_with("service file \""), "{m}");
+        assert!(m.contains("not found"), "{m}");
+
+        // ~/.pg_service.conf, then PGSYSCONFDIR/pg_service.conf, then the default sysconfdir.
+        let home = d.join("home");
+        let sys = d.join("sys");
+        let defsys = d.join("defsys");
+        for dir in [&home, &sys, &defsys] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::write(home.join(".pg_service.conf"), "[a]\nhost=fromhome\n").unwrap();
+        std::fs::write(
+            sys.join("pg_service.conf"),
+            "[a]\nhost=fromsys\n[b]\nhost=fromsys_b\n",
+        )
+        .unwrap();
+        std::fs::write(defsys.join("pg_service.conf"), "[c]\nhost=fromdefsys\n").unwrap();
+        let e = env()
+            .with_var("HOME", home.to_str().unwrap())
+            .with_var("PGSYSCONFDIR", sys.to_str().unwrap())
+            .with_sysconfdir(&defsys);
+        assert_eq!(pe("service=a", &e).hosts[0].host, "fromhome");
+        assert_eq!(pe("service=b", &e).hosts[0].host, "fromsys_b");
+        assert_eq!(
+            erre("service=c", &e),
+            "definition of service \"c\" not found"
+        );
+        let e = env().with_passwd_home(&home).with_sysconfdir(&defsys);
+        assert_eq!(pe("service=a", &e).hosts[0].host, "fromhome");
+        assert_eq!(pe("service=c", &e).hosts[0].host, "fromdefsys");
+        // PGSERVICEFILE replaces ~/.pg_service.conf.
+        let e = e.with_var("PGSERVICEFILE", file.to_str().unwrap());
+        assert_eq!(
+            erre("service=a", &e),
+            "definition of service \"a\" not found"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn channel_binding_values() {
+        assert_eq!(p("host=h user=u").channel_binding, ChannelBinding::Prefer);
+        for (v, want) in [
+            ("disable", ChannelBinding::Disable),
+            ("prefer", ChannelBinding::Prefer),
+            ("require", ChannelBinding::Require),
+        ] {
+            assert_eq!(
+                p(&format!("host=h user=u channel_binding={v}")).channel_binding,
+                want
+            );
+        }
+        assert!(err("host=h user=u channel_binding=yes")
+            .contains("invalid channel_binding value: \"yes\""));
+        assert_eq!(
+            err("host=h user=u channel_binding=require sslmode=disable"),
+            "channel_binding \"require\" cannot be used with sslmode \"disable\": channel binding needs SSL"
+        );
+    }
+
+    #[test]
+    fn target_session_attrs_values() {
+        assert_eq!(
+            p("host=h user=u").target_session_attrs,
+            TargetSessionAttrs::Any
+        );
+        for t in [
+            TargetSessionAttrs::Any,
+            TargetSessionAttrs::ReadWrite,
+            TargetSessionAttrs::ReadOnly,
+            TargetSessionAttrs::Primary,
+            TargetSessionAttrs::Standby,
+            TargetSessionAttrs::PreferStandby,
+        ] {
+            let c = p(&format!(
+                "host=h user=u target_session_attrs={}",
+                t.as_str()
+            ));
+            assert_eq!(c.target_session_attrs, t);
+        }
+        assert!(err("host=h user=u target_session_attrs=master")
+            .contains("invalid target_session_attrs value: \"master\""));
+    }
+
+    #[test]
+    fn tls_version_range() {
+        let c = p("host=h user=u");
+        assert_eq!(c.ssl_min_protocol_version, TlsVersion::V1_2);
+        assert_eq!(c.ssl_max_protocol_version, None);
+        let c = p("host=h user=u ssl_min_protocol_version=TLSv1.3");
+        assert_eq!(c.ssl_min_protocol_version, TlsVersion::V1_3);
+        // A minimum below what rustls has is satisfied by what it has.
+        let c = p("host=h user=u ssl_min_protocol_version=TLSv1 ssl_max_protocol_version=TLSv1.2");
+        assert_eq!(c.ssl_min_protocol_version, TlsVersion::V1_0);
+        assert_eq!(c.ssl_max_protocol_version, Some(TlsVersion::V1_2));
+        for max in ["TLSv1", "TLSv1.1"] {
+            assert_eq!(
+                err(&format!("host=h user=u ssl_min_protocol_version=TLSv1 ssl_max_protocol_version={max}")),
+                format!("ssl_max_protocol_version \"{max}\" is not supported: only TLSv1.2 and TLSv1.3 are available")
+            );
+        }
+        assert!(err("host=h user=u ssl_max_protocol_version=TLSv1.1")
+            .starts_with("ssl_max_protocol_version \"TLSv1.1\" is not supported"));
+        assert!(err(
+            "host=h user=u ssl_min_protocol_version=TLSv1.3 ssl_max_protocol_version=TLSv1.2"
+        )
+        .starts_with("invalid SSL protocol version range"));
+        assert!(err("host=h user=u ssl_min_protocol_version=SSLv3")
+            .contains("invalid ssl_min_protocol_version value: \"SSLv3\""));
+    }
+
+    #[test]
+    fn rejected_keywords_say_why() {
+        assert_eq!(
+            err("host=h user=u replication=database"),
+            "connection option \"replication\" is not supported: livesync chooses the replication mode of each connection itself"
+        );
+        assert!(err("host=h user=u sslpassword=x").starts_with(
+            "connection option \"sslpassword\" is not supported: encrypted client keys"
+        ));
+        assert!(
+            err("host=h user=u sslcompression=1").starts_with("sslcompression=1 is not supported")
+        );
+        assert!(err("host=h user=u sslcompression=yes").contains("invalid sslcompression value"));
+        assert!(err("host=h user=u gssencmode=require")
+            .starts_with("gssencmode \"require\" is not supported"));
+        assert!(err("host=h user=u gssencmode=x").contains("invalid gssencmode value"));
+        assert!(err("host=h user=u client_encoding=LATIN1")
+            .starts_with("client_encoding \"LATIN1\" is not supported"));
+        for enc in ["UTF8", "utf-8", "Unicode"] {
+            p(&format!("host=h user=u client_encoding={enc}"));
+        }
+        // GSSAPI-only keywords are harmless: no GSSAPI is ever used.
+        p("host=h user=u krbsrvname=x gsslib=gssapi gssencmode=disable");
+    }
+
+    #[test]
+    fn options_may_not_override_fixed_settings() {
+        for o in [
+            "-c search_path=evil",
+            "-csearch_path=evil",
+            "--search_path=evil",
+            "--search-path=evil",
+            "-c SEARCH_PATH=evil",
+            "-c work_mem=1MB -c\\ search_path=x",
+            "-c statement_timeout=5s",
+            "-c lock_timeout=1",
+            "-c idle_session_timeout=1",
+            "-c idle_in_transaction_session_timeout=1",
+            "-c datestyle=German",
+            "-e",
+            "-c application_name=x",
+            "-c client_encoding=LATIN1",
+            "-c bytea_output=escape",
+            "-c extra_float_digits=0",
+            "-c intervalstyle=iso_8601",
+        ] {
+            let m = err(&format!("host=h user=u options='{o}'"));
+            assert!(m.starts_with("options may not set \""), "{o}: {m}");
+        }
+        assert!(err("host=h user=u options='-c search_path=x'").contains("empty search_path"));
+        let c = p("host=h user=u options='-c work_mem=1MB --geqo=off -c search_path_x=1'");
+        assert_eq!(
+            c.options.as_deref(),
+            Some("-c work_mem=1MB --geqo=off -c search_path_x=1")
+        );
+    }
+
+    #[test]
+    fn new_keywords_are_kept_and_round_trip() {
+        let c = p(
+            "host=/s user=u sslcrl=/c.crl sslcrldir=/crls ssl_min_protocol_version=TLSv1.3 \
+                   channel_binding=require target_session_attrs=prefer-standby requirepeer=pg \
+                   ssl_max_protocol_version=TLSv1.3",
+        );
+        assert_eq!(c.sslcrl.as_deref(), Some(Path::new("/c.crl")));
+        assert_eq!(c.sslcrldir.as_deref(), Some(Path::new("/crls")));
+        assert_eq!(c.requirepeer.as_deref(), Some("pg"));
+        let r = c.redacted();
+        for part in [
+            "sslcrl=/c.crl",
+            "sslcrldir=/crls",
+            "ssl_min_protocol_version=TLSv1.3",
+            "ssl_max_protocol_version=TLSv1.3",
+            "channel_binding=require",
+            "target_session_attrs=prefer-standby",
+            "requirepeer=pg",
+        ] {
+            assert!(r.contains(part), "{r}");
+        }
+        assert_eq!(p(&r), c);
+    }
+
+    #[test]
+    fn every_known_keyword_is_handled() {
+        // Each keyword with a valid value parses (honoured or harmless); the rejected ones
+        // fail with a message naming them. A keyword added to KNOWN_KEYS without a decision
+        // here fails this test.
+        let ok = [
+            ("host", "h"),
+            ("hostaddr", "127.0.0.1"),
+            ("port", "5"),
+            ("dbname", "d"),
+            ("user", "u"),
+            ("password", "p"),
+            ("passfile", "/p"),
+            ("channel_binding", "require"),
+            ("connect_timeout", "3"),
+            ("client_encoding", "UTF8"),
+            ("options", "-c work_mem=1MB"),
+            ("application_name", "a"),
+            ("fallback_application_name", "f"),
+            ("keepalives", "1"),
+            ("keepalives_idle", "1"),
+            ("keepalives_interval", "1"),
+            ("keepalives_count", "1"),
+            ("tcp_user_timeout", "1"),
+            ("sslmode", "require"),
+            ("sslcompression", "0"),
+            ("sslcert", "/c"),
+            ("sslkey", "/k"),
+            ("sslrootcert", "/r"),
+            ("sslcrl", "/l"),
+            ("sslcrldir", "/ld"),
+            ("sslsni", "0"),
+            ("requirepeer", "pg"),
+            ("ssl_min_protocol_version", "TLSv1.2"),
+            ("ssl_max_protocol_version", "TLSv1.3"),
+            ("gssencmode", "prefer"),
+            ("krbsrvname", "k"),
+            ("gsslib", "gssapi"),
+            ("target_session_attrs", "read-only"),
+        ];
+        let rejected = [
+            ("sslpassword", "x"),
+            ("replication", "database"),
+            ("service", "nonexistent-service"),
+        ];
+        for k in KNOWN_KEYS {
+            let in_ok = ok.iter().any(|(o, _)| o == k);
+            let in_rej = rejected.iter().any(|(o, _)| o == k);
+            assert!(in_ok != in_rej, "keyword {k} has no decision in this test");
+        }
+        for (k, v) in ok {
+            let c = p(&format!("user=u {k}='{v}'"));
+            // Spot checks that the value was taken, not dropped.
+            match k {
+                "keepalives_idle" => assert_eq!(c.keepalives_idle, Some(1)),
+                "keepalives_interval" => assert_eq!(c.keepalives_interval, Some(1)),
+                "keepalives_count" => assert_eq!(c.keepalives_count, Some(1)),
+                "tcp_user_timeout" => assert_eq!(c.tcp_user_timeout_ms, Some(1)),
+                "fallback_application_name" => {
+                    assert_eq!(c.fallback_application_name.as_deref(), Some("f"))
+                }
+                "sslsni" => assert!(!c.sslsni),
+                _ => {}
+            }
+        }
+        for (k, v) in rejected {
+            let m = err(&format!("user=u {k}={v}"));
+            assert!(m.contains(k), "{k}: {m}");
+        }
     }
 }

@@ -2,10 +2,13 @@
 //! tokio + `postgres-protocol` + `bytes` + rustls, with no pgrx or `pg_sys` dependency.
 //!
 //! It owns:
-//! * [`ConnInfo`]: parsing libpq connection strings (URI and key=value), passfile lookup,
-//!   redaction for messages;
-//! * [`Connection`]: startup (TCP or Unix socket, TCP keepalives, `sslmode`, trust / cleartext /
-//!   md5 / SCRAM-SHA-256 authentication, optional `replication=database`), the simple-query
+//! * [`ConnInfo`]: parsing libpq connection strings (URI and key=value) with libpq's defaults
+//!   (service file, `PG*` environment variables, the OS user), passfile lookup, redaction for
+//!   messages;
+//! * [`Connection`]: startup (TCP or Unix socket, TCP keepalives, `sslmode`, CRLs, TLS versions,
+//!   `requirepeer`, trust / cleartext / md5 / SCRAM-SHA-256(-PLUS) authentication with
+//!   `channel_binding`, `target_session_attrs`, an empty `search_path`, optional
+//!   `replication=database`), the simple-query
 //!   protocol, `COPY ... TO STDOUT` streaming ([`CopyOut`]) and the CopyBoth replication stream
 //!   ([`ReplMessage`], standby status updates);
 //! * [`SourceError`]: every error this module returns.
@@ -18,10 +21,14 @@
 mod conn;
 mod conninfo;
 mod proto;
+mod sha2;
 mod tls;
 
 pub use conn::{Connection, CopyOut, Row};
-pub use conninfo::{ConnInfo, HostSpec, SslMode, DEFAULT_CONNECT_TIMEOUT_SECS};
+pub use conninfo::{
+    ChannelBinding, ConnInfo, Env, HostSpec, MapEnv, ProcessEnv, SslMode, TargetSessionAttrs,
+    TlsVersion, DEFAULT_CONNECT_TIMEOUT_SECS, FIXED_STARTUP_PARAMS, KNOWN_KEYS,
+};
 pub use proto::{pg_now_micros, PG_EPOCH_OFFSET_MICROS};
 
 use bytes::Bytes;

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use source::{ConnInfo, Connection, ReplMessage, SourceError};
+use source::{ConnInfo, Connection, MapEnv, ReplMessage, SourceError};
 
 // ---------------------------------------------------------------------------------------------
 // Clusters
@@ -262,7 +262,7 @@ async fn one(c: &mut Connection, sql: &str) -> Option<String> {
 fn trust_unix_socket_and_parameters() {
     let pg = main_pg();
     block_on(async {
-        let mut c = connect(&pg.unix("options='-c search_path=foo,public'"))
+        let mut c = connect(&pg.unix("options='-c work_mem=7MB'"))
             .await
             .unwrap();
         assert!(c.parameter("server_version").unwrap().starts_with("15"));
@@ -273,10 +273,7 @@ fn trust_unix_socket_and_parameters() {
         assert!(!c.is_tls());
         let pid = one(&mut c, "SELECT pg_backend_pid()").await.unwrap();
         assert_eq!(pid, c.backend_pid().to_string());
-        assert_eq!(
-            one(&mut c, "SHOW search_path").await.as_deref(),
-            Some("foo,public")
-        );
+        assert_eq!(one(&mut c, "SHOW work_mem").await.as_deref(), Some("7MB"));
         assert_eq!(
             one(&mut c, "SHOW extra_float_digits").await.as_deref(),
             Some("3")
@@ -648,7 +645,8 @@ fn expected_copy_text(n: usize) -> String {
 #[test]
 fn copy_out_returns_exactly_the_rows() {
     let pg = main_pg();
-    let t = uniq("copy_t");
+    // Qualified: every connection of the client has an empty search_path.
+    let t = format!("public.{}", uniq("copy_t"));
     block_on(async {
         let mut c = superuser(pg).await;
         c.simple_query(&format!(
@@ -761,7 +759,8 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 #[test]
 fn identify_system_slot_stream_and_keepalive() {
     let pg = main_pg();
-    let t = uniq("repl_t");
+    // Qualified: every connection of the client has an empty search_path.
+    let t = format!("public.{}", uniq("repl_t"));
     let slot = uniq("s");
     let publ = uniq("p");
     block_on(async {
@@ -942,7 +941,8 @@ fn row_pad(i: usize) -> usize {
 
 /// Cancel-safety: every call wrapped in a 1 ms timeout, all rows still arrive intact.
 fn cancel_safety(pg: &Pg, conninfo: String) {
-    let t = uniq("cs_t");
+    // Qualified: every connection of the client has an empty search_path.
+    let t = format!("public.{}", uniq("cs_t"));
     let slot = uniq("cs");
     let publ = uniq("p");
     const N: usize = 400;
@@ -1058,7 +1058,8 @@ fn cancel_safe_streaming_tls() {
 #[test]
 fn snapshot_copy_then_stream_from_consistent_point() {
     let pg = main_pg();
-    let t = uniq("snap_t");
+    // Qualified: every connection of the client has an empty search_path.
+    let t = format!("public.{}", uniq("snap_t"));
     let slot = uniq("x");
     let publ = uniq("p");
     block_on(async {
@@ -1120,5 +1121,565 @@ fn snapshot_copy_then_stream_from_consistent_point() {
         su.simple_query(&format!("DROP PUBLICATION {publ}; DROP TABLE {t}"))
             .await
             .unwrap();
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// libpq defaults, service files, target_session_attrs, channel binding, CRLs, TLS versions,
+// requirepeer, search_path
+// ---------------------------------------------------------------------------------------------
+
+async fn connect_env(s: &str, env: &MapEnv, replication: bool) -> Result<Connection, SourceError> {
+    let info = ConnInfo::parse_with_env(s, env).unwrap_or_else(|e| panic!("parse {s}: {e}"));
+    Connection::connect(&info, replication, "source_client_test").await
+}
+
+/// The OS user the clusters run as (the server's end of a Unix socket).
+fn server_os_user() -> String {
+    if is_root() {
+        "postgres".into()
+    } else {
+        let out = Command::new("id").arg("-un").output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+#[test]
+fn search_path_is_empty_on_every_connection() {
+    let pg = main_pg();
+    let role = uniq("sp_role");
+    let schema = uniq("sp_evil");
+    block_on(async {
+        let mut su = superuser(pg).await;
+        // A role whose settings put a planted schema first, with a function that would win
+        // over pg_catalog.lower(text) for a varchar argument.
+        su.simple_query(&format!(
+            "CREATE SCHEMA {schema};
+             CREATE FUNCTION {schema}.lower(varchar) RETURNS text LANGUAGE sql AS $$ SELECT 'planted' $$;
+             GRANT USAGE ON SCHEMA {schema} TO PUBLIC;
+             CREATE ROLE {role} LOGIN SUPERUSER REPLICATION;
+             ALTER ROLE {role} SET search_path = {schema}, public"
+        ))
+        .await
+        .unwrap();
+        // The setup really plants the function: a session with the role's search_path uses it.
+        assert_eq!(
+            one(
+                &mut su,
+                &format!("SET search_path = {schema}, public; SELECT lower('ABC'::varchar)")
+            )
+            .await
+            .as_deref(),
+            Some("planted")
+        );
+        su.simple_query("RESET search_path").await.unwrap();
+
+        for (conninfo, replication) in [
+            (pg.unix(&format!("user={role}")), false),
+            (pg.tcp(&format!("user={role} sslmode=require")), false),
+            (pg.tcp(&format!("user={role} sslmode=disable")), true),
+        ] {
+            let info = ConnInfo::parse(&conninfo).unwrap();
+            let mut c = Connection::connect(&info, replication, "source_client_test")
+                .await
+                .unwrap_or_else(|e| panic!("{conninfo}: {e}"));
+            assert_eq!(
+                one(&mut c, "SHOW search_path").await.as_deref(),
+                Some(""),
+                "{conninfo} replication={replication}"
+            );
+            if !replication {
+                assert_eq!(
+                    one(&mut c, "SELECT lower('ABC'::varchar)").await.as_deref(),
+                    Some("abc"),
+                    "{conninfo}"
+                );
+            }
+            c.close().await;
+        }
+        su.simple_query(&format!("DROP ROLE {role}; DROP SCHEMA {schema} CASCADE"))
+            .await
+            .unwrap();
+        su.close().await;
+    });
+}
+
+#[test]
+fn user_and_other_defaults_come_from_the_environment() {
+    let pg = main_pg();
+    block_on(async {
+        // The case of the issue: a socket directory and a database, no user. The default
+        // user is PGUSER ...
+        let s = format!(
+            "host={} port={} dbname=postgres",
+            pg.sock().display(),
+            pg.port
+        );
+        let env = MapEnv::new()
+            .with_var("PGUSER", "u_md5")
+            .with_os_user("u_clear");
+        let mut c = connect_env(&s, &env, false).await.unwrap();
+        assert_eq!(
+            one(&mut c, "SELECT current_user").await.as_deref(),
+            Some("u_md5")
+        );
+        c.close().await;
+        // ... else the OS user's name.
+        let env = MapEnv::new().with_os_user("u_clear");
+        let mut c = connect_env(&s, &env, false).await.unwrap();
+        assert_eq!(
+            one(&mut c, "SELECT current_user").await.as_deref(),
+            Some("u_clear")
+        );
+        c.close().await;
+        // Host, port, database, user, password and sslmode all from the environment, over
+        // TCP with SCRAM: an empty connection string.
+        let env = MapEnv::new()
+            .with_var("PGHOST", "127.0.0.1")
+            .with_var("PGPORT", pg.port.to_string())
+            .with_var("PGDATABASE", "template1")
+            .with_var("PGUSER", "u_scram")
+            .with_var("PGPASSWORD", PW)
+            .with_var("PGSSLMODE", "require")
+            .with_var("PGAPPNAME", "from_env");
+        let mut c = connect_env("", &env, false).await.unwrap();
+        assert!(c.is_tls());
+        assert_eq!(
+            one(&mut c, "SELECT current_user || ' ' || current_database() || ' ' || current_setting('application_name')")
+                .await
+                .as_deref(),
+            Some("u_scram template1 from_env")
+        );
+        c.close().await;
+        // The connection string wins over the environment.
+        let mut c = connect_env("sslmode=disable dbname=postgres", &env, false)
+            .await
+            .unwrap();
+        assert!(!c.is_tls());
+        assert_eq!(
+            one(&mut c, "SELECT current_database()").await.as_deref(),
+            Some("postgres")
+        );
+        c.close().await;
+        // The real environment: the user is the test process's OS user, which the server
+        // is asked for (it has no such role unless it is postgres).
+        let out = Command::new("id").arg("-un").output().unwrap();
+        let me = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let info = ConnInfo::parse(&s).unwrap();
+        assert_eq!(info.user, me);
+        match Connection::connect(&info, false, "source_client_test").await {
+            Ok(mut c) => {
+                assert_eq!(one(&mut c, "SELECT current_user").await, Some(me));
+                c.close().await;
+            }
+            Err(e) => {
+                assert_eq!(e.sqlstate(), Some("28000"), "{e}");
+                assert!(e.to_string().contains(&format!("\"{me}\"")), "{e}");
+            }
+        }
+    });
+}
+
+#[test]
+fn service_file_supplies_the_connection() {
+    let pg = main_pg();
+    let dir = std::env::temp_dir().join(uniq("svc"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("pg_service.conf");
+    std::fs::write(
+        &file,
+        format!(
+            "# test services\n[other]\nhost=/nonexistent\n\n[src]\nhost=127.0.0.1\nport={}\n\
+             dbname=template1\nuser=u_scram\npassword={PW}\nsslmode=require\n",
+            pg.port
+        ),
+    )
+    .unwrap();
+    block_on(async {
+        let env = MapEnv::new().with_var("PGSERVICEFILE", file.to_str().unwrap());
+        let mut c = connect_env("service=src", &env, false).await.unwrap();
+        assert!(c.is_tls());
+        assert_eq!(
+            one(&mut c, "SELECT current_user || ' ' || current_database()")
+                .await
+                .as_deref(),
+            Some("u_scram template1")
+        );
+        c.close().await;
+        // Values in the string win over the service's.
+        let mut c = connect_env("service=src dbname=postgres user=postgres", &env, false)
+            .await
+            .unwrap();
+        assert_eq!(
+            one(&mut c, "SELECT current_user || ' ' || current_database()")
+                .await
+                .as_deref(),
+            Some("postgres postgres")
+        );
+        c.close().await;
+        // PGSERVICE, and the system-wide file of PGSYSCONFDIR.
+        let env = MapEnv::new()
+            .with_var("PGSYSCONFDIR", dir.to_str().unwrap())
+            .with_var("PGSERVICE", "src");
+        let mut c = connect_env("", &env, true).await.unwrap();
+        assert_eq!(one(&mut c, "SHOW port").await, Some(pg.port.to_string()));
+        c.close().await;
+        // An unknown service is an error.
+        let e = ConnInfo::parse_with_env("service=nope", &env).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid connection string: definition of service \"nope\" not found"
+        );
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn target_session_attrs_picks_a_matching_host() {
+    let (ro, rw) = (plain_pg(), main_pg());
+    let role = uniq("tsa");
+    block_on(async {
+        // The same role on both servers, read-only by default on the first one.
+        let mut su_ro = superuser(ro).await;
+        su_ro
+            .simple_query(&format!(
+                "CREATE ROLE {role} LOGIN REPLICATION; ALTER ROLE {role} SET default_transaction_read_only = on"
+            ))
+            .await
+            .unwrap();
+        let mut su_rw = superuser(rw).await;
+        su_rw
+            .simple_query(&format!("CREATE ROLE {role} LOGIN REPLICATION"))
+            .await
+            .unwrap();
+        let env = MapEnv::new();
+        let both = |attrs: &str, first: &Pg, second: &Pg| {
+            format!(
+                "host=127.0.0.1,127.0.0.1 port={},{} dbname=postgres user={role} sslmode=disable target_session_attrs={attrs}",
+                first.port, second.port
+            )
+        };
+        for (attrs, first, second, want, replication) in [
+            ("read-write", ro, rw, rw, false),
+            ("read-write", ro, rw, rw, true),
+            ("read-write", rw, ro, rw, false),
+            ("read-only", rw, ro, ro, false),
+            ("read-only", ro, rw, ro, true),
+            ("any", ro, rw, ro, false),
+            ("primary", ro, rw, ro, false),
+            ("prefer-standby", rw, ro, rw, false),
+        ] {
+            let s = both(attrs, first, second);
+            let mut c = connect_env(&s, &env, replication)
+                .await
+                .unwrap_or_else(|e| panic!("{s}: {e}"));
+            assert_eq!(
+                one(&mut c, "SHOW port").await,
+                Some(want.port.to_string()),
+                "{s} replication={replication}"
+            );
+            if attrs == "read-write" {
+                assert_eq!(
+                    one(&mut c, "SHOW transaction_read_only").await.as_deref(),
+                    Some("off")
+                );
+            }
+            c.close().await;
+        }
+        // No host matches: a clear error naming the last one.
+        let e = connect_env(
+            &format!(
+                "host=127.0.0.1 port={} dbname=postgres user={role} sslmode=disable target_session_attrs=read-write",
+                ro.port
+            ),
+            &env,
+            false,
+        )
+        .await
+        .err()
+        .unwrap();
+        assert!(matches!(e, SourceError::Connect { .. }), "{e:?}");
+        assert!(e.to_string().ends_with("session is read-only"), "{e}");
+        assert!(e.to_string().contains(&format!("port {}", ro.port)), "{e}");
+        let e = connect_env(&both("standby", ro, rw), &env, false)
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string().ends_with("server is not in hot standby mode"),
+            "{e}"
+        );
+        su_ro
+            .simple_query(&format!("DROP ROLE {role}"))
+            .await
+            .unwrap();
+        su_rw
+            .simple_query(&format!("DROP ROLE {role}"))
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn channel_binding() {
+    let pg = main_pg();
+    let plain = plain_pg();
+    let ca = pg.certs().join("ca.crt");
+    let pw = "'s3cr3t pw\\'\\\\'";
+    block_on(async {
+        // SCRAM-SHA-256-PLUS over TLS: the server checks our tls-server-end-point data.
+        for extra in [
+            "sslmode=require channel_binding=require".to_string(),
+            format!(
+                "host=localhost sslmode=verify-full sslrootcert={} channel_binding=require",
+                ca.display()
+            ),
+            "sslmode=require".to_string(), // channel_binding=prefer, the default
+        ] {
+            for replication in [false, true] {
+                let s = pg.tcp(&format!("user=u_scram password={pw} {extra}"));
+                let info = ConnInfo::parse(&s).unwrap();
+                let mut c = Connection::connect(&info, replication, "source_client_test")
+                    .await
+                    .unwrap_or_else(|e| panic!("{s}: {e}"));
+                assert!(c.is_tls());
+                assert_eq!(
+                    one(&mut c, "SELECT 'bound'").await.as_deref(),
+                    Some("bound")
+                );
+                c.close().await;
+            }
+        }
+        let fail = |s: String, want: &'static str| async move {
+            let e = connect(&s)
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{s} must fail"));
+            assert!(matches!(e, SourceError::Auth(_)), "{s}: {e:?}");
+            assert!(e.to_string().contains(want), "{s}: {e}");
+        };
+        // Without TLS.
+        fail(
+            plain.tcp(&format!(
+                "user=u_scram password={pw} channel_binding=require"
+            )),
+            "channel binding is required, but the connection does not use SSL",
+        )
+        .await;
+        fail(
+            pg.unix(&format!("password={pw} channel_binding=require")),
+            "channel binding required, but server authenticated client without channel binding",
+        )
+        .await;
+        let e = ConnInfo::parse(&pg.tcp("user=u_scram sslmode=disable channel_binding=require"))
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("cannot be used with sslmode \"disable\""),
+            "{e}"
+        );
+        // md5, password and trust over TLS: no channel binding possible.
+        for user in ["u_md5", "u_clear"] {
+            fail(
+                pg.tcp(&format!(
+                    "user={user} password={pw} sslmode=require channel_binding=require"
+                )),
+                "channel binding required but not supported by server's authentication request",
+            )
+            .await;
+        }
+        fail(
+            pg.tcp("user=postgres sslmode=require channel_binding=require"),
+            "channel binding required, but server authenticated client without channel binding",
+        )
+        .await;
+        // Disabled: plain SCRAM-SHA-256 over TLS still works.
+        let c = connect(&pg.tcp(&format!(
+            "user=u_scram password={pw} sslmode=require channel_binding=disable"
+        )))
+        .await
+        .unwrap();
+        assert!(c.is_tls());
+        c.close().await;
+    });
+}
+
+/// Runs `openssl ca` in `dir` with a minimal CA configuration for the test CA `ca`.
+fn openssl_ca(dir: &Path, certs: &Path, ca: &str, args: &[&str]) {
+    let cnf = dir.join(format!("{ca}.cnf"));
+    if !cnf.exists() {
+        std::fs::write(dir.join(format!("{ca}.index")), "").unwrap();
+        std::fs::write(dir.join(format!("{ca}.crlnumber")), "01\n").unwrap();
+        std::fs::write(
+            &cnf,
+            format!(
+                "[ca]\ndefault_ca = d\n[d]\ndatabase = {dir}/{ca}.index\ncrlnumber = {dir}/{ca}.crlnumber\n\
+                 certificate = {certs}/{ca}.crt\nprivate_key = {certs}/{ca}.key\ndefault_md = sha256\n\
+                 default_crl_days = 30\n",
+                dir = dir.display(),
+                certs = certs.display()
+            ),
+        )
+        .unwrap();
+    }
+    let mut c = Command::new("openssl");
+    c.arg("ca")
+        .arg("-config")
+        .arg(&cnf)
+        .args(args)
+        .current_dir(dir);
+    run(c, &format!("openssl ca {args:?}"));
+}
+
+#[test]
+fn certificate_revocation_lists() {
+    let pg = main_pg();
+    let certs = pg.certs();
+    let ca = certs.join("ca.crt");
+    let dir = std::env::temp_dir().join(uniq("crl"));
+    std::fs::create_dir_all(dir.join("revoked_dir")).unwrap();
+    // An empty CRL of our CA, a CRL revoking the server certificate, and one of another CA.
+    openssl_ca(&dir, &certs, "ca", &["-gencrl", "-out", "empty.crl"]);
+    let server_crt = certs.join("server.crt");
+    openssl_ca(
+        &dir,
+        &certs,
+        "ca",
+        &["-revoke", server_crt.to_str().unwrap()],
+    );
+    openssl_ca(&dir, &certs, "ca", &["-gencrl", "-out", "revoked.crl"]);
+    openssl_ca(&dir, &certs, "otherca", &["-gencrl", "-out", "other.crl"]);
+    std::fs::copy(dir.join("revoked.crl"), dir.join("revoked_dir/1a2b3c4d.r0")).unwrap();
+    std::fs::write(dir.join("revoked_dir/README"), "not a CRL\n").unwrap();
+    let base = |extra: String| {
+        pg.tcp(&format!(
+            "host=localhost user=postgres sslmode=verify-full sslrootcert={} {extra}",
+            ca.display()
+        ))
+    };
+    block_on(async {
+        let c = connect(&base(format!("sslcrl={}", dir.join("empty.crl").display())))
+            .await
+            .unwrap();
+        assert!(c.is_tls());
+        c.close().await;
+        let fail = |s: String, want: &'static str| async move {
+            let e = connect(&s)
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{s} must fail"));
+            assert!(matches!(e, SourceError::Tls(_)), "{s}: {e:?}");
+            assert!(e.to_string().contains(want), "{s}: {e}");
+        };
+        fail(
+            base(format!("sslcrl={}", dir.join("revoked.crl").display())),
+            "certificate verify failed: certificate revoked",
+        )
+        .await;
+        fail(
+            base(format!("sslcrldir={}", dir.join("revoked_dir").display())),
+            "certificate revoked",
+        )
+        .await;
+        // verify-ca checks revocation too.
+        fail(
+            pg.tcp(&format!(
+                "user=postgres sslmode=verify-ca sslrootcert={} sslcrl={}",
+                ca.display(),
+                dir.join("revoked.crl").display()
+            )),
+            "certificate revoked",
+        )
+        .await;
+        // Only another CA's CRL: our server certificate's status is unknown.
+        fail(
+            base(format!("sslcrl={}", dir.join("other.crl").display())),
+            "unable to get certificate CRL",
+        )
+        .await;
+        // A CRL that cannot be read, or that cannot be checked, is an error.
+        fail(
+            base("sslcrl=/nonexistent/x.crl".into()),
+            "/nonexistent/x.crl",
+        )
+        .await;
+        fail(
+            pg.tcp(&format!(
+                "user=postgres sslmode=require sslcrl={}",
+                dir.join("revoked.crl").display()
+            )),
+            "sslcrl/sslcrldir cannot be checked",
+        )
+        .await;
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn tls_protocol_versions() {
+    let pg = main_pg();
+    block_on(async {
+        for (extra, want) in [
+            ("ssl_min_protocol_version=TLSv1.3", "TLSv1.3"),
+            ("ssl_max_protocol_version=TLSv1.2", "TLSv1.2"),
+            (
+                "ssl_min_protocol_version=TLSv1 ssl_max_protocol_version=TLSv1.2",
+                "TLSv1.2",
+            ),
+            ("", "TLSv1.3"),
+        ] {
+            let s = pg.tcp(&format!("user=postgres sslmode=require {extra}"));
+            let mut c = connect(&s).await.unwrap_or_else(|e| panic!("{s}: {e}"));
+            assert_eq!(
+                one(
+                    &mut c,
+                    "SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+                )
+                .await
+                .as_deref(),
+                Some(want),
+                "{s}"
+            );
+            c.close().await;
+        }
+        for (extra, want) in [
+            (
+                "ssl_max_protocol_version=TLSv1.1",
+                "ssl_max_protocol_version \"TLSv1.1\" is not supported: only TLSv1.2 and TLSv1.3 are available",
+            ),
+            (
+                "ssl_min_protocol_version=TLSv1.3 ssl_max_protocol_version=TLSv1.2",
+                "invalid SSL protocol version range",
+            ),
+        ] {
+            let e = ConnInfo::parse(&pg.tcp(&format!("user=postgres sslmode=require {extra}")))
+                .unwrap_err();
+            assert!(matches!(e, SourceError::InvalidConnInfo(_)), "{e:?}");
+            assert!(e.to_string().contains(want), "{e}");
+        }
+    });
+}
+
+#[test]
+fn requirepeer_checks_the_server_user() {
+    let pg = main_pg();
+    let owner = server_os_user();
+    block_on(async {
+        let mut c = connect(&pg.unix(&format!("requirepeer={owner}")))
+            .await
+            .unwrap();
+        assert_eq!(one(&mut c, "SELECT 1").await.as_deref(), Some("1"));
+        c.close().await;
+        let e = connect(&pg.unix("requirepeer=someone_else"))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(e, SourceError::Connect { .. }), "{e:?}");
+        assert!(
+            e.to_string().contains(&format!(
+                "requirepeer specifies \"someone_else\", but actual peer user name is \"{owner}\""
+            )),
+            "{e}"
+        );
     });
 }
