@@ -19,13 +19,28 @@ use pgrx::PgSqlErrorCode as Code;
 use std::time::{Duration, Instant};
 
 /// Subscription names become slot names on the source: keep them simple and short enough
-/// for the `_sync_<oid>` suffix of table-sync slots.
+/// for the `_sync_<oid>` suffix of table-sync slots, and never equal to a table-sync slot
+/// name of another sync (`a_sync_123` would be one of the sync `a`'s).
 pub fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 40
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    let looks_like_table_slot = name
+        .rfind("_sync_")
+        .is_some_and(|i| remote::is_slot_of(name, &name[..i]));
+    if ok && looks_like_table_slot {
+        return Err(Error::user(
+            Code::ERRCODE_INVALID_NAME,
+            format!("invalid subscription name \"{name}\""),
+        )
+        .detail(format!(
+            "Slots named \"<sync>_sync_<digits>\" are the table-sync slots of another sync (here \"{}\").",
+            &name[..name.rfind("_sync_").unwrap_or(0)]
+        ))
+        .hint("Choose a name that does not end in _sync_ followed by digits."));
+    }
     if ok {
         Ok(())
     } else {
@@ -62,6 +77,12 @@ fn require_preload() -> Result<()> {
     .hint("Add livesync to shared_preload_libraries in postgresql.conf (e.g. shared_preload_libraries = 'timescaledb,livesync') and restart the server."))
 }
 
+/// This server's system identifier (as IDENTIFY_SYSTEM reports it).
+fn system_identifier() -> u64 {
+    // SAFETY: reads a value fixed at startup.
+    unsafe { pg_sys::GetSystemIdentifier() }
+}
+
 fn dboid() -> u32 {
     // SAFETY: MyDatabaseId is set once the backend is connected.
     unsafe { pg_sys::MyDatabaseId }.to_u32()
@@ -82,6 +103,7 @@ async fn connect_checked(info: &ConnInfo) -> Result<Connection> {
 }
 
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn livesync_start(
     source: Option<&str>,
     publication: Option<&str>,
@@ -135,6 +157,21 @@ fn start(
         }
     }
 
+    let room = match &existing {
+        Some(row) => REGISTRY.share().has_room_for(db, row.subid),
+        None => REGISTRY.share().has_room_for(db, i32::MIN),
+    };
+    if !room {
+        return Err(Error::user(
+            Code::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+            format!(
+                "cannot start livesync subscription \"{name}\": this server already has {} livesync subscriptions",
+                shmem::MAX_SYNCS
+            ),
+        )
+        .detail("livesync keeps every subscription of the server, running or stopped, in shared memory.")
+        .hint("Drop subscriptions that are no longer needed with SELECT livesync_drop(...), in the database that holds them."));
+    }
     let rt = worker::runtime();
     let mut conn = worker::block_on(&rt, connect_checked(&info))??;
     let subid = match existing {
@@ -145,10 +182,34 @@ fn start(
         None => {
             let pub_exists =
                 worker::block_on(&rt, remote::publication_exists(&mut conn, publication))??;
-            let subid = catalog::insert_sync(name, source, publication, copy_data, pub_exists)?;
-            if pub_exists {
-                // The main slot is created last: any error above leaves nothing behind.
-                worker::block_on(&rt, remote::create_slot(&mut conn, name, "nothing"))??;
+            // A source in this very server (another database of it, or this one): creating
+            // a logical slot waits for every transaction with an xid to end, ours included,
+            // so the sync's worker creates the slot instead, as it does when the
+            // publication does not exist yet. (Native CREATE SUBSCRIPTION hangs there.)
+            let same_server = worker::block_on(&rt, remote::system_identifier(&mut conn))??
+                == system_identifier().to_string();
+            let create_now = pub_exists && !same_server;
+            let subid = catalog::insert_sync(name, source, publication, copy_data, create_now)?;
+            if create_now {
+                // The main slot is created last, when the transaction commits, as the one
+                // thing that cannot be rolled back: an error before that, or a ROLLBACK of
+                // the caller's transaction, leaves nothing behind on the source; an error
+                // creating it aborts the transaction. (CREATE SUBSCRIPTION refuses to run
+                // in a transaction block instead; this works in one.)
+                let (slot, info) = (name.to_string(), info.clone());
+                at_pre_commit(move || {
+                    let rt = worker::runtime();
+                    worker::block_on(&rt, async {
+                        let mut conn = connect_checked(&info).await?;
+                        remote::create_slot(&mut conn, &slot, "nothing").await?;
+                        conn.close().await;
+                        Ok::<(), Error>(())
+                    })?
+                });
+            } else if pub_exists {
+                pgrx::notice!(
+                    "the source is this server: the sync's worker creates replication slot \"{name}\" once this transaction commits"
+                );
             } else {
                 pgrx::notice!(
                     "publication \"{publication}\" does not exist on the source yet; livesync will wait for it"
@@ -218,7 +279,72 @@ fn stop_workers(subid: i32) -> Result<()> {
     }
 }
 
+/// Change an existing sync, running or stopped, without a re-copy (as `ALTER SUBSCRIPTION`).
+/// NULL leaves a setting as it is. A new `source` (rotated credentials, a new host name) is
+/// checked like `livesync_start` checks it, must still hold the sync's slot, and is used
+/// from the next connection on: running workers reconnect once the change commits.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn livesync_alter(
+    subscription: Option<&str>,
+    source: default!(Option<&str>, "NULL"),
+    table_map: default!(Option<pgrx::JsonB>, "NULL"),
+    create_tables: default!(Option<bool>, "NULL"),
+    add_columns: default!(Option<bool>, "NULL"),
+    disable_on_error: default!(Option<bool>, "NULL"),
+) {
+    let later = [
+        ("table_map", table_map.is_some()),
+        ("create_tables", create_tables.is_some()),
+        ("add_columns", add_columns.is_some()),
+        ("disable_on_error", disable_on_error.is_some()),
+    ];
+    if let Some((arg, _)) = later.iter().find(|(_, given)| *given) {
+        Error::user(
+            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("livesync_alter cannot change {arg} yet"),
+        )
+        .hint("This version of livesync changes only source; pass NULL for the others.")
+        .raise()
+    }
+    alter(subscription, source).or_raise()
+}
+
+fn alter(subscription: Option<&str>, source: Option<&str>) -> Result<()> {
+    require_preload()?;
+    let row = find_sync(subscription)?;
+    let Some(source) = source else {
+        return Ok(());
+    };
+    let source = required(Some(source), "source")?;
+    let info = parse_conninfo(source)?;
+    let rt = worker::runtime();
+    let slot = row.subname.clone();
+    let slot_created = row.slot_created;
+    worker::block_on(&rt, async move {
+        let mut conn = connect_checked(&info).await?;
+        if slot_created && !remote::slot_exists(&mut conn, &slot).await? {
+            return Err(Error::user(
+                Code::ERRCODE_UNDEFINED_OBJECT,
+                format!("replication slot \"{slot}\" does not exist on the new source"),
+            )
+            .hint("The new connection string must reach the same source server, which holds the sync's slot; to sync from another server, drop this sync and start a new one."));
+        }
+        conn.close().await;
+        Ok(())
+    })??;
+    catalog::set_source(row.subid, source)?;
+    // Running workers reconnect with the new string once it is committed.
+    let (db, subid) = (dboid(), row.subid);
+    register_xact_callback(PgXactCallbackEvent::Commit, move || {
+        let pids = REGISTRY.share().pids_of(db, subid);
+        pids.into_iter().for_each(shmem::terminate);
+    });
+    Ok(())
+}
+
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn livesync_stop(subscription: default!(Option<&str>, "'livesync'")) {
     stop(subscription).or_raise()
 }
@@ -239,6 +365,7 @@ fn stop(subscription: Option<&str>) -> Result<()> {
 }
 
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
 fn livesync_drop(
     subscription: default!(Option<&str>, "'livesync'"),
     drop_slots: default!(Option<bool>, true),
@@ -261,19 +388,34 @@ fn drop_one(row: &catalog::SyncRow, drop_slots: bool) -> Result<()> {
     drop_origins(db, row.subid)?;
     catalog::delete_sync(row.subid)?;
     if drop_slots {
-        drop_remote_slots(row).map_err(|e| {
-            match e {
-                Error::User { .. } => e,
-                other => Error::user(Code::ERRCODE_CONNECTION_FAILURE, other.to_string()),
-            }
-            .hint(format!(
-                "To forget the sync without dropping its slots, call SELECT livesync_drop('{}', drop_slots => false) and drop slots named '{}%' on the source yourself.",
-                row.subname, row.subname
-            ))
-        })?;
+        // At commit: a ROLLBACK keeps the sync and its slots.
+        let row = row.clone();
+        at_pre_commit(move || {
+            drop_remote_slots(&row).map_err(|e| {
+                match e {
+                    Error::User { .. } => e,
+                    other => Error::user(Code::ERRCODE_CONNECTION_FAILURE, other.to_string()),
+                }
+                .hint(format!(
+                    "To forget the sync without dropping its slots, call SELECT livesync_drop('{}', drop_slots => false) and drop slots named '{}' and '{}_sync_<digits>' on the source yourself.",
+                    row.subname, row.subname, row.subname
+                ))
+            })
+        });
     }
     forget_at_commit(db, row.subid);
     Ok(())
+}
+
+/// Run `f` just before the caller's transaction commits; an error there is an ERROR that
+/// aborts the transaction. For what cannot be undone on the source (creating or dropping
+/// slots): a transaction that rolls back never does it.
+fn at_pre_commit(f: impl FnOnce() -> Result<()> + 'static) {
+    let f = std::panic::AssertUnwindSafe(f);
+    register_xact_callback(PgXactCallbackEvent::PreCommit, move || {
+        let f = f;
+        (f.0)().or_raise()
+    });
 }
 
 /// Once the dropping transaction commits, take the sync out of shared memory too.
@@ -459,18 +601,55 @@ fn may_drop_extension() -> bool {
 /// here becomes an ordinary PostgreSQL ERROR.
 #[pg_guard]
 unsafe extern "C-unwind" fn before_utility(pstmt: *mut pg_sys::PlannedStmt) -> bool {
+    refuse_dropping_database_with_syncs(pstmt);
     if !drops_livesync(pstmt)
         || !catalog::extension_installed().unwrap_or(false)
         || !may_drop_extension()
     {
         return false;
     }
-    let syncs = catalog::all_syncs().or_raise();
+    let syncs = worker::with_pinned_search_path(catalog::all_syncs).or_raise();
     for row in &syncs {
         stop_workers(row.subid).or_raise();
     }
     DROPPING.with(|d| *d.borrow_mut() = syncs);
     true
+}
+
+/// `DROP DATABASE` of a database that holds livesync subscriptions (running or stopped) is
+/// refused, as PostgreSQL refuses it while the database has subscriptions, `WITH (FORCE)`
+/// included: their slots on the source would be left behind, holding WAL there forever.
+///
+/// # Safety
+/// `pstmt` must be a valid PlannedStmt.
+unsafe fn refuse_dropping_database_with_syncs(pstmt: *mut pg_sys::PlannedStmt) {
+    let node = (*pstmt).utilityStmt;
+    if node.is_null() || (*node).type_ != pg_sys::NodeTag::T_DropdbStmt || !shmem::available() {
+        return;
+    }
+    let stmt = node as *mut pg_sys::DropdbStmt;
+    let db = pg_sys::get_database_oid((*stmt).dbname, true);
+    if db == pg_sys::InvalidOid {
+        return;
+    }
+    let n = REGISTRY.share().syncs_in(db.to_u32());
+    if n == 0 {
+        return;
+    }
+    let name = std::ffi::CStr::from_ptr((*stmt).dbname).to_string_lossy();
+    Error::user(
+        Code::ERRCODE_OBJECT_IN_USE,
+        format!("database \"{name}\" is being used by livesync subscriptions"),
+    )
+    .detail(format!(
+        "There {} {n} livesync subscription{} in the database.",
+        if n == 1 { "is" } else { "are" },
+        if n == 1 { "" } else { "s" }
+    ))
+    .hint(format!(
+        "Connect to database \"{name}\" and drop them, with SELECT livesync_drop(...) or DROP EXTENSION livesync, which also drop their replication slots on the source."
+    ))
+    .raise()
 }
 
 /// After `DROP EXTENSION livesync` succeeded: drop the stopped syncs' replication origins
@@ -482,18 +661,25 @@ unsafe extern "C-unwind" fn after_drop_extension() {
     let db = dboid();
     for row in &syncs {
         // Transactional: an error here still rolls the whole DROP back, slots untouched.
-        drop_origins(db, row.subid).or_raise();
+        worker::with_pinned_search_path(|| drop_origins(db, row.subid)).or_raise();
     }
     for row in &syncs {
-        if let Err(e) = drop_remote_slots(row) {
-            pgrx::warning!(
-                "could not drop the replication slots of livesync subscription \"{}\" on the source: {e}; drop slots named '{}%' there yourself",
-                row.subname,
-                row.subname
-            );
-        }
         forget_at_commit(db, row.subid);
     }
+    // The slots go when the transaction commits (a ROLLBACK keeps them).
+    at_pre_commit(move || {
+        for row in &syncs {
+            if let Err(e) = drop_remote_slots(row) {
+                pgrx::warning!(
+                    "could not drop the replication slots of livesync subscription \"{}\" on the source: {e}; drop slots named '{}' and '{}_sync_<digits>' there yourself",
+                    row.subname,
+                    row.subname,
+                    row.subname
+                );
+            }
+        }
+        Ok(())
+    });
 }
 
 unsafe extern "C-unwind" {
@@ -555,7 +741,10 @@ mod tests {
         for ok in ["livesync", "a", "sync_2", &"x".repeat(40)] {
             assert!(validate_name(ok).is_ok(), "{ok}");
         }
+        assert!(validate_name("x_sync_eu").is_ok());
+        assert!(validate_name("x_sync_2eu").is_ok());
         for bad in [
+            "x_sync_123",
             "",
             "Mixed",
             "has space",

@@ -15,7 +15,7 @@
 
 use crate::error::{Error, Result};
 use crate::pgoutput::{Datum, OldKind, RelId, Relation, ReplicaIdentity, TupleData};
-use crate::relmap::{self, Mapping};
+use crate::relmap::{self, Mapping, Target};
 use bytes::Bytes;
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys;
@@ -27,8 +27,11 @@ use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-/// Rows buffered for one multi-row INSERT before it is flushed.
+/// Rows buffered for one multi-row INSERT before it is flushed...
 const INSERT_BATCH: usize = 2000;
+/// ... or bytes of values: wide rows must not build arrays near PostgreSQL's 1 GB
+/// allocation limit, and the worker's memory stays bounded.
+const INSERT_BATCH_BYTES: usize = 8 << 20;
 
 thread_local! {
     /// Relations invalidated since the applier last looked (relcache callback).
@@ -46,6 +49,7 @@ struct Pending {
     relid: RelId,
     cols: Vec<Vec<Option<Bytes>>>,
     rows: usize,
+    bytes: usize,
 }
 
 #[derive(Default)]
@@ -53,20 +57,16 @@ pub struct Applier {
     remote: HashMap<RelId, Relation>,
     maps: HashMap<RelId, Rc<Mapping>>,
     insert_plans: HashMap<RelId, OwnedPreparedStatement>,
-    /// Per relation, per set of SET columns (unchanged TOAST leaves some out).
+    /// Per relation, per set of SET columns (unchanged TOAST leaves some out) followed by
+    /// which key values are NULL (REPLICA IDENTITY FULL only).
     update_plans: HashMap<RelId, HashMap<Vec<bool>, OwnedPreparedStatement>>,
-    delete_plans: HashMap<RelId, OwnedPreparedStatement>,
+    /// Per relation, per set of NULL key values (REPLICA IDENTITY FULL only).
+    delete_plans: HashMap<RelId, HashMap<Vec<bool>, OwnedPreparedStatement>>,
     pending: Option<Pending>,
 }
 
 fn text_of(b: &Bytes) -> Result<&str> {
-    std::str::from_utf8(b).map_err(|_| {
-        Error::user(
-            Code::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
-            "a value from the source is not valid UTF-8",
-        )
-        .hint("livesync needs the source database to use the UTF8 encoding.")
-    })
+    text_of_slice(b)
 }
 
 fn prepare(sql: &str, nargs: usize, argtype: pg_sys::Oid) -> Result<OwnedPreparedStatement> {
@@ -208,6 +208,8 @@ impl Applier {
 
     /// Buffer one row (values in the remote relation's column order).
     pub fn push_row(&mut self, relid: RelId, row: Vec<Option<Bytes>>) -> Result<()> {
+        let m = self.resolved(relid)?;
+        check_limits(&m, row.iter().map(|v| v.as_ref().map(|b| &b[..])))?;
         if self.pending.as_ref().is_some_and(|p| p.relid != relid) {
             self.flush()?;
         }
@@ -215,12 +217,14 @@ impl Applier {
             relid,
             cols: vec![Vec::with_capacity(INSERT_BATCH); row.len()],
             rows: 0,
+            bytes: 0,
         });
         for (col, v) in p.cols.iter_mut().zip(row) {
+            p.bytes += v.as_ref().map_or(0, |b| b.len());
             col.push(v);
         }
         p.rows += 1;
-        if p.rows >= INSERT_BATCH {
+        if p.rows >= INSERT_BATCH || p.bytes >= INSERT_BATCH_BYTES {
             self.flush()?;
         }
         Ok(())
@@ -309,6 +313,13 @@ impl Applier {
             .collect();
         let key_source = old.map(|(_, t)| t).unwrap_or(new);
         self.check_width(relid, key_source)?;
+        check_limits(
+            &m,
+            new.0.iter().zip(&set).map(|(d, s)| match d {
+                Datum::Text(b) if *s => Some(&b[..]),
+                _ => None,
+            }),
+        )?;
         // Hypertables: UPDATE cannot move a row to another chunk. A dimension column in
         // the key: the old key image tells whether it changed. Otherwise the UPDATE is
         // guarded with "dimension unchanged" and a miss means the row moves.
@@ -332,13 +343,16 @@ impl Applier {
             .map(|&k| datum_text(&key_source.0[k]))
             .collect::<Result<Vec<_>>>()?;
 
+        let mut shape = set;
+        shape.extend(key_nulls(&m, key_source));
         // Looked up by the borrowed mask: no allocation per row once the plan exists.
         let by_set = self.update_plans.entry(relid).or_default();
-        if !by_set.contains_key(set.as_slice()) {
-            let (sql, n) = update_sql(&m, &set);
-            by_set.insert(set.clone(), prepare(&sql, n, pg_sys::TEXTOID)?);
+        if !by_set.contains_key(shape.as_slice()) {
+            let (set, nulls) = shape.split_at(m.cols.len());
+            let (sql, n) = update_sql(&m, set, nulls);
+            by_set.insert(shape.clone(), prepare(&sql, n, pg_sys::TEXTOID)?);
         }
-        let plan = &by_set[set.as_slice()];
+        let plan = &by_set[shape.as_slice()];
         let vals: Vec<Option<&str>> = set_vals
             .iter()
             .chain(key_vals.iter())
@@ -413,14 +427,14 @@ impl Applier {
                 let t = m.cols[c]
                     .as_ref()
                     .expect("unchanged TOAST columns are mapped");
-                format!("{}::text", t.column)
+                format!("{}::pg_catalog.text", t.column)
             })
             .collect();
         let sql = format!(
             "SELECT {} FROM {} WHERE {} LIMIT 1",
             list.join(", "),
             m.qualified,
-            key_predicate(m, 1, "")
+            key_predicate(m, 1, &key_nulls(m, key))
         );
         let vals = m
             .key
@@ -455,10 +469,11 @@ impl Applier {
 
     /// Delete the row `key` identifies; returns how many rows went (0 or 1).
     fn delete_by_key(&mut self, relid: RelId, m: &Mapping, key: &TupleData) -> Result<usize> {
-        let plan = match self.delete_plans.entry(relid) {
+        let nulls = key_nulls(m, key);
+        let plan = match self.delete_plans.entry(relid).or_default().entry(nulls) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
-                let (sql, n) = delete_sql(m);
+                let (sql, n) = delete_sql(m, e.key());
                 e.insert(prepare(&sql, n, pg_sys::TEXTOID)?)
             }
         };
@@ -473,7 +488,10 @@ impl Applier {
 
     /// TRUNCATE the target tables of `relids`. As PostgreSQL's apply worker, never with
     /// CASCADE: the source already listed every table its CASCADE reached, and cascading
-    /// here could empty target tables that are not replicated at all.
+    /// here could empty target tables that are not replicated at all. For the same reason
+    /// ONLY: the source listed every inheritance child it emptied (`TRUNCATE ONLY parent`
+    /// lists none), except for partitioned tables and hypertables, whose rows live in
+    /// their partitions or chunks.
     pub fn truncate(&mut self, relids: &[RelId], restart_identity: bool) -> Result<()> {
         self.flush()?;
         if relids.is_empty() {
@@ -481,7 +499,13 @@ impl Applier {
         }
         let mut names = Vec::new();
         for &r in relids {
-            names.push(self.mapping(r)?.qualified.clone());
+            let m = self.mapping(r)?;
+            let only = if m.partitioned || m.hypertable {
+                ""
+            } else {
+                "ONLY "
+            };
+            names.push(format!("{only}{}", m.qualified));
         }
         let restart = if restart_identity {
             " RESTART IDENTITY"
@@ -531,17 +555,55 @@ fn exec_text(plan: &OwnedPreparedStatement, vals: &[Option<&str>]) -> Result<usi
     })
 }
 
+/// Refuse a value the target column's type modifier cannot hold, naming table and column,
+/// before the statement would: PostgreSQL's own error would not say which column.
+fn check_limits<'a>(m: &Mapping, values: impl Iterator<Item = Option<&'a [u8]>>) -> Result<()> {
+    for (t, v) in m.cols.iter().zip(values) {
+        let (Some(t), Some(v)) = (t, v) else { continue };
+        let Some(limit) = t.limit else { continue };
+        let v = text_of_slice(v)?;
+        if !limit.admits(v) {
+            let (code, msg) = limit.violation(v, &t.display_type);
+            return Err(Error::user(
+                code,
+                format!(
+                    "{msg}, for replication target relation \"{}\" column \"{}\"",
+                    m.display, t.name
+                ),
+            )
+            .hint(format!(
+                "The source sent a value the target column cannot hold: widen the column on the target (ALTER TABLE {} ALTER COLUMN {} TYPE ...); the sync retries and continues.",
+                m.qualified, t.column
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn text_of_slice(b: &[u8]) -> Result<&str> {
+    std::str::from_utf8(b).map_err(|_| {
+        Error::user(
+            Code::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
+            "a value from the source is not valid UTF-8",
+        )
+        .hint("livesync needs the source database to use the UTF8 encoding.")
+    })
+}
+
 fn cast(expr: &str, type_name: &str) -> String {
     format!("CAST({expr} AS {type_name})")
 }
 
-/// `INSERT INTO t (a, b) OVERRIDING SYSTEM VALUE SELECT CAST(u.a1 AS int), ... FROM unnest($1::text[], ...) AS u(a1, ...)`
+/// `INSERT INTO t (a, b) OVERRIDING SYSTEM VALUE SELECT CAST(u.a1 AS int4), ... FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), ...) AS u(a1, ...)`
+///
+/// The casts name types without modifiers; the assignment to the column applies the
+/// modifier (and refuses a value too long, where an explicit cast would cut it).
 pub fn insert_sql(m: &Mapping) -> String {
     let targets: Vec<_> = m.cols.iter().flatten().collect();
     if targets.is_empty() {
         // No column to write: $1 rows of defaults.
         return format!(
-            "INSERT INTO {} SELECT FROM pg_catalog.generate_series(1, $1::int4)",
+            "INSERT INTO {} SELECT FROM pg_catalog.generate_series(1, $1::pg_catalog.int4)",
             m.qualified
         );
     }
@@ -551,12 +613,14 @@ pub fn insert_sql(m: &Mapping) -> String {
         .enumerate()
         .map(|(i, t)| cast(&format!("u.a{}", i + 1), &t.type_name))
         .collect();
+    // ROWS FROM (...) is what the parser makes of a multi-argument unnest, written out:
+    // a schema-qualified unnest() is not expanded.
     let params: Vec<_> = (1..=targets.len())
-        .map(|i| format!("${i}::text[]"))
+        .map(|i| format!("pg_catalog.unnest(${i}::pg_catalog.text[])"))
         .collect();
     let aliases: Vec<_> = (1..=targets.len()).map(|i| format!("a{i}")).collect();
     format!(
-        "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM unnest({}) AS u({})",
+        "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM ROWS FROM ({}) AS u({})",
         m.qualified,
         cols.join(", "),
         exprs.join(", "),
@@ -565,35 +629,47 @@ pub fn insert_sql(m: &Mapping) -> String {
     )
 }
 
-/// The WHERE clause that finds a row by its identity, parameters from `$first` on.
-fn key_predicate(m: &Mapping, first: usize, prefix: &str) -> String {
+/// Which key values of `key` are NULL, when that changes the statement (rows found by all
+/// columns under REPLICA IDENTITY FULL); empty otherwise (key columns are NOT NULL).
+fn key_nulls(m: &Mapping, key: &TupleData) -> Vec<bool> {
+    if !m.by_all_columns {
+        return Vec::new();
+    }
+    m.key
+        .iter()
+        .map(|&k| matches!(key.0.get(k), Some(Datum::Null)))
+        .collect()
+}
+
+/// `column = value` by the equality operator of the column type's default btree operator
+/// class, named with its schema (what native apply compares with, and what an index on
+/// the column serves); by the printed value for types without one (json, point, ...).
+fn equals(t: &Target, param: &str) -> String {
+    match &t.eq_op {
+        Some(op) => format!("{} {op} {}", t.column, cast(param, &t.type_name)),
+        None => format!(
+            "{}::pg_catalog.text OPERATOR(pg_catalog.=) {}::pg_catalog.text",
+            t.column,
+            cast(param, &t.type_name)
+        ),
+    }
+}
+
+/// The WHERE clause that finds a row by its identity, parameters from `$first` on; a key
+/// value flagged in `nulls` is matched with IS NULL (its parameter goes unused).
+fn key_predicate(m: &Mapping, first: usize, nulls: &[bool]) -> String {
     m.key
         .iter()
         .enumerate()
-        .map(|(i, &k)| {
-            let p = format!("${}", first + i);
-            match &m.cols[k] {
-                Some(t) if m.identity != ReplicaIdentity::Full => {
-                    format!("{prefix}{} = {}", t.column, cast(&p, &t.type_name))
-                }
-                // FULL: compare the column and the value read as the column's type, both
-                // printed by that type's output function in this session. Works for types
-                // without equality (json, point...), NULLs, and whatever the target's
-                // DateStyle/TimeZone; char(n) padding and inet masks print alike.
-                Some(t) => format!(
-                    "{prefix}{}::text IS NOT DISTINCT FROM {}::text",
-                    t.column,
-                    cast(&p, &t.type_name)
-                ),
-                None => "true".to_string(),
-            }
+        .map(|(i, &k)| match &m.cols[k] {
+            Some(t) if nulls.get(i).copied().unwrap_or(false) => format!("{} IS NULL", t.column),
+            Some(t) => equals(t, &format!("${}", first + i)),
+            None => "true".to_string(),
         })
         .collect::<Vec<_>>()
         .join(" AND ")
 }
 
-/// UPDATE by key; with REPLICA IDENTITY FULL it touches exactly one matching row, as the
-/// source did (tableoid + ctid, which stays unique across hypertable chunks).
 /// Dimension columns an UPDATE must guard with "unchanged" (sent, not in the key).
 fn guard_dims(m: &Mapping, set: &[bool]) -> Vec<usize> {
     m.dims
@@ -616,18 +692,20 @@ fn dimension_in_key_changed(
         .any(|d| m.key.contains(d) && old.0.get(*d) != new.0.get(*d))
 }
 
-/// The row-finding part shared by UPDATE/DELETE/move: `(from, where)` clauses. With
-/// REPLICA IDENTITY FULL it picks exactly one matching row, as the source did (tableoid +
-/// ctid stays unique across hypertable chunks).
-fn locate(m: &Mapping, first: usize, extra: &str) -> (String, String) {
-    let pred = format!("{}{extra}", key_predicate(m, first, ""));
-    if m.identity == ReplicaIdentity::Full {
+/// The row-finding part shared by UPDATE/DELETE: `(with, where)` clauses. When rows are
+/// found by all columns (REPLICA IDENTITY FULL, no target key) it picks exactly one
+/// matching row, as the source changed one (tableoid + ctid stays unique across
+/// hypertable chunks).
+fn locate(m: &Mapping, first: usize, extra: &str, nulls: &[bool]) -> (String, String) {
+    let pred = format!("{}{extra}", key_predicate(m, first, nulls));
+    if m.by_all_columns {
         (
             format!(
                 "WITH r AS (SELECT tableoid AS toid, ctid AS tid FROM {} WHERE {pred} LIMIT 1) ",
                 m.qualified
             ),
-            "t.tableoid = r.toid AND t.ctid = r.tid".to_string(),
+            "t.tableoid OPERATOR(pg_catalog.=) r.toid AND t.ctid OPERATOR(pg_catalog.=) r.tid"
+                .to_string(),
         )
     } else {
         (String::new(), pred)
@@ -637,7 +715,7 @@ fn locate(m: &Mapping, first: usize, extra: &str) -> (String, String) {
 /// UPDATE by key. Parameters: the SET values, then the key, then the values of the
 /// guarded dimension columns (hypertables), which must be unchanged. Dimension columns are
 /// never SET: a change there is a move (see [`Applier::update`]).
-pub fn update_sql(m: &Mapping, set: &[bool]) -> (String, usize) {
+pub fn update_sql(m: &Mapping, set: &[bool], nulls: &[bool]) -> (String, usize) {
     let guard = guard_dims(m, set);
     let mut n = 0;
     let assignments: Vec<_> = m
@@ -657,11 +735,7 @@ pub fn update_sql(m: &Mapping, set: &[bool]) -> (String, usize) {
     for d in guard {
         total += 1;
         let t = m.cols[d].as_ref().expect("dimensions are mapped");
-        extra += &format!(
-            " AND {} = {}",
-            t.column,
-            cast(&format!("${total}"), &t.type_name)
-        );
+        extra += &format!(" AND {}", equals(t, &format!("${total}")));
     }
     // Nothing left to SET: a no-op assignment still finds (and counts) the row.
     let assignments = if assignments.is_empty() {
@@ -677,8 +751,8 @@ pub fn update_sql(m: &Mapping, set: &[bool]) -> (String, usize) {
     } else {
         assignments.join(", ")
     };
-    let (with, pred) = locate(m, n + 1, &extra);
-    let sql = if m.identity == ReplicaIdentity::Full {
+    let (with, pred) = locate(m, n + 1, &extra, nulls);
+    let sql = if m.by_all_columns {
         format!(
             "{with}UPDATE {q} t SET {assignments} FROM r WHERE {pred}",
             q = m.qualified
@@ -689,20 +763,12 @@ pub fn update_sql(m: &Mapping, set: &[bool]) -> (String, usize) {
     (sql, total)
 }
 
-pub fn delete_sql(m: &Mapping) -> (String, usize) {
-    let sql = if m.identity == ReplicaIdentity::Full {
-        format!(
-            "WITH r AS (SELECT tableoid AS toid, ctid AS tid FROM {q} WHERE {pred} LIMIT 1) \
-             DELETE FROM {q} t USING r WHERE t.tableoid = r.toid AND t.ctid = r.tid",
-            q = m.qualified,
-            pred = key_predicate(m, 1, "")
-        )
+pub fn delete_sql(m: &Mapping, nulls: &[bool]) -> (String, usize) {
+    let (with, pred) = locate(m, 1, "", nulls);
+    let sql = if m.by_all_columns {
+        format!("{with}DELETE FROM {} t USING r WHERE {pred}", m.qualified)
     } else {
-        format!(
-            "DELETE FROM {} WHERE {}",
-            m.qualified,
-            key_predicate(m, 1, "")
-        )
+        format!("DELETE FROM {} WHERE {pred}", m.qualified)
     };
     (sql, m.key.len())
 }
@@ -710,33 +776,35 @@ pub fn delete_sql(m: &Mapping) -> (String, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::relmap::Target;
+    use crate::relmap::Limit;
+
+    const EQ: &str = "OPERATOR(\"pg_catalog\".=)";
+
+    fn target(name: &str, ty: &str) -> Target {
+        Target {
+            name: name.into(),
+            column: format!("\"{name}\""),
+            type_name: format!("\"pg_catalog\".\"{ty}\""),
+            display_type: ty.into(),
+            eq_op: Some(EQ.into()),
+            limit: None,
+            always_identity: false,
+        }
+    }
 
     fn mapping(identity: ReplicaIdentity) -> Mapping {
         Mapping {
             local_oid: pg_sys::Oid::from(1u32),
             qualified: "\"public\".\"t\"".into(),
             display: "public.t".into(),
-            cols: vec![
-                Some(Target {
-                    name: "id".into(),
-                    column: "\"id\"".into(),
-                    type_name: "integer".into(),
-                    always_identity: false,
-                }),
-                None,
-                Some(Target {
-                    name: "v".into(),
-                    column: "\"v\"".into(),
-                    type_name: "text".into(),
-                    always_identity: false,
-                }),
-            ],
+            cols: vec![Some(target("id", "int4")), None, Some(target("v", "text"))],
             key: vec![0],
             identity,
             dims: vec![],
             hypertable: false,
             ancestors: vec![],
+            partitioned: false,
+            by_all_columns: false,
         }
     }
 
@@ -745,60 +813,91 @@ mod tests {
         assert_eq!(
             insert_sql(&mapping(ReplicaIdentity::Default)),
             "INSERT INTO \"public\".\"t\" (\"id\", \"v\") OVERRIDING SYSTEM VALUE SELECT \
-             CAST(u.a1 AS integer), CAST(u.a2 AS text) FROM unnest($1::text[], $2::text[]) AS u(a1, a2)"
+             CAST(u.a1 AS \"pg_catalog\".\"int4\"), CAST(u.a2 AS \"pg_catalog\".\"text\") \
+             FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), \
+             pg_catalog.unnest($2::pg_catalog.text[])) AS u(a1, a2)"
         );
     }
 
     #[test]
     fn update_and_delete_statements() {
         let m = mapping(ReplicaIdentity::Default);
-        let (sql, n) = update_sql(&m, &[true, false, true]);
+        let (sql, n) = update_sql(&m, &[true, false, true], &[]);
         assert_eq!(
             sql,
-            "UPDATE \"public\".\"t\" SET \"id\" = CAST($1 AS integer), \"v\" = CAST($2 AS text) \
-             WHERE \"id\" = CAST($3 AS integer)"
+            format!(
+                "UPDATE \"public\".\"t\" SET \"id\" = CAST($1 AS \"pg_catalog\".\"int4\"), \
+                 \"v\" = CAST($2 AS \"pg_catalog\".\"text\") \
+                 WHERE \"id\" {EQ} CAST($3 AS \"pg_catalog\".\"int4\")"
+            )
         );
         assert_eq!(n, 3);
-        let (sql, n) = update_sql(&m, &[false, false, true]);
-        assert!(sql.contains("SET \"v\" = CAST($1 AS text) WHERE \"id\" = CAST($2 AS integer)"));
+        let (sql, n) = update_sql(&m, &[false, false, true], &[]);
+        assert!(sql.contains(&format!(
+            "SET \"v\" = CAST($1 AS \"pg_catalog\".\"text\") WHERE \"id\" {EQ} CAST($2 AS \"pg_catalog\".\"int4\")"
+        )));
         assert_eq!(n, 2);
         assert_eq!(
-            delete_sql(&m).0,
-            "DELETE FROM \"public\".\"t\" WHERE \"id\" = CAST($1 AS integer)"
+            delete_sql(&m, &[]).0,
+            format!("DELETE FROM \"public\".\"t\" WHERE \"id\" {EQ} CAST($1 AS \"pg_catalog\".\"int4\")")
         );
+        // FULL without a target key: every column, by equality (an index can serve it),
+        // NULLs by IS NULL, a type without equality by its text, exactly one row.
         let mut full = mapping(ReplicaIdentity::Full);
+        full.by_all_columns = true;
         full.key = vec![0, 2];
-        let (sql, n) = delete_sql(&full);
-        assert!(sql.contains(
-            "\"id\"::text IS NOT DISTINCT FROM CAST($1 AS integer)::text AND \"v\"::text IS NOT DISTINCT FROM CAST($2 AS text)::text LIMIT 1"
-        ));
+        full.cols[2].as_mut().unwrap().eq_op = None;
+        let (sql, n) = delete_sql(&full, &[false, false]);
+        assert!(
+            sql.contains(&format!(
+                "WHERE \"id\" {EQ} CAST($1 AS \"pg_catalog\".\"int4\") AND \"v\"::pg_catalog.text \
+             OPERATOR(pg_catalog.=) CAST($2 AS \"pg_catalog\".\"text\")::pg_catalog.text LIMIT 1"
+            )),
+            "{sql}"
+        );
         assert_eq!(n, 2);
+        let (sql, _) = delete_sql(&full, &[true, false]);
+        assert!(sql.contains("WHERE \"id\" IS NULL AND"), "{sql}");
+    }
+
+    #[test]
+    fn value_limits_name_the_column() {
+        let mut m = mapping(ReplicaIdentity::Default);
+        m.cols[2].as_mut().unwrap().limit = Some(Limit::Chars(3));
+        m.cols[2].as_mut().unwrap().display_type = "character varying(3)".into();
+        let ok: [Option<&[u8]>; 3] = [Some(b"1"), None, Some(b"abc")];
+        assert!(check_limits(&m, ok.into_iter()).is_ok());
+        let long: [Option<&[u8]>; 3] = [Some(b"1"), None, Some(b"abcd")];
+        let e = check_limits(&m, long.into_iter()).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "value too long for type character varying(3), for replication target relation \"public.t\" column \"v\""
+        );
     }
 
     #[test]
     fn hypertable_updates_guard_dimensions_and_move_rows() {
         let mut m = mapping(ReplicaIdentity::Default);
-        m.cols[1] = Some(Target {
-            name: "ts".into(),
-            column: "\"ts\"".into(),
-            type_name: "timestamp with time zone".into(),
-            always_identity: false,
-        });
+        m.cols[1] = Some(target("ts", "timestamptz"));
         m.dims = vec![1];
         // ts not in the key: guarded by a single "unchanged" predicate, never SET.
-        let (sql, n) = update_sql(&m, &[true, true, true]);
+        let (sql, n) = update_sql(&m, &[true, true, true], &[]);
         assert_eq!(
             sql,
-            "UPDATE \"public\".\"t\" SET \"id\" = CAST($1 AS integer), \"v\" = CAST($2 AS text) \
-             WHERE \"id\" = CAST($3 AS integer) AND \"ts\" = CAST($4 AS timestamp with time zone)"
+            format!(
+                "UPDATE \"public\".\"t\" SET \"id\" = CAST($1 AS \"pg_catalog\".\"int4\"), \
+                 \"v\" = CAST($2 AS \"pg_catalog\".\"text\") \
+                 WHERE \"id\" {EQ} CAST($3 AS \"pg_catalog\".\"int4\") \
+                 AND \"ts\" {EQ} CAST($4 AS \"pg_catalog\".\"timestamptz\")"
+            )
         );
         assert_eq!(n, 4);
         // ts in the key: no guard (a change is seen in the old key image instead).
         m.key = vec![0, 1];
-        let (sql, n) = update_sql(&m, &[true, true, true]);
+        let (sql, n) = update_sql(&m, &[true, true, true], &[]);
         // Exactly one predicate on the dimension (two trip a TimescaleDB planner bug with
         // generic plans: "variable not found in subplan target list").
-        assert_eq!(sql.matches("\"ts\" =").count(), 1, "{sql}");
+        assert_eq!(sql.matches("\"ts\" OPERATOR").count(), 1, "{sql}");
         assert!(!sql.contains("SET \"ts\""), "{sql}");
         assert_eq!(n, 4);
         assert!(guard_dims(&m, &[true, true, true]).is_empty());

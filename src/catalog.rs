@@ -45,9 +45,9 @@ impl RelRow {
 }
 
 const SYNC_COLS: &str =
-    "subid, subname::text, source, publication, enabled, copy_data, slot_created";
-const REL_COLS: &str = "rrelid, srcschema::text, srcname::text, schemaname::text, \
-     tablename::text, state::text, lsn::text, sync_lsn::text, catchup_lsn::text";
+    "subid, subname::pg_catalog.text, source, publication, enabled, copy_data, slot_created";
+const REL_COLS: &str = "rrelid, srcschema::pg_catalog.text, srcname::pg_catalog.text, schemaname::pg_catalog.text, \
+     tablename::pg_catalog.text, state::pg_catalog.text, lsn::pg_catalog.text, sync_lsn::pg_catalog.text, catchup_lsn::pg_catalog.text";
 
 fn sync_query(where_clause: &str, args: &[DatumWithOid]) -> SpiResult<Vec<SyncRow>> {
     Spi::connect(|client| {
@@ -118,6 +118,14 @@ pub fn set_enabled(subid: i32, enabled: bool) -> SpiResult<()> {
     .map(drop)
 }
 
+pub fn set_source(subid: i32, source: &str) -> SpiResult<()> {
+    run(
+        "UPDATE livesync.sync SET source = $2 WHERE subid = $1",
+        &[subid.into(), source.into()],
+    )
+    .map(drop)
+}
+
 pub fn set_slot_created(subid: i32) -> SpiResult<()> {
     run(
         "UPDATE livesync.sync SET slot_created = true WHERE subid = $1",
@@ -142,7 +150,7 @@ pub fn delete_sync(subid: i32) -> SpiResult<()> {
 pub fn set_sync_error(subid: i32, error: Option<&str>) -> SpiResult<()> {
     match error {
         Some(e) => run(
-            "UPDATE livesync.sync SET last_error = $2, last_error_time = now() WHERE subid = $1",
+            "UPDATE livesync.sync SET last_error = $2, last_error_time = pg_catalog.now() WHERE subid = $1",
             &[subid.into(), e.into()],
         ),
         None => run(
@@ -215,7 +223,7 @@ pub fn insert_rel(
 ) -> SpiResult<()> {
     run(
         "INSERT INTO livesync.sync_rel (subid, rrelid, srcschema, srcname, schemaname, tablename, state) \
-         VALUES ($1, $2, $3, $4, $3, $4, $5::\"char\") ON CONFLICT DO NOTHING",
+         VALUES ($1, $2, $3, $4, $3, $4, $5::pg_catalog.\"char\") ON CONFLICT DO NOTHING",
         &[subid.into(), oid(relid), schema.into(), name.into(), state.as_char().to_string().into()],
     )
     .map(drop)
@@ -279,7 +287,7 @@ pub fn set_rel_replaces(subid: i32, relid: u32, targets: &[u32]) -> SpiResult<()
             .join(",")
     );
     run(
-        "UPDATE livesync.sync_rel SET replaces = $3::text::oid[] WHERE subid = $1 AND rrelid = $2",
+        "UPDATE livesync.sync_rel SET replaces = $3::pg_catalog.text::pg_catalog.oid[] WHERE subid = $1 AND rrelid = $2",
         &[subid.into(), oid(relid), list.into()],
     )
     .map(drop)
@@ -290,8 +298,8 @@ pub fn rel_replaces(subid: i32, relid: u32) -> SpiResult<Vec<String>> {
     Spi::connect(|client| {
         let mut out = Vec::new();
         for row in client.select(
-            "SELECT c.oid::regclass::text FROM livesync.sync_rel r \
-               CROSS JOIN LATERAL unnest(r.replaces) AS u(oid) \
+            "SELECT c.oid::pg_catalog.regclass::pg_catalog.text FROM livesync.sync_rel r \
+               CROSS JOIN LATERAL pg_catalog.unnest(r.replaces) AS u(oid) \
                JOIN pg_catalog.pg_class c ON c.oid = u.oid \
               WHERE r.subid = $1 AND r.rrelid = $2",
             None,
@@ -321,8 +329,8 @@ pub fn set_rel_state(
     copy_lsn: Option<u64>,
 ) -> SpiResult<()> {
     run(
-        "UPDATE livesync.sync_rel SET state = $3::\"char\", \
-           lsn = COALESCE($4::pg_lsn, lsn), catchup_lsn = NULL, \
+        "UPDATE livesync.sync_rel SET state = $3::pg_catalog.\"char\", \
+           lsn = COALESCE($4::pg_catalog.pg_lsn, lsn), catchup_lsn = NULL, \
            last_error = NULL, last_error_time = NULL \
          WHERE subid = $1 AND rrelid = $2",
         &[
@@ -339,8 +347,8 @@ pub fn set_rel_state(
 /// and moved on, in which case the table-sync worker must wait for a new position).
 pub fn set_rel_syncdone(subid: i32, relid: u32, sync_lsn: u64, catchup: u64) -> SpiResult<bool> {
     Ok(run(
-        "UPDATE livesync.sync_rel SET state = 's', sync_lsn = $3::pg_lsn, catchup_lsn = NULL \
-         WHERE subid = $1 AND rrelid = $2 AND state = 'f' AND catchup_lsn = $4::pg_lsn",
+        "UPDATE livesync.sync_rel SET state = 's', sync_lsn = $3::pg_catalog.pg_lsn, catchup_lsn = NULL \
+         WHERE subid = $1 AND rrelid = $2 AND state = 'f' AND catchup_lsn = $4::pg_catalog.pg_lsn",
         &[
             subid.into(),
             oid(relid),
@@ -352,7 +360,7 @@ pub fn set_rel_syncdone(subid: i32, relid: u32, sync_lsn: u64, catchup: u64) -> 
 
 pub fn set_catchup(subid: i32, relid: u32, catchup: Option<u64>) -> SpiResult<()> {
     run(
-        "UPDATE livesync.sync_rel SET catchup_lsn = $3::pg_lsn WHERE subid = $1 AND rrelid = $2",
+        "UPDATE livesync.sync_rel SET catchup_lsn = $3::pg_catalog.pg_lsn WHERE subid = $1 AND rrelid = $2",
         &[subid.into(), oid(relid), catchup.map(lsn::format).into()],
     )
     .map(drop)
@@ -368,7 +376,7 @@ pub fn clear_all_catchups(subid: i32) -> SpiResult<()> {
 
 pub fn set_rel_error(subid: i32, relid: u32, error: &str) -> SpiResult<()> {
     run(
-        "UPDATE livesync.sync_rel SET last_error = $3, last_error_time = now() \
+        "UPDATE livesync.sync_rel SET last_error = $3, last_error_time = pg_catalog.now() \
          WHERE subid = $1 AND rrelid = $2",
         &[subid.into(), oid(relid), error.into()],
     )
@@ -378,7 +386,7 @@ pub fn set_rel_error(subid: i32, relid: u32, error: &str) -> SpiResult<()> {
 /// Is the extension installed in the current database?
 pub fn extension_installed() -> SpiResult<bool> {
     Ok(Spi::get_one::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'livesync')",
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'livesync')",
     )?
     .unwrap_or(false))
 }

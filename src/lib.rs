@@ -127,6 +127,7 @@ GRANT SELECT ON livesync.subscription_rel, _ts_live_sync.subscription_rel, lives
 REVOKE EXECUTE ON FUNCTION livesync_start(text, text, text, boolean) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION livesync_stop(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION livesync_drop(text, boolean) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION livesync_alter(text, text, jsonb, boolean, boolean, boolean) FROM PUBLIC;
 "#,
     name = "views",
     finalize

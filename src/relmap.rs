@@ -16,12 +16,84 @@ use pgrx::PgSqlErrorCode as Code;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalCol {
     pub name: String,
-    /// `format_type(atttypid, atttypmod)`: used as `CAST($n AS <type>)`.
+    /// The column's type, schema-qualified and without its modifier (`"pg_catalog"."varchar"`):
+    /// used as `CAST($n AS <type>)`. The modifier is applied by the assignment to the
+    /// column, which raises an error on a value too long, as native apply does, where an
+    /// explicit cast to `varchar(n)` would cut the value silently.
     pub type_name: String,
+    /// `format_type(atttypid, atttypmod)`, for messages.
+    pub display_type: String,
+    /// `OPERATOR("schema".=)`: the equality of the type's default btree operator class,
+    /// which native apply also uses to find rows; None for types without one (json, point).
+    pub eq_op: Option<String>,
+    /// A length the column's type modifier imposes, checked to name the column when a
+    /// value does not fit.
+    pub limit: Option<Limit>,
     pub generated: bool,
     /// `GENERATED ALWAYS AS IDENTITY`: INSERT needs OVERRIDING SYSTEM VALUE, UPDATE may
     /// not set it at all.
     pub always_identity: bool,
+    /// Part of the target's primary key (or, when it has one, replica identity index).
+    pub in_local_key: bool,
+}
+
+/// What a type modifier allows of a value's text (`varchar(n)`, `char(n)`, `bit(n)`,
+/// `varbit(n)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// At most n characters.
+    Chars(usize),
+    /// At most n characters once trailing spaces are ignored (`char(n)`).
+    PaddedChars(usize),
+    /// Exactly n bits.
+    Bits(usize),
+    /// At most n bits.
+    VarBits(usize),
+}
+
+impl Limit {
+    fn from_type(typname: &str, typmod: i32) -> Option<Limit> {
+        let n = usize::try_from(typmod).ok()?;
+        Some(match typname {
+            "varchar" => Limit::Chars(n.checked_sub(4)?),
+            "bpchar" => Limit::PaddedChars(n.checked_sub(4)?),
+            "bit" => Limit::Bits(n),
+            "varbit" => Limit::VarBits(n),
+            _ => return None,
+        })
+    }
+
+    /// The error PostgreSQL's input function raises for a value that does not fit, as
+    /// (SQLSTATE, message).
+    pub fn violation(self, v: &str, display_type: &str) -> (pgrx::PgSqlErrorCode, String) {
+        match self {
+            Limit::Bits(_) => (
+                Code::ERRCODE_STRING_DATA_LENGTH_MISMATCH,
+                format!(
+                    "bit string length {} does not match type {display_type}",
+                    v.len()
+                ),
+            ),
+            Limit::VarBits(_) => (
+                Code::ERRCODE_STRING_DATA_RIGHT_TRUNCATION,
+                format!("bit string too long for type {display_type}"),
+            ),
+            _ => (
+                Code::ERRCODE_STRING_DATA_RIGHT_TRUNCATION,
+                format!("value too long for type {display_type}"),
+            ),
+        }
+    }
+
+    /// Does the source's text for a value fit (pure)?
+    pub fn admits(self, v: &str) -> bool {
+        match self {
+            Limit::Chars(n) => v.chars().count() <= n,
+            Limit::PaddedChars(n) => v.trim_end_matches(' ').chars().count() <= n,
+            Limit::Bits(n) => v.len() == n,
+            Limit::VarBits(n) => v.len() <= n,
+        }
+    }
 }
 
 /// Where one remote column goes.
@@ -31,7 +103,11 @@ pub struct Target {
     pub name: String,
     /// Quoted column name.
     pub column: String,
+    /// See [`LocalCol::type_name`].
     pub type_name: String,
+    pub display_type: String,
+    pub eq_op: Option<String>,
+    pub limit: Option<Limit>,
     pub always_identity: bool,
 }
 
@@ -56,6 +132,11 @@ pub struct Mapping {
     /// When the target is a partition: its partitioned ancestors, root first. The applier
     /// locks them before it writes (see `Applier::mapping`).
     pub ancestors: Vec<pg_sys::Oid>,
+    /// The target is a partitioned table: TRUNCATE must recurse into its partitions.
+    pub partitioned: bool,
+    /// REPLICA IDENTITY FULL and no target key to find rows by: a row is found by every
+    /// column the source sent, and exactly one matching row is changed.
+    pub by_all_columns: bool,
 }
 
 pub fn quote_ident(s: &str) -> String {
@@ -75,6 +156,9 @@ pub fn match_columns(
                 name: lc.name.clone(),
                 column: quote_ident_pure(&lc.name),
                 type_name: lc.type_name.clone(),
+                display_type: lc.display_type.clone(),
+                eq_op: lc.eq_op.clone(),
+                limit: lc.limit,
                 always_identity: lc.always_identity,
             })),
             None => Err(rc.name.clone()),
@@ -87,17 +171,47 @@ fn quote_ident_pure(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-/// The remote column indexes that identify a row for UPDATE/DELETE.
-pub fn key_columns(rel: &Relation) -> Vec<usize> {
+/// The remote column indexes that identify a row for UPDATE/DELETE (pure).
+///
+/// With REPLICA IDENTITY FULL the source sends every column; when the target has a
+/// primary key (or replica identity index) whose columns all come from the source, the
+/// row is found through it, as native apply finds it through that index; otherwise by
+/// every column.
+pub fn key_columns(rel: &Relation, local: &[LocalCol]) -> Vec<usize> {
+    key_and_scan(rel, local).0
+}
+
+/// [`key_columns`], and whether rows are found by all columns (FULL without a usable
+/// target key).
+fn key_and_scan(rel: &Relation, local: &[LocalCol]) -> (Vec<usize>, bool) {
     match rel.replica_identity {
-        ReplicaIdentity::Full => (0..rel.columns.len()).collect(),
-        _ => rel
-            .columns
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.is_key())
-            .map(|(i, _)| i)
-            .collect(),
+        ReplicaIdentity::Full => {
+            let local_key: Vec<&LocalCol> = local.iter().filter(|c| c.in_local_key).collect();
+            let by_local_key: Vec<usize> = rel
+                .columns
+                .iter()
+                .enumerate()
+                .filter(|(_, rc)| local_key.iter().any(|lc| lc.name == rc.name))
+                .map(|(i, _)| i)
+                .collect();
+            if !local_key.is_empty()
+                && by_local_key.len() == local_key.len()
+                && local_key.iter().all(|lc| lc.eq_op.is_some())
+            {
+                (by_local_key, false)
+            } else {
+                ((0..rel.columns.len()).collect(), true)
+            }
+        }
+        _ => (
+            rel.columns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.is_key())
+                .map(|(i, _)| i)
+                .collect(),
+            false,
+        ),
     }
 }
 
@@ -109,33 +223,65 @@ pub fn resolve(rel: &Relation) -> Result<Mapping> {
         &rel.namespace
     };
     let display = format!("{schema}.{}", rel.name);
-    let (oid, local) = Spi::connect(|client| {
+    let (oid, relkind, local) = Spi::connect(|client| {
         let mut oid = None;
+        let mut relkind = None;
         let mut cols = Vec::new();
+        // The target's key: its replica identity index if it has one, else its primary key
+        // (what native apply looks rows up by).
         let rows = client.select(
-            "SELECT c.oid, a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), \
-                    a.attgenerated <> '', a.attidentity = 'a' \
+            "SELECT c.oid, c.relkind::pg_catalog.text, a.attname::pg_catalog.text, tn.nspname::pg_catalog.text, t.typname::pg_catalog.text, \
+                    a.atttypid, a.atttypmod, pg_catalog.format_type(a.atttypid, a.atttypmod), \
+                    a.attgenerated <> '', a.attidentity = 'a', \
+                    a.attnum OPERATOR(pg_catalog.=) ANY ( \
+                      SELECT k FROM pg_catalog.pg_index i, pg_catalog.unnest(i.indkey) AS k \
+                       WHERE i.indrelid OPERATOR(pg_catalog.=) c.oid AND i.indexprs IS NULL \
+                         AND i.indpred IS NULL AND i.indisunique \
+                         AND (i.indisreplident OR (i.indisprimary AND NOT EXISTS ( \
+                              SELECT FROM pg_catalog.pg_index r \
+                               WHERE r.indrelid OPERATOR(pg_catalog.=) c.oid AND r.indisreplident)))) \
                FROM pg_catalog.pg_class c \
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-               LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-              WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p') \
+               JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+               LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) c.oid \
+                    AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped \
+               LEFT JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) a.atttypid \
+               LEFT JOIN pg_catalog.pg_namespace tn ON tn.oid OPERATOR(pg_catalog.=) t.typnamespace \
+              WHERE n.nspname OPERATOR(pg_catalog.=) $1 AND c.relname OPERATOR(pg_catalog.=) $2 \
+                AND c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p}'::pg_catalog.\"char\"[]) \
               ORDER BY a.attnum",
             None,
             &[schema.into(), rel.name.as_str().into()],
         )?;
         for row in rows {
             oid = row.get::<pg_sys::Oid>(1)?;
-            if row.get::<String>(2)?.is_none() {
+            relkind = row.get::<String>(2)?;
+            let Some(name) = row.get::<String>(3)? else {
                 continue; // a table without columns
-            }
+            };
+            let typschema: String = row.get(4)?.unwrap_or_default();
+            let typname: String = row.get(5)?.unwrap_or_default();
+            let typid: pg_sys::Oid = row.get(6)?.unwrap_or(pg_sys::InvalidOid);
+            let typmod: i32 = row.get(7)?.unwrap_or(-1);
             cols.push(LocalCol {
-                name: row.get(2)?.unwrap_or_default(),
-                type_name: row.get(3)?.unwrap_or_default(),
-                generated: row.get(4)?.unwrap_or(false),
-                always_identity: row.get(5)?.unwrap_or(false),
+                name,
+                type_name: format!(
+                    "{}.{}",
+                    quote_ident_pure(&typschema),
+                    quote_ident_pure(&typname)
+                ),
+                display_type: row.get(8)?.unwrap_or_default(),
+                eq_op: equality_operator(typid),
+                limit: if typschema == "pg_catalog" {
+                    Limit::from_type(&typname, typmod)
+                } else {
+                    None
+                },
+                generated: row.get(9)?.unwrap_or(false),
+                always_identity: row.get(10)?.unwrap_or(false),
+                in_local_key: row.get(11)?.unwrap_or(false),
             });
         }
-        Ok::<_, pgrx::spi::SpiError>((oid, cols))
+        Ok::<_, pgrx::spi::SpiError>((oid, relkind, cols))
     })?;
     let Some(local_oid) = oid else {
         return Err(Error::user(
@@ -166,17 +312,59 @@ pub fn resolve(rel: &Relation) -> Result<Mapping> {
         .filter(|(i, c)| cols[*i].is_some() && dim_names.contains(&c.name))
         .map(|(i, _)| i)
         .collect();
+    let (key, by_all_columns) = key_and_scan(rel, &local);
     Ok(Mapping {
+        by_all_columns,
         dims,
         hypertable,
         local_oid,
         qualified: format!("{}.{}", quote_ident(schema), quote_ident(&rel.name)),
         display,
         cols,
-        key: key_columns(rel),
+        key,
         identity: rel.replica_identity,
         ancestors,
+        partitioned: relkind.as_deref() == Some("p"),
     })
+}
+
+/// `OPERATOR("schema".=)` of the equality operator of `typid`'s default btree operator
+/// class (PostgreSQL's type cache finds it for domains and binary-compatible types too).
+fn equality_operator(typid: pg_sys::Oid) -> Option<String> {
+    if typid == pg_sys::InvalidOid {
+        return None;
+    }
+    // SAFETY: a type-cache lookup on the main thread, inside a transaction; the entry
+    // lives as long as the cache.
+    let opr = unsafe {
+        let tce = pg_sys::lookup_type_cache(typid, pg_sys::TYPECACHE_EQ_OPR as i32);
+        if tce.is_null() {
+            return None;
+        }
+        (*tce).eq_opr
+    };
+    if opr == pg_sys::InvalidOid {
+        return None;
+    }
+    let row = Spi::connect(|client| {
+        let t = client.select(
+            "SELECT n.nspname::pg_catalog.text, o.oprname::pg_catalog.text FROM pg_catalog.pg_operator o \
+               JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) o.oprnamespace \
+              WHERE o.oid OPERATOR(pg_catalog.=) $1",
+            Some(1),
+            &[opr.into()],
+        )?;
+        let mut out = None;
+        for r in t {
+            out = Some((r.get::<String>(1)?, r.get::<String>(2)?));
+        }
+        Ok::<_, pgrx::spi::SpiError>(out)
+    })
+    .ok()??;
+    let (Some(nsp), Some(name)) = row else {
+        return None;
+    };
+    Some(format!("OPERATOR({}.{name})", quote_ident_pure(&nsp)))
 }
 
 /// The partitioned tables above `oid`, root first; empty when it is not a partition.
@@ -252,9 +440,13 @@ mod tests {
     fn lc(name: &str, generated: bool) -> LocalCol {
         LocalCol {
             name: name.into(),
-            type_name: "integer".into(),
+            type_name: "\"pg_catalog\".\"int4\"".into(),
+            display_type: "integer".into(),
+            eq_op: Some("OPERATOR(\"pg_catalog\".=)".into()),
+            limit: None,
             generated,
             always_identity: false,
+            in_local_key: false,
         }
     }
 
@@ -285,9 +477,34 @@ mod tests {
             &[("a", false), ("b", true), ("c", true)],
             ReplicaIdentity::Default,
         );
-        assert_eq!(key_columns(&r), vec![1, 2]);
+        assert_eq!(key_columns(&r, &[]), vec![1, 2]);
         let r = rel(&[("a", false), ("b", false)], ReplicaIdentity::Full);
-        assert_eq!(key_columns(&r), vec![0, 1]);
+        assert_eq!(key_columns(&r, &[]), vec![0, 1]);
+        // FULL, and the target has a key on columns the source sends: found through it.
+        let mut b = lc("b", false);
+        b.in_local_key = true;
+        assert_eq!(key_columns(&r, &[lc("a", false), b.clone()]), vec![1]);
+        // ... but not when a key column is not sent, or has no equality operator.
+        let mut c = lc("c", false);
+        c.in_local_key = true;
+        assert_eq!(key_columns(&r, &[b.clone(), c]), vec![0, 1]);
+        b.eq_op = None;
+        assert_eq!(key_columns(&r, &[b]), vec![0, 1]);
+    }
+
+    #[test]
+    fn limits() {
+        assert_eq!(Limit::from_type("varchar", 9), Some(Limit::Chars(5)));
+        assert_eq!(Limit::from_type("varchar", -1), None);
+        assert_eq!(Limit::from_type("bpchar", 7), Some(Limit::PaddedChars(3)));
+        assert_eq!(Limit::from_type("bit", 4), Some(Limit::Bits(4)));
+        assert_eq!(Limit::from_type("text", 9), None);
+        assert!(Limit::Chars(3).admits("héé"));
+        assert!(!Limit::Chars(3).admits("abcd"));
+        assert!(Limit::PaddedChars(3).admits("abc   "));
+        assert!(!Limit::PaddedChars(3).admits("abcd"));
+        assert!(!Limit::Bits(4).admits("101"));
+        assert!(Limit::VarBits(4).admits("101"));
     }
 
     #[test]

@@ -34,6 +34,16 @@ pub async fn check_wal_level(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
+/// The source's system identifier (IDENTIFY_SYSTEM, on a replication connection).
+pub async fn system_identifier(conn: &mut Connection) -> Result<String> {
+    let rows = conn.simple_query("IDENTIFY_SYSTEM").await?;
+    Ok(rows
+        .first()
+        .and_then(|r| r.get(0))
+        .unwrap_or_default()
+        .to_string())
+}
+
 pub async fn publication_exists(conn: &mut Connection, publication: &str) -> Result<bool> {
     let sql = format!(
         "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = {}",
@@ -131,12 +141,14 @@ pub async fn drop_slot(conn: &mut Connection, slot: &str) -> Result<bool> {
     }
 }
 
-/// Every slot of this sync: the main one (exactly its name) and the table-sync ones.
+/// Every slot of this sync: the main one (exactly its name) and the table-sync ones
+/// (`<name>_sync_<digits>`, see [`is_slot_of`]).
 pub async fn slots_of(conn: &mut Connection, subname: &str) -> Result<Vec<String>> {
     let prefix = format!("{subname}_sync_");
     let sql = format!(
         "SELECT slot_name FROM pg_catalog.pg_replication_slots \
-          WHERE slot_name = {} OR left(slot_name, {}) = {}",
+          WHERE slot_name OPERATOR(pg_catalog.=) {} \
+             OR pg_catalog.left(slot_name, {}) OPERATOR(pg_catalog.=) {}",
         quote_literal(subname),
         prefix.len(),
         quote_literal(&prefix)
@@ -146,7 +158,20 @@ pub async fn slots_of(conn: &mut Connection, subname: &str) -> Result<Vec<String
         .await?
         .iter()
         .filter_map(|r| r.get(0).map(str::to_string))
+        .filter(|s| is_slot_of(s, subname))
         .collect())
+}
+
+/// Is `slot` a slot of the sync `subname`: its main slot, or a table-sync slot
+/// `<subname>_sync_<digits>`? Exact, so that the sync `x` never claims a slot of the
+/// sync `x_sync_eu` (whose slots are `x_sync_eu` and `x_sync_eu_sync_<digits>`); sync
+/// names that end like a table-sync slot are refused (`api::validate_name`).
+pub fn is_slot_of(slot: &str, subname: &str) -> bool {
+    slot == subname
+        || slot
+            .strip_prefix(subname)
+            .and_then(|rest| rest.strip_prefix("_sync_"))
+            .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,13 +183,24 @@ pub struct PubTable {
 
 /// The tables `pg_publication_tables` lists for the publication (leaf partitions, or roots
 /// with publish_via_partition_root), with their source oids.
+///
+/// Tables that belong to an extension on the source are left out, and listed nowhere: a
+/// `FOR ALL TABLES` publication on a server that runs livesync or TimescaleDB itself lists
+/// their catalogs (livesync's holds connection strings with passwords), which must never
+/// reach the target. (`pg_dump` leaves them out for the same reason; native replication
+/// does copy them, which is its weakness here, not a behaviour to keep.)
 pub async fn publication_tables(conn: &mut Connection, publication: &str) -> Result<Vec<PubTable>> {
     let sql = format!(
         "SELECT c.oid, pt.schemaname, pt.tablename \
            FROM pg_catalog.pg_publication_tables pt \
-           JOIN pg_catalog.pg_namespace n ON n.nspname = pt.schemaname \
-           JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
-          WHERE pt.pubname = {}",
+           JOIN pg_catalog.pg_namespace n ON n.nspname OPERATOR(pg_catalog.=) pt.schemaname \
+           JOIN pg_catalog.pg_class c ON c.relnamespace OPERATOR(pg_catalog.=) n.oid \
+                AND c.relname OPERATOR(pg_catalog.=) pt.tablename \
+          WHERE pt.pubname OPERATOR(pg_catalog.=) {} \
+            AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d \
+                             WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass \
+                               AND d.objid OPERATOR(pg_catalog.=) c.oid \
+                               AND d.deptype OPERATOR(pg_catalog.=) 'e')",
         quote_literal(publication)
     );
     let mut out = Vec::new();
@@ -257,6 +293,18 @@ pub async fn publication_filter(
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn slot_ownership_is_exact() {
+        assert!(is_slot_of("x", "x"));
+        assert!(is_slot_of("x_sync_16384", "x"));
+        assert!(!is_slot_of("x_sync_eu", "x"));
+        assert!(!is_slot_of("x_sync_eu_sync_16384", "x"));
+        assert!(!is_slot_of("x_sync_", "x"));
+        assert!(!is_slot_of("xy", "x"));
+        assert!(is_slot_of("x_sync_eu_sync_16384", "x_sync_eu"));
+        assert!(!is_slot_of("x_sync_16384", "x_sync_eu"));
+    }
+
     #[test]
     fn quoting() {
         assert_eq!(quote_literal("a'b"), "'a''b'");

@@ -133,6 +133,30 @@ impl Registry {
         Some(s)
     }
 
+    /// Could [`Registry::sync_entry`] find or make a slot for this sync?
+    pub fn has_room_for(&self, dboid: u32, subid: i32) -> bool {
+        self.sync(dboid, subid).is_some() || self.syncs.iter().any(|s| !s.in_use)
+    }
+
+    /// How many syncs (running or stopped) live in database `dboid`.
+    pub fn syncs_in(&self, dboid: u32) -> usize {
+        self.syncs
+            .iter()
+            .filter(|s| s.in_use && s.dboid == dboid)
+            .count()
+    }
+
+    /// Forget every sync of a database that no longer exists.
+    pub fn forget_database(&mut self, dboid: u32) {
+        for s in self
+            .syncs
+            .iter_mut()
+            .filter(|s| s.in_use && s.dboid == dboid)
+        {
+            *s = SyncSlot::default();
+        }
+    }
+
     pub fn forget_sync(&mut self, dboid: u32, subid: i32) {
         if let Some(s) = self.sync_mut(dboid, subid) {
             *s = SyncSlot::default();

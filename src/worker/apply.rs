@@ -18,9 +18,7 @@ use crate::shmem::{self, REGISTRY};
 use crate::source::{ConnInfo, Connection};
 use crate::state::TableState;
 use crate::worker::{self, block_on};
-use pgrx::bgworkers::{
-    BackgroundWorker, BackgroundWorkerStatus, DynamicBackgroundWorker, SignalWakeFlags,
-};
+use pgrx::bgworkers::{BackgroundWorkerStatus, DynamicBackgroundWorker};
 use pgrx::prelude::*;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -44,8 +42,7 @@ unsafe extern "C-unwind" fn unregister(_code: i32, _arg: pg_sys::Datum) {
 pub extern "C-unwind" fn livesync_apply_main(arg: pg_sys::Datum) {
     let packed = arg.value() as i64;
     let (dboid, subid) = ((packed >> 32) as u32, packed as i32);
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(dboid)), None);
+    worker::attach(dboid);
 
     // Register, unless another apply worker already runs for this sync.
     {
@@ -95,6 +92,8 @@ struct ApplyWorker {
     last_sync_check: Instant,
     last_housekeeping: Instant,
     succeeded: bool,
+    /// The "no background worker slot" WARNING was given (once until a start succeeds).
+    warned_no_slots: bool,
 }
 
 impl ApplyWorker {
@@ -114,6 +113,7 @@ impl ApplyWorker {
             last_sync_check: Instant::now() - Duration::from_secs(3600),
             last_housekeeping: Instant::now(),
             succeeded: false,
+            warned_no_slots: false,
         }
     }
 
@@ -569,6 +569,7 @@ impl ApplyWorker {
             &extra,
         ) {
             Some(h) => {
+                self.warned_no_slots = false;
                 self.tablesyncs.insert(r.rrelid, h);
                 let e = self
                     .tablesync_retry
@@ -578,7 +579,18 @@ impl ApplyWorker {
                 e.1 = Instant::now() + Duration::from_millis(worker::backoff_ms(e.0) as u64);
             }
             None => {
-                warning!("livesync: could not start a table sync worker; consider raising max_worker_processes");
+                // No worker slot free: retry this table later, growing the delay; say so
+                // once until a table-sync worker starts again.
+                let e = self
+                    .tablesync_retry
+                    .entry(r.rrelid)
+                    .or_insert((0, Instant::now()));
+                e.0 += 1;
+                e.1 = Instant::now() + Duration::from_millis(worker::backoff_ms(e.0) as u64);
+                if !self.warned_no_slots {
+                    self.warned_no_slots = true;
+                    worker::warn_no_worker_slots("a table sync worker");
+                }
             }
         }
     }

@@ -17,6 +17,11 @@ use pgrx::prelude::*;
 use std::collections::HashMap;
 use std::time::Duration;
 
+thread_local! {
+    /// Consecutive failures to start an apply worker for want of a worker slot.
+    static NO_WORKER_SLOTS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
 pub fn register() {
     BackgroundWorkerBuilder::new("livesync launcher")
         .set_type("livesync launcher")
@@ -30,6 +35,11 @@ pub fn register() {
 /// Connectable databases, read straight from pg_database (the launcher is connected to no
 /// database, so it cannot run SQL).
 fn databases() -> Vec<u32> {
+    database_oids(true)
+}
+
+/// Databases in pg_database: connectable ones only, or all.
+fn database_oids(connectable_only: bool) -> Vec<u32> {
     let mut out = Vec::new();
     // SAFETY: a catalog heap scan inside a transaction, as autovacuum's get_database_list.
     unsafe {
@@ -42,7 +52,7 @@ fn databases() -> Vec<u32> {
                 break;
             }
             let form = pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tup);
-            if (*form).datallowconn && !(*form).datistemplate {
+            if !connectable_only || ((*form).datallowconn && !(*form).datistemplate) {
                 out.push((*form).oid.to_u32());
             }
         }
@@ -106,6 +116,7 @@ fn probe_all() {
 fn start_apply_workers(handles: &mut HashMap<(u32, i32), DynamicBackgroundWorker>) {
     handles.retain(|_, h| matches!(h.pid(), Ok(_) | Err(BackgroundWorkerStatus::NotYetStarted)));
     let now = shmem::now_ms();
+    forget_dropped_databases();
     let wanted: Vec<(u32, i32)> = {
         let reg = REGISTRY.share();
         reg.syncs
@@ -132,36 +143,82 @@ fn start_apply_workers(handles: &mut HashMap<(u32, i32), DynamicBackgroundWorker
         ) {
             Some(h) => {
                 handles.insert(key, h);
+                NO_WORKER_SLOTS.with(|w| w.set(0));
             }
             None => {
+                // Every background worker slot is taken: back off (1, 2, 4 ... s), and say
+                // so once until a worker starts again.
+                let misses = NO_WORKER_SLOTS.with(|w| {
+                    w.set(w.get() + 1);
+                    w.get()
+                });
                 let mut reg = REGISTRY.exclusive();
                 if let Some(s) = reg.sync_mut(db, subid) {
-                    s.not_before_ms = now + worker::backoff_ms(1);
+                    s.not_before_ms = now + worker::backoff_ms(misses);
                 }
-                log!("livesync launcher: could not start an apply worker; consider raising max_worker_processes");
+                drop(reg);
+                if misses == 1 {
+                    worker::warn_no_worker_slots("an apply worker");
+                }
             }
         }
     }
 }
 
-/// Probe entry point: record this database's enabled syncs in shared memory.
+/// Forget the syncs of databases that no longer exist (dropped by a server without livesync
+/// preloaded, say), so that no worker is started for them over and over.
+fn forget_dropped_databases() {
+    let dbs: Vec<u32> = {
+        let reg = REGISTRY.share();
+        reg.syncs
+            .iter()
+            .filter(|s| s.in_use)
+            .map(|s| s.dboid)
+            .collect()
+    };
+    if dbs.is_empty() {
+        return;
+    }
+    let existing = database_oids(false);
+    for db in dbs {
+        if !existing.contains(&db) {
+            log!("livesync launcher: database {db} no longer exists; forgetting its syncs");
+            REGISTRY.exclusive().forget_database(db);
+        }
+    }
+}
+
+/// Probe entry point: record this database's syncs in shared memory.
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn livesync_probe_main(arg: pg_sys::Datum) {
     let db = arg.value() as u32;
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), None);
-    let syncs = worker::xact(|| {
+    worker::attach(db);
+    let syncs = match worker::xact(|| {
         if !catalog::extension_installed()? {
             return Ok(Vec::new());
         }
         Ok(catalog::all_syncs()?)
-    })
-    .unwrap_or_default();
+    }) {
+        Ok(syncs) => syncs,
+        Err(e) => {
+            warning!("livesync probe of database {db} failed, its syncs do not run until the next server restart: {e}");
+            return;
+        }
+    };
+    // Every sync, stopped ones too: DROP DATABASE counts them.
     let mut reg = REGISTRY.exclusive();
-    for s in syncs.iter().filter(|s| s.enabled) {
-        if let Some(slot) = reg.sync_entry(db, s.subid) {
-            slot.enabled = true;
+    for s in &syncs {
+        match reg.sync_entry(db, s.subid) {
+            Some(slot) => slot.enabled = s.enabled,
+            None => {
+                warning!(
+                    "livesync: no room in shared memory for subscription \"{}\" of database {db} (at most {} per server); it does not run",
+                    s.subname,
+                    shmem::MAX_SYNCS
+                );
+                break;
+            }
         }
     }
 }

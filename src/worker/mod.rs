@@ -78,8 +78,78 @@ fn in_bgworker() -> bool {
 
 /// Has this background worker been asked to exit (SIGTERM)?
 pub fn shutdown_requested() -> bool {
-    // SAFETY: a sig_atomic_t flag written only by the SIGTERM handler.
-    unsafe { std::ptr::read_volatile(&raw const pg_sys::ShutdownRequestPending) != 0 }
+    // SAFETY: sig_atomic_t flags written only by signal handlers.
+    unsafe {
+        std::ptr::read_volatile(&raw const pg_sys::ProcDiePending) != 0
+            || std::ptr::read_volatile(&raw const pg_sys::ShutdownRequestPending) != 0
+    }
+}
+
+/// Set up a livesync worker's signals and connect it to database `dboid`, with its
+/// session's `search_path` pinned before any SQL runs.
+///
+/// SIGTERM gets PostgreSQL's own `die` handler, as PostgreSQL's apply and table-sync
+/// workers have: it sets the latch and `ProcDiePending`, so a worker waiting on a user's
+/// lock or running a long statement stops at PostgreSQL's next interrupt check (FATAL
+/// "terminating background worker ... due to administrator command"), not only when our
+/// own loop looks at the flag. `livesync_stop`, `pg_terminate_backend` and a fast shutdown
+/// are therefore prompt.
+pub fn attach(dboid: u32) {
+    use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    // SAFETY: replaces our SIGTERM handler with the server's; called on the main thread
+    // before any other work.
+    unsafe {
+        pg_sys::pqsignal(libc::SIGTERM, Some(server_die));
+    }
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(dboid)), None);
+    pin_search_path();
+}
+
+unsafe extern "C-unwind" {
+    /// The server's SIGTERM handler for backends (`die` in postgres.c), called as a signal
+    /// handler: pgrx's own binding wraps it in a Rust function, which a handler must not be.
+    #[link_name = "die"]
+    fn server_die(signal: core::ffi::c_int);
+}
+
+/// `search_path = pg_catalog, pg_temp` for the rest of this session, whatever the database
+/// or role settings say (PostgreSQL's own workers use an empty one): a function or operator
+/// a user planted in another schema is never picked up by livesync's SQL.
+pub const PINNED_SEARCH_PATH: &str = "pg_catalog, pg_temp";
+
+fn pin_search_path() {
+    let _ = xact(|| {
+        Spi::run(&format!(
+            "SELECT pg_catalog.set_config('search_path', '{PINNED_SEARCH_PATH}', false)"
+        ))?;
+        Ok(())
+    });
+}
+
+/// Run `f` with `search_path` pinned (see [`PINNED_SEARCH_PATH`]) in the caller's session,
+/// as a function with `SET search_path` would: for livesync's SQL that runs inside a user's
+/// statement (the DROP EXTENSION hook). Restored when `f` returns or the transaction ends.
+pub fn with_pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: the GUC nest level pairs with AtEOXact_GUC below, or with transaction abort
+    // if `f` raises an ERROR; both restore the previous value.
+    unsafe {
+        let level = pg_sys::NewGUCNestLevel();
+        let value = std::ffi::CString::new(PINNED_SEARCH_PATH).expect("no NUL");
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        let r = f();
+        pg_sys::AtEOXact_GUC(true, level);
+        r
+    }
 }
 
 /// Look at interrupts: a worker returns `Terminated` on SIGTERM; a SQL function raises
@@ -174,6 +244,16 @@ pub fn commit() {
         }
         pg_sys::CommitTransactionCommand();
     }
+    // Hand this process's table statistics (rows written, index scans...) to the
+    // cumulative statistics system, as PostgreSQL's apply worker does after its commits; a
+    // background worker is never idle in PostgresMain, where a backend does it. Rate-limited
+    // inside (once a second at most).
+    if in_bgworker() {
+        // SAFETY: outside any transaction, on the main thread.
+        unsafe {
+            pg_sys::pgstat_report_stat(false);
+        }
+    }
 }
 
 pub fn in_transaction() -> bool {
@@ -195,10 +275,26 @@ pub fn xact<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
 }
 
 /// Abort whatever transaction is open (after an error).
+///
+/// The session's replication-origin position is forgotten first, as PostgreSQL's
+/// `replorigin_reset()` does on its apply worker's error path: a transaction that failed at
+/// COMMIT (a deferred trigger, a serialization failure) had it set, and the next commit of
+/// this session (recording the error, say) would otherwise carry it into the origin and
+/// skip the changes that never committed.
 pub fn abort() {
+    reset_origin_position();
     // SAFETY: AbortCurrentTransaction is safe in any transaction state, idle included.
     unsafe {
         pg_sys::AbortCurrentTransaction();
+    }
+}
+
+/// Clear the position the next commit would record in this session's replication origin.
+pub fn reset_origin_position() {
+    // SAFETY: plain writes of backend-global variables on the main thread.
+    unsafe {
+        pg_sys::replorigin_session_origin_lsn = 0;
+        pg_sys::replorigin_session_origin_timestamp = 0;
     }
 }
 
@@ -241,6 +337,18 @@ pub fn launch(
         .set_notify_pid(unsafe { pg_sys::MyProcPid })
         .load_dynamic()
         .ok()
+}
+
+/// The WARNING for a worker that could not start because every background worker slot of
+/// the server is taken (said once, then retried with backoff).
+pub fn warn_no_worker_slots(what: &str) {
+    Error::user(
+        PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+        format!("livesync could not start {what}: no background worker slot is free"),
+    )
+    .detail("livesync retries with a growing delay.")
+    .hint("Raise max_worker_processes (a server restart is needed), or lower livesync.max_sync_workers_per_subscription.")
+    .report(PgLogLevel::WARNING);
 }
 
 /// Backoff before restart number `failures` (1, 2, 4, ... seconds, capped by the GUC).

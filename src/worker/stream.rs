@@ -438,6 +438,8 @@ pub fn commit_at_origin(lsn: Lsn, time: PgTimestamp) {
         pg_sys::replorigin_session_origin_timestamp = time;
     }
     worker::commit();
+    // Only this commit carries the position; later ones (catalog updates) must not.
+    worker::reset_origin_position();
     // SAFETY: flushes WAL up to our own commit record.
     unsafe { pg_sys::XLogFlush(pg_sys::XactLastCommitEnd) };
 }
@@ -461,6 +463,7 @@ fn message_xid(m: &Message) -> Option<Xid> {
 pub fn prepare_session() -> Result<()> {
     worker::xact(|| {
         for sql in [
+            "SET search_path = pg_catalog, pg_temp",
             "SET session_replication_role = replica",
             "SET datestyle = ISO",
             "SET intervalstyle = postgres",

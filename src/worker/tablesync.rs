@@ -27,7 +27,7 @@ use crate::source::{ConnInfo, Connection};
 use crate::state::TableState;
 use crate::worker::{self, block_on};
 use bytes::Bytes;
-use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
+use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
 use std::time::Duration;
 
@@ -55,8 +55,7 @@ pub extern "C-unwind" fn livesync_tablesync_main(_arg: pg_sys::Datum) {
         return;
     };
     let (dboid, subid, relid) = (dboid as u32, subid as i32, relid as u32);
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(dboid)), None);
+    worker::attach(dboid);
     {
         let mut reg = REGISTRY.exclusive();
         let ok = reg
@@ -369,8 +368,18 @@ impl TableSync {
                 }
                 let s = stream.as_mut().unwrap();
                 let owner = OnlyTable(self.relid);
+                // Read for a while, then look at the catalog again (the apply worker may
+                // move `catchup_lsn`). Never in the middle of a source transaction: a
+                // target transaction is open then, and only its commit may end the round,
+                // however long the transaction (one that was not streamed arrives whole).
                 let deadline = std::time::Instant::now() + Duration::from_millis(500);
-                while std::time::Instant::now() < deadline {
+                loop {
+                    worker::check_interrupts()?;
+                    if !s.xact_open()
+                        && (s.confirmed() >= catchup || std::time::Instant::now() >= deadline)
+                    {
+                        break;
+                    }
                     match s.recv(&self.rt, Duration::from_millis(20))? {
                         Some(m) => {
                             let (committed, reply) = s.handle(&self.rt, m, &owner)?;
@@ -381,13 +390,14 @@ impl TableSync {
                                 s.feedback(&self.rt, true)?;
                             }
                         }
+                        None if s.xact_open() => {
+                            s.check_alive(&self.rt)?;
+                            s.feedback(&self.rt, false)?;
+                        }
                         None => {
                             s.advance_idle()?;
                             break;
                         }
-                    }
-                    if s.confirmed() >= catchup && !s.xact_open() {
-                        break;
                     }
                 }
                 if !s.xact_open() {

@@ -170,7 +170,8 @@ static NAME_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// This process's run directory (`<root>/run-<pid>`), created on first use after cleaning up
 /// what dead earlier runs left behind.
-fn run_dir() -> &'static Path {
+/// This process's directory for clusters and files of the tests.
+pub fn run_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let root = harness_root();
@@ -362,6 +363,9 @@ pub struct ClusterSpec {
     pub extra_conf: Vec<String>,
     /// pg_hba.conf lines put before the defaults (first match wins).
     pub hba: Vec<String>,
+    /// Environment variables of the server processes (e.g. `PGSERVICEFILE`, which livesync's
+    /// source connections then see, as libpq would inside the server).
+    pub env: Vec<(String, String)>,
 }
 
 impl ClusterSpec {
@@ -371,7 +375,12 @@ impl ClusterSpec {
             name: name.to_string(),
             extra_conf: Vec::new(),
             hba: Vec::new(),
+            env: Vec::new(),
         }
+    }
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
     }
     pub fn conf(mut self, line: &str) -> Self {
         self.extra_conf.push(line.to_string());
@@ -395,6 +404,7 @@ pub struct Cluster {
     sockdir: PathBuf,
     logfile: PathBuf,
     private: bool,
+    env: Vec<(String, String)>,
 }
 
 static SOURCE: OnceLock<Result<Cluster, String>> = OnceLock::new();
@@ -510,9 +520,9 @@ impl Cluster {
             Kind::Source => conf.extend([
                 "max_replication_slots = 40".to_string(),
                 "max_wal_senders = 40".into(),
-                // The minimum: any transaction over 64 kB is streamed before it commits,
-                // so the tests exercise livesync's spooling of in-progress transactions.
-                "logical_decoding_work_mem = '64kB'".into(),
+                // logical_decoding_work_mem stays at its default (64MB), as users run it:
+                // large transactions arrive whole, at commit. Tests about streaming set it
+                // on their own database ([`Db::stream_large_transactions`]).
             ]),
             Kind::Target => {
                 conf.extend([
@@ -571,6 +581,7 @@ impl Cluster {
             sockdir,
             logfile,
             private,
+            env: spec.env.clone(),
         };
         c.start();
         eprintln!(
@@ -613,6 +624,7 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let mut cmd = server_cmd("pg_ctl");
+            cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
             cmd.arg("start")
                 .args(["-w", "-t", "60", "-D"])
                 .arg(&self.datadir)
@@ -870,6 +882,18 @@ impl<'a> Db<'a> {
     }
     pub fn try_client(&self) -> Result<Client, postgres::Error> {
         self.cluster.try_client(&self.name)
+    }
+    /// On a source database: `logical_decoding_work_mem = 64kB` for the walsenders that
+    /// connect to it from now on, so that any transaction over 64 kB is streamed before it
+    /// commits (for the tests of livesync's spooling of in-progress transactions).
+    pub fn stream_large_transactions(&self) {
+        self.cluster.exec(
+            "postgres",
+            &format!(
+                "ALTER DATABASE {} SET logical_decoding_work_mem = '64kB'",
+                self.name
+            ),
+        );
     }
     pub fn exec(&self, sql: &str) {
         self.cluster.exec(&self.name, sql)

@@ -787,6 +787,7 @@ fn spool_write_error_is_reported_and_retried() {
     // server may not write to), the sync reports the error, retries, and loses nothing.
     let tc = Cluster::new_private(Kind::Target, "spool_tgt");
     let src = Db::fresh(source(), "spool_src");
+    src.stream_large_transactions();
     let tgt = Db::fresh(&tc, "spool_tgt");
     setup_kv_ins(&src, &tgt, 1_000);
     let sub = "spool_error";
@@ -807,7 +808,7 @@ fn spool_write_error_is_reported_and_retried() {
     };
     mode(0o000);
     let w = ins_writer(&src, 1_000_001);
-    // Far more than logical_decoding_work_mem (64kB on the test sources): streamed.
+    // Far more than logical_decoding_work_mem (64kB on this source database): streamed.
     src.exec("INSERT INTO ins SELECT g, md5(g::text) FROM generate_series(2000001, 2050000) g");
     let err = wait_for_last_error(
         &tgt,

@@ -907,9 +907,10 @@ fn stop_of_an_idle_sync_is_prompt() {
 
 #[test]
 fn large_transactions_are_streamed_and_aborts_leave_no_trace() {
-    // The test source has logical_decoding_work_mem = 64kB, so these transactions reach
-    // livesync as streamed chunks (proto 2, streaming 'on') before they commit.
+    // logical_decoding_work_mem = 64kB on this source database, so these transactions
+    // reach livesync as streamed chunks (proto 2, streaming 'on') before they commit.
     let src = Db::fresh(source(), "stream_src");
+    src.stream_large_transactions();
     let tgt = Db::fresh(target(), "stream_tgt");
     ddl_both(&src, &tgt, &kv_table_ddl("t"));
     src.exec("CREATE PUBLICATION analytics FOR TABLE t");
