@@ -247,24 +247,28 @@ impl Applier {
         let plan = &*plan;
         if width == 0 {
             // Nothing to write but the rows themselves (a table without columns).
-            return Spi::connect_mut(|c| {
-                c.update(plan, None, &[(p.rows as i32).into()])?;
-                Ok(())
+            return as_owner(&m, || {
+                Spi::connect_mut(|c| {
+                    c.update(plan, None, &[(p.rows as i32).into()])?;
+                    Ok(())
+                })
             });
         }
-        Spi::connect_mut(|c| {
-            let mut args: Vec<DatumWithOid> = Vec::with_capacity(m.cols.len());
-            for (i, t) in m.cols.iter().enumerate() {
-                if t.is_some() {
-                    let vals = p.cols[i]
-                        .iter()
-                        .map(|v| v.as_ref().map(text_of).transpose())
-                        .collect::<Result<Vec<Option<&str>>>>()?;
-                    args.push(vals.into());
+        as_owner(&m, || {
+            Spi::connect_mut(|c| {
+                let mut args: Vec<DatumWithOid> = Vec::with_capacity(m.cols.len());
+                for (i, t) in m.cols.iter().enumerate() {
+                    if t.is_some() {
+                        let vals = p.cols[i]
+                            .iter()
+                            .map(|v| v.as_ref().map(text_of).transpose())
+                            .collect::<Result<Vec<Option<&str>>>>()?;
+                        args.push(vals.into());
+                    }
                 }
-            }
-            c.update(plan, None, &args)?;
-            Ok::<(), Error>(())
+                c.update(plan, None, &args)?;
+                Ok::<(), Error>(())
+            })
         })
     }
 
@@ -359,7 +363,7 @@ impl Applier {
             .chain(dim_vals.iter())
             .copied()
             .collect();
-        let n = exec_text(plan, &vals)?;
+        let n = as_owner(&m, || exec_text(plan, &vals))?;
         if n == 0 && !guard.is_empty() {
             // The row moves to another chunk, which UPDATE cannot do on a hypertable.
             return self.move_row(relid, &m, key_source, new);
@@ -441,18 +445,20 @@ impl Applier {
             .iter()
             .map(|&k| datum_text(&key.0[k]))
             .collect::<Result<Vec<_>>>()?;
-        Spi::connect(|c| {
-            let args: Vec<DatumWithOid> = vals.iter().map(|v| (*v).into()).collect();
-            let table = c.select(&sql, Some(1), &args)?;
-            let mut out = Vec::new();
-            if let Some(row) = table.into_iter().next() {
-                for i in 1..=cols.len() {
-                    out.push(row.get::<String>(i)?);
+        as_owner(m, || {
+            Spi::connect(|c| {
+                let args: Vec<DatumWithOid> = vals.iter().map(|v| (*v).into()).collect();
+                let table = c.select(&sql, Some(1), &args)?;
+                let mut out = Vec::new();
+                if let Some(row) = table.into_iter().next() {
+                    for i in 1..=cols.len() {
+                        out.push(row.get::<String>(i)?);
+                    }
+                } else {
+                    out.resize(cols.len(), None);
                 }
-            } else {
-                out.resize(cols.len(), None);
-            }
-            Ok(out)
+                Ok(out)
+            })
         })
     }
 
@@ -483,7 +489,7 @@ impl Applier {
             .iter()
             .map(|&k| datum_text(&key.0[k]))
             .collect::<Result<Vec<_>>>()?;
-        exec_text(plan, &vals)
+        as_owner(m, || exec_text(plan, &vals))
     }
 
     /// TRUNCATE the target tables of `relids`. As PostgreSQL's apply worker, never with
@@ -498,8 +504,10 @@ impl Applier {
             return Ok(());
         }
         let mut names = Vec::new();
+        let mut owners = Vec::new();
         for &r in relids {
             let m = self.mapping(r)?;
+            owners.push(m.clone());
             let only = if m.partitioned || m.hypertable {
                 ""
             } else {
@@ -512,8 +520,17 @@ impl Applier {
         } else {
             ""
         };
-        Spi::run(&format!("TRUNCATE {}{restart}", names.join(", ")))?;
-        Ok(())
+        let sql = format!("TRUNCATE {}{restart}", names.join(", "));
+        // One statement (foreign keys between the tables need that), as the tables' owner.
+        // Tables of several owners are truncated as livesync's own role: TRUNCATE runs no
+        // user code but ENABLE ALWAYS truncate triggers, and native apply issues them as
+        // one command too.
+        match owners.first() {
+            Some(first) if owners.iter().all(|m| m.owner == first.owner) => {
+                as_owner(first, || Ok(Spi::run(&sql)?))
+            }
+            _ => Ok(Spi::run(&sql)?),
+        }
     }
 }
 
@@ -544,6 +561,45 @@ fn datum_text(d: &Datum) -> Result<Option<&str>> {
             Code::ERRCODE_PROTOCOL_VIOLATION,
             "unexpected binary value",
         )),
+    }
+}
+
+/// Run `f` as the owner of `m`'s target table, in a security-restricted context, as
+/// PostgreSQL 16's apply worker does (`run_as_owner = false`): triggers, defaults, CHECK
+/// constraints and index expressions of the table run with its owner's rights, never with
+/// livesync's superuser ones, and cannot change the session (SET ROLE, GUCs: a new GUC
+/// level undoes what they set). An ERROR inside is cleaned up by the transaction's abort.
+pub fn as_owner<R>(m: &Mapping, f: impl FnOnce() -> Result<R>) -> Result<R> {
+    let (mut user, mut sec) = (pg_sys::InvalidOid, 0);
+    // SAFETY: reads this backend's current user and security context.
+    unsafe { pg_sys::GetUserIdAndSecContext(&mut user, &mut sec) };
+    if m.owner == pg_sys::InvalidOid || m.owner == user {
+        return f();
+    }
+    // SAFETY: switches the current user for the statements `f` runs; restored below, or by
+    // AbortTransaction (with the GUC level) when an ERROR escapes `f`.
+    let level = unsafe {
+        pg_sys::SetUserIdAndSecContext(m.owner, sec | pg_sys::SECURITY_RESTRICTED_OPERATION as i32);
+        pg_sys::NewGUCNestLevel()
+    };
+    let r = f();
+    // SAFETY: pairs with the switch above.
+    unsafe {
+        pg_sys::AtEOXact_GUC(false, level);
+        pg_sys::SetUserIdAndSecContext(user, sec);
+    }
+    r
+}
+
+/// May the owner of `m`'s target table read server files (for COPY FROM a staged file)?
+pub fn owner_reads_server_files(m: &Mapping) -> bool {
+    // SAFETY: catalog lookups on the main thread inside a transaction.
+    unsafe {
+        pg_sys::superuser_arg(m.owner)
+            || pg_sys::has_privs_of_role(
+                m.owner,
+                pg_sys::Oid::from(pg_sys::ROLE_PG_READ_SERVER_FILES),
+            )
     }
 }
 
@@ -805,6 +861,7 @@ mod tests {
             ancestors: vec![],
             partitioned: false,
             by_all_columns: false,
+            owner: pg_sys::InvalidOid,
         }
     }
 

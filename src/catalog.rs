@@ -322,6 +322,26 @@ pub fn delete_rel(subid: i32, relid: u32) -> SpiResult<()> {
 }
 
 /// Move a table to `state`; `lsn` (when given) becomes the copy's consistent LSN.
+/// Send a copied table (state f) back to a fresh copy, because what its catch-up needs is
+/// gone (its table-sync slot was dropped or invalidated): state i, and the next copy empties
+/// the target table first, in its own transaction (see [`rel_replaces`]), so that no row is
+/// doubled. `why` is shown as the table's last error.
+pub fn restart_rel_copy(subid: i32, relid: u32, why: &str) -> SpiResult<()> {
+    debug_assert!(TableState::FinishedCopy.can_become(TableState::Init));
+    run(
+        "UPDATE livesync.sync_rel r SET state = 'i', lsn = NULL, sync_lsn = NULL, catchup_lsn = NULL, \
+           replaces = (SELECT pg_catalog.array_agg(DISTINCT o) FROM pg_catalog.unnest( \
+               pg_catalog.array_append(r.replaces, pg_catalog.to_regclass( \
+                 pg_catalog.quote_ident(r.schemaname) OPERATOR(pg_catalog.||) '.' \
+                 OPERATOR(pg_catalog.||) pg_catalog.quote_ident(r.tablename))::pg_catalog.oid)) AS u(o) \
+               WHERE o IS NOT NULL), \
+           last_error = $3, last_error_time = pg_catalog.now() \
+         WHERE subid = $1 AND rrelid = $2 AND state = 'f'",
+        &[subid.into(), oid(relid), why.into()],
+    )
+    .map(drop)
+}
+
 pub fn set_rel_state(
     subid: i32,
     relid: u32,

@@ -135,6 +135,21 @@ impl Error {
                 None,
             ),
             Error::Spi(_) => (Code::ERRCODE_INTERNAL_ERROR, self.to_string(), None, None),
+            Error::Spool(e)
+                if e
+                    .get_ref()
+                    .is_some_and(|i| i.is::<crate::worker::spool::TempFileLimit>()) =>
+            {
+                (
+                    Code::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+                    self.to_string(),
+                    None,
+                    Some(
+                        "A large source transaction is spooled to temporary files until it commits on the source: raise temp_file_limit for the sync's database (ALTER DATABASE ... SET temp_file_limit), or split the transaction on the source. The sync retries by itself."
+                            .to_string(),
+                    ),
+                )
+            }
             Error::Spool(_) => (
                 Code::ERRCODE_IO_ERROR,
                 self.to_string(),
@@ -158,6 +173,16 @@ impl Error {
     pub fn raise(self) -> ! {
         self.report(PgLogLevel::ERROR);
         unreachable!("ERROR does not return")
+    }
+
+    /// The message and, when there is one, the hint, for a status column (`last_error`):
+    /// what a person reading the view needs to act.
+    pub fn summary(&self) -> String {
+        let (_, msg, _, hint) = self.parts();
+        match hint {
+            Some(h) => format!("{msg} (HINT: {h})"),
+            None => msg,
+        }
     }
 
     /// Report at `level` (LOG/WARNING return; ERROR does not).

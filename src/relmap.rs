@@ -137,6 +137,9 @@ pub struct Mapping {
     /// REPLICA IDENTITY FULL and no target key to find rows by: a row is found by every
     /// column the source sent, and exactly one matching row is changed.
     pub by_all_columns: bool,
+    /// The target table's owner: changes and copies run as this role (see
+    /// `apply::as_owner`).
+    pub owner: pg_sys::Oid,
 }
 
 pub fn quote_ident(s: &str) -> String {
@@ -223,14 +226,15 @@ pub fn resolve(rel: &Relation) -> Result<Mapping> {
         &rel.namespace
     };
     let display = format!("{schema}.{}", rel.name);
-    let (oid, relkind, local) = Spi::connect(|client| {
+    let (oid, relkind, owner, local) = Spi::connect(|client| {
         let mut oid = None;
         let mut relkind = None;
+        let mut owner = pg_sys::InvalidOid;
         let mut cols = Vec::new();
         // The target's key: its replica identity index if it has one, else its primary key
         // (what native apply looks rows up by).
         let rows = client.select(
-            "SELECT c.oid, c.relkind::pg_catalog.text, a.attname::pg_catalog.text, tn.nspname::pg_catalog.text, t.typname::pg_catalog.text, \
+            "SELECT c.oid, c.relkind::pg_catalog.text, c.relowner, a.attname::pg_catalog.text, tn.nspname::pg_catalog.text, t.typname::pg_catalog.text, \
                     a.atttypid, a.atttypmod, pg_catalog.format_type(a.atttypid, a.atttypmod), \
                     a.attgenerated <> '', a.attidentity = 'a', \
                     a.attnum OPERATOR(pg_catalog.=) ANY ( \
@@ -255,13 +259,14 @@ pub fn resolve(rel: &Relation) -> Result<Mapping> {
         for row in rows {
             oid = row.get::<pg_sys::Oid>(1)?;
             relkind = row.get::<String>(2)?;
-            let Some(name) = row.get::<String>(3)? else {
+            owner = row.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid);
+            let Some(name) = row.get::<String>(4)? else {
                 continue; // a table without columns
             };
-            let typschema: String = row.get(4)?.unwrap_or_default();
-            let typname: String = row.get(5)?.unwrap_or_default();
-            let typid: pg_sys::Oid = row.get(6)?.unwrap_or(pg_sys::InvalidOid);
-            let typmod: i32 = row.get(7)?.unwrap_or(-1);
+            let typschema: String = row.get(5)?.unwrap_or_default();
+            let typname: String = row.get(6)?.unwrap_or_default();
+            let typid: pg_sys::Oid = row.get(7)?.unwrap_or(pg_sys::InvalidOid);
+            let typmod: i32 = row.get(8)?.unwrap_or(-1);
             cols.push(LocalCol {
                 name,
                 type_name: format!(
@@ -269,19 +274,19 @@ pub fn resolve(rel: &Relation) -> Result<Mapping> {
                     quote_ident_pure(&typschema),
                     quote_ident_pure(&typname)
                 ),
-                display_type: row.get(8)?.unwrap_or_default(),
+                display_type: row.get(9)?.unwrap_or_default(),
                 eq_op: equality_operator(typid),
                 limit: if typschema == "pg_catalog" {
                     Limit::from_type(&typname, typmod)
                 } else {
                     None
                 },
-                generated: row.get(9)?.unwrap_or(false),
-                always_identity: row.get(10)?.unwrap_or(false),
-                in_local_key: row.get(11)?.unwrap_or(false),
+                generated: row.get(10)?.unwrap_or(false),
+                always_identity: row.get(11)?.unwrap_or(false),
+                in_local_key: row.get(12)?.unwrap_or(false),
             });
         }
-        Ok::<_, pgrx::spi::SpiError>((oid, relkind, cols))
+        Ok::<_, pgrx::spi::SpiError>((oid, relkind, owner, cols))
     })?;
     let Some(local_oid) = oid else {
         return Err(Error::user(
@@ -314,6 +319,7 @@ pub fn resolve(rel: &Relation) -> Result<Mapping> {
         .collect();
     let (key, by_all_columns) = key_and_scan(rel, &local);
     Ok(Mapping {
+        owner,
         by_all_columns,
         dims,
         hypertable,

@@ -61,6 +61,8 @@ impl TableState {
                 | (DataSync, DataSync)
                 | (DataSync, FinishedCopy)
                 | (FinishedCopy, SyncDone)
+                // The table-sync slot was lost before the hand-off: copy again.
+                | (FinishedCopy, Init)
                 | (SyncDone, Ready)
         )
     }
@@ -114,6 +116,7 @@ mod tests {
         assert!(SyncDone.can_become(Ready));
         assert!(!Ready.can_become(Init));
         assert!(!FinishedCopy.can_become(Ready));
+        assert!(FinishedCopy.can_become(Init));
         assert!(!Init.can_become(SyncDone));
         assert!(!DataSync.can_become(Ready));
     }

@@ -624,7 +624,7 @@ impl ApplyWorker {
                     .as_ref()
                     .map(|s| s.subname.clone())
                     .unwrap_or_default();
-                let msg = e.to_string();
+                let msg = e.summary();
                 e.report(PgLogLevel::LOG);
                 log!("livesync apply worker for \"{name}\" stopped after an error; it will be restarted");
                 let _ = worker::xact(|| Ok(catalog::set_sync_error(self.subid, Some(&msg))?));

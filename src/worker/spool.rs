@@ -8,8 +8,11 @@
 //! transaction; at StreamAbort of the whole transaction it is deleted. Memory stays
 //! bounded whatever the transaction's size.
 //!
-//! Files live in `base/pgsql_tmp` with the `pgsql_tmp` prefix, so PostgreSQL removes any
-//! left over by a crash when it restarts; a worker also removes its own at start.
+//! Files live where PostgreSQL's own temporary files go: the `pgsql_tmp` directory of the
+//! next of `temp_tablespaces` (`base/pgsql_tmp` without one), with the `pgsql_tmp` prefix,
+//! so PostgreSQL removes any left over by a crash when it restarts; a worker also removes
+//! its own at start. Their total size honours `temp_file_limit`: a source transaction
+//! bigger than the limit is an error that says so, not a full data directory.
 
 use crate::pgoutput::Xid;
 use bytes::Bytes;
@@ -30,12 +33,55 @@ pub struct Spool {
     dir: PathBuf,
     prefix: String,
     open: HashMap<Xid, Open>,
+    /// `temp_file_limit` in bytes, if any: the most all open files may hold together.
+    limit: Option<u64>,
+}
+
+/// The error of a spool that would grow past `temp_file_limit` (kB), carried inside an
+/// `io::Error` (see `Error::parts`).
+#[derive(Debug)]
+pub struct TempFileLimit(pub u64);
+
+impl std::fmt::Display for TempFileLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "temporary file size exceeds temp_file_limit ({}kB)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for TempFileLimit {}
+
+/// Where this session's temporary files go (`temp_tablespaces`), and `temp_file_limit` in
+/// bytes. Must run inside a transaction (the tablespace list is checked against the
+/// catalog).
+pub fn temp_location() -> (PathBuf, Option<u64>) {
+    // SAFETY: PostgreSQL's own temp-file placement, on the main thread inside a
+    // transaction; `path` is MAXPGPATH bytes as TempTablespacePath expects.
+    unsafe {
+        pgrx::pg_sys::PrepareTempTablespaces();
+        let tablespace = pgrx::pg_sys::GetNextTempTableSpace();
+        let mut path = [0 as std::ffi::c_char; pgrx::pg_sys::MAXPGPATH as usize];
+        pgrx::pg_sys::TempTablespacePath(path.as_mut_ptr(), tablespace);
+        let dir = std::ffi::CStr::from_ptr(path.as_ptr())
+            .to_string_lossy()
+            .into_owned();
+        let kb = pgrx::pg_sys::temp_file_limit;
+        (PathBuf::from(dir), (kb >= 0).then(|| kb as u64 * 1024))
+    }
 }
 
 impl Spool {
     /// `tag` names the owner (sync and table), so its stale files can be found.
     pub fn new(dir: PathBuf, tag: &str) -> std::io::Result<Spool> {
-        fs::create_dir_all(&dir)?;
+        fs::create_dir_all(&dir).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("could not create directory \"{}\": {e}", dir.display()),
+            )
+        })?;
         let prefix = format!("pgsql_tmp_livesync_{tag}_");
         // Files of an earlier run of this worker: the source streams those transactions
         // again from their start.
@@ -50,7 +96,18 @@ impl Spool {
             dir,
             prefix,
             open: HashMap::new(),
+            limit: None,
         })
+    }
+
+    /// Refuse to let the files grow past `bytes` in total.
+    pub fn with_limit(mut self, bytes: Option<u64>) -> Spool {
+        self.limit = bytes;
+        self
+    }
+
+    fn total(&self) -> u64 {
+        self.open.values().map(|o| o.len).sum()
     }
 
     fn path(&self, xid: Xid) -> PathBuf {
@@ -89,6 +146,11 @@ impl Spool {
 
     /// Append one message of top-level transaction `top`, sent by (sub)transaction `xid`.
     pub fn append(&mut self, top: Xid, xid: Option<Xid>, msg: &[u8]) -> std::io::Result<()> {
+        if let Some(limit) = self.limit {
+            if self.total() + 4 + msg.len() as u64 > limit {
+                return Err(std::io::Error::other(TempFileLimit(limit / 1024)));
+            }
+        }
         let o = self.open.get_mut(&top).ok_or_else(|| {
             std::io::Error::other(format!("no stream open for transaction {top}"))
         })?;
@@ -238,6 +300,18 @@ mod tests {
         s.append(1, Some(3), b"y").unwrap();
         s.abort(1, 2).unwrap();
         assert_eq!(collect(s.commit(1).unwrap()), vec![b"keep".to_vec()]);
+    }
+
+    #[test]
+    fn temp_file_limit_counts_every_open_file() {
+        let mut s = Spool::new(dir(), "t4").unwrap().with_limit(Some(20));
+        s.start(1, true).unwrap();
+        s.start(2, true).unwrap();
+        s.append(1, None, b"12345678").unwrap(); // 12 bytes with its length
+        let e = s.append(2, None, b"12345").unwrap_err(); // 21 > 20
+        assert!(e.to_string().contains("temp_file_limit"), "{e}");
+        s.abort(1, 1).unwrap();
+        s.append(2, None, b"12345").unwrap();
     }
 
     #[test]

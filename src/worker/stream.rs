@@ -79,8 +79,10 @@ impl Stream {
         publication: &str,
         spool_tag: &str,
     ) -> Result<Stream> {
-        // Backends run in the data directory; PostgreSQL empties base/pgsql_tmp at startup.
-        let spool = Spool::new(std::path::PathBuf::from("base/pgsql_tmp"), spool_tag)?;
+        // Where PostgreSQL puts this session's temporary files (temp_tablespaces), with
+        // its temp_file_limit; PostgreSQL empties those directories at startup.
+        let (dir, limit) = worker::xact(|| Ok(super::spool::temp_location()))?;
+        let spool = Spool::new(dir, spool_tag)?.with_limit(limit);
         let cmd = start_command(slot, start, publication);
         worker::block_on(rt, conn.start_replication(&cmd))?.map_err(|e| match e {
             crate::source::SourceError::Server(s) if s.code == "42704" => Error::NeedsResync {
@@ -88,6 +90,22 @@ impl Stream {
                     "replication slot \"{slot}\" does not exist on the source, so changes may have been lost; a full resync is needed"
                 ),
             },
+            // Invalidated: PostgreSQL 15 says "cannot read from logical replication slot",
+            // 16+ "can no longer get changes from replication slot", with the cause
+            // (removed WAL, an idle timeout, a conflict on a standby) in the DETAIL.
+            crate::source::SourceError::Server(s)
+                if s.code == "55000"
+                    && (s.message.contains("replication slot")
+                        && (s.message.contains("cannot read from")
+                            || s.message.contains("can no longer get changes"))) =>
+            {
+                Error::NeedsResync {
+                    msg: format!(
+                        "replication slot \"{slot}\" was invalidated on the source ({}), so changes were lost; a full resync is needed",
+                        s.detail.as_deref().unwrap_or(&s.message)
+                    ),
+                }
+            }
             other => Error::from_source("could not start streaming from the source", other),
         })?;
         Ok(Stream {

@@ -91,7 +91,8 @@ pub extern "C-unwind" fn livesync_tablesync_main(_arg: pg_sys::Datum) {
     match result {
         Ok(()) | Err(Error::Terminated) => {}
         Err(e) => {
-            let msg = e.to_string();
+            let e = explain_copy_error(e);
+            let msg = e.summary();
             e.report(PgLogLevel::LOG);
             let _ = worker::xact(|| Ok(catalog::set_rel_error(subid, relid, &msg)?));
         }
@@ -256,7 +257,12 @@ impl TableSync {
         let target = applier.mapping(self.relid)?;
         let mut count: u64 = 0;
         let mut bytes: u64 = 0;
-        let copyable = !no_columns && target.cols.iter().all(Option::is_some);
+        // As the table's owner (see apply::as_owner). TimescaleDB's COPY reads staged
+        // files, which an owner without pg_read_server_files may not: such hypertables are
+        // loaded through batched INSERTs (slower, as the owner all the same).
+        let copyable = !no_columns
+            && target.cols.iter().all(Option::is_some)
+            && (!target.hypertable || crate::apply::owner_reads_server_files(&target));
         let method = match (copyable, target.hypertable) {
             (true, false) => "COPY",
             (true, true) => "TimescaleDB COPY",
@@ -272,10 +278,12 @@ impl TableSync {
             count = if target.hypertable {
                 // TimescaleDB's COPY, which routes rows into chunks.
                 let tag = format!("{}_{}_{}", self.dboid, self.subid, self.relid);
-                crate::copyin::copy_into_hypertable(&target, &tag, next)?
+                crate::apply::as_owner(&target, || {
+                    crate::copyin::copy_into_hypertable(&target, &tag, next)
+                })?
             } else {
                 // Every column maps: PostgreSQL's own COPY FROM.
-                crate::copyin::copy_into(&target, next)?
+                crate::apply::as_owner(&target, || crate::copyin::copy_into(&target, next))?
             };
         } else {
             // Targets that skip a source column, and tables without columns: batched
@@ -357,14 +365,22 @@ impl TableSync {
                 if stream.is_none() {
                     let conn = self.connect(sub, true)?;
                     let tag = format!("{}_{}_{}", self.dboid, self.subid, self.relid);
-                    stream = Some(Stream::start(
-                        &self.rt,
-                        conn,
-                        slot,
-                        pos,
-                        &sub.publication,
-                        &tag,
-                    )?);
+                    match Stream::start(&self.rt, conn, slot, pos, &sub.publication, &tag) {
+                        Ok(s) => stream = Some(s),
+                        Err(Error::NeedsResync { msg }) => {
+                            // The changes between the copy and the hand-off are gone with
+                            // the slot: copy the table again (emptied first, in the copy's
+                            // transaction); the apply worker starts a new table sync.
+                            let why = format!("{msg}; the table is copied again");
+                            warning!("livesync: table \"{}\": {why}", rel.qualified_target());
+                            worker::xact(|| {
+                                Ok(catalog::restart_rel_copy(self.subid, self.relid, &why)?)
+                            })?;
+                            // `cleanup` drops the slot's remains and the origin.
+                            return Ok(());
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 let s = stream.as_mut().unwrap();
                 let owner = OnlyTable(self.relid);
@@ -427,6 +443,27 @@ impl TableSync {
             Ok(())
         })?;
         stream::drop_origin(origin)
+    }
+}
+
+/// A copy that exhausted the lock table (one lock per hypertable chunk and index, held until
+/// the copy commits) says what to do; the apply worker retries it with a growing delay
+/// (`livesync.max_retry_interval`), never in a tight loop, because every other session of
+/// the server fails with "out of shared memory" while the lock table is full.
+fn explain_copy_error(e: Error) -> Error {
+    match e {
+        Error::User { code, msg, detail, .. }
+            if code == pgrx::PgSqlErrorCode::ERRCODE_OUT_OF_MEMORY
+                && msg.contains("shared memory") =>
+        {
+            Error::User {
+                code,
+                msg: format!("{msg}: the copy needs more locks than the server's lock table holds"),
+                detail,
+                hint: Some("A copy holds a lock on every hypertable chunk (and its indexes) it writes until it commits: raise max_locks_per_transaction on the target (a restart is needed), or use a larger chunk_time_interval. livesync retries the copy with a growing delay.".into()),
+            }
+        }
+        other => other,
     }
 }
 

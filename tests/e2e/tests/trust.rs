@@ -720,3 +720,213 @@ fn livesync_alter_changes_the_connection_string_without_a_recopy() {
         "{shown}"
     );
 }
+
+// ---- 9. User code on a table runs as the table's owner -----------------------------------
+
+/// Triggers (ENABLE ALWAYS) and defaults of a replicated table run as the table's owner,
+/// in the copy and in the apply, never as livesync's superuser: the owner's trigger cannot
+/// make its owner a superuser. A hypertable owned by a non-superuser is copied into chunks
+/// as that owner.
+#[test]
+fn user_code_on_a_table_runs_as_its_owner() {
+    let src = Db::fresh(source(), "owner_src");
+    let tgt = Db::fresh(target(), "owner_tgt");
+    let owner = unique_name("tabowner");
+    target().exec("postgres", &format!("CREATE ROLE {owner} LOGIN"));
+    src.exec(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         CREATE TABLE h (ts timestamptz NOT NULL, id int NOT NULL, v text, PRIMARY KEY (id, ts));
+         INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 50) g;
+         INSERT INTO h SELECT '2024-01-01'::timestamptz + g * interval '1 day', g, 'h' FROM generate_series(1, 60) g;
+         CREATE PUBLICATION p FOR TABLE t, h",
+    );
+    tgt.exec(&format!(
+        "CREATE TABLE t (id int PRIMARY KEY, v text, who text DEFAULT current_user);
+         CREATE TABLE h (ts timestamptz NOT NULL, id int NOT NULL, v text, PRIMARY KEY (id, ts));
+         SELECT create_hypertable('h', 'ts', chunk_time_interval => interval '7 days');
+         CREATE TABLE public.audit_log (usr text, escalated boolean);
+         CREATE FUNCTION public.audit() RETURNS trigger LANGUAGE plpgsql AS $$
+         DECLARE ok boolean := true;
+         BEGIN
+           BEGIN
+             EXECUTE 'ALTER ROLE {owner} SUPERUSER';
+           EXCEPTION WHEN insufficient_privilege THEN ok := false;
+           END;
+           INSERT INTO public.audit_log VALUES (current_user, ok);
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER audit BEFORE INSERT OR UPDATE ON t FOR EACH ROW EXECUTE FUNCTION public.audit();
+         ALTER TABLE t ENABLE ALWAYS TRIGGER audit;
+         ALTER TABLE t OWNER TO {owner}; ALTER TABLE h OWNER TO {owner};
+         ALTER TABLE public.audit_log OWNER TO {owner};"
+    ));
+    let g = start_sync(&tgt, &src.uri(), "p", &unique_name("owner"));
+    wait_caught_up(&src, &tgt, g.name());
+    src.exec("INSERT INTO t VALUES (51, 'new'); UPDATE t SET v = 'upd' WHERE id = 1");
+    src.exec("INSERT INTO h VALUES ('2025-06-01', 100, 'late')");
+    wait_applied(&src, &tgt, g.name(), SYNC_TIMEOUT);
+    let rolsuper: bool = target().query_one(
+        "postgres",
+        &format!("SELECT rolsuper FROM pg_roles WHERE rolname = '{owner}'"),
+    );
+    assert!(
+        !rolsuper,
+        "a table owner's trigger made its owner a superuser"
+    );
+    assert_eq!(
+        count(
+            &tgt,
+            &format!("public.audit_log WHERE usr <> '{owner}' OR escalated")
+        ),
+        0,
+        "the trigger ran as another role, or escalated"
+    );
+    assert_eq!(count(&tgt, "public.audit_log"), 52);
+    assert_eq!(count(&tgt, &format!("t WHERE who <> '{owner}'")), 0);
+    assert_eq!(count(&tgt, "t"), 51);
+    assert_eq!(count(&tgt, "ONLY h"), 0, "rows in the hypertable's root");
+    assert_eq!(count(&tgt, "h"), 61);
+    assert!(chunk_count(&tgt, "h") > 5);
+}
+
+// ---- 4. A lost table-sync slot sends the table back to a fresh copy ----------------------
+
+/// The table-sync slot is dropped while the copy is under way (as `max_slot_wal_keep_size`
+/// invalidation would take it): the changes between the copy and the hand-off are gone, so
+/// the table is emptied and copied again, and ends up exactly as on the source. It used to
+/// stay in state f forever. The target has no primary key, so a doubled row would show.
+#[test]
+fn a_lost_table_sync_slot_sends_the_table_back_to_a_fresh_copy() {
+    let src = Db::fresh(source(), "lostts_src");
+    let tgt = Db::fresh(target(), "lostts_tgt");
+    src.exec(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 1000) g;
+         CREATE PUBLICATION p FOR TABLE t",
+    );
+    tgt.exec(
+        "CREATE TABLE t (id int, v text);
+         CREATE TABLE public.copy_pause (x int); INSERT INTO public.copy_pause VALUES (1);
+         CREATE FUNCTION public.pause_once() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF EXISTS (SELECT FROM public.copy_pause) THEN
+             DELETE FROM public.copy_pause;
+             PERFORM pg_catalog.pg_sleep(5);
+           END IF;
+           RETURN NULL;
+         END $$;
+         CREATE TRIGGER pause AFTER INSERT ON t FOR EACH STATEMENT EXECUTE FUNCTION public.pause_once();
+         ALTER TABLE t ENABLE ALWAYS TRIGGER pause;",
+    );
+    let g = start_sync(&tgt, &src.uri(), "p", &unique_name("lostts"));
+    wait_until(SYNC_TIMEOUT, "the copy to pause", || {
+        tgt.query_one::<i64>(
+            "SELECT count(*)::int8 FROM pg_stat_activity \
+              WHERE backend_type = 'livesync table sync worker' AND wait_event = 'PgSleep'",
+        ) > 0
+    });
+    src.exec("INSERT INTO t SELECT g, 'late' FROM generate_series(1001, 1100) g");
+    src.exec("UPDATE t SET v = 'changed' WHERE id <= 10");
+    let slot = format!("{}_sync_", g.name());
+    let dropped: i64 = src.query_one(&format!(
+        "SELECT count(pg_drop_replication_slot(slot_name))::int8 FROM pg_replication_slots \
+          WHERE starts_with(slot_name::text, '{slot}')"
+    ));
+    assert_eq!(dropped, 1, "the table-sync slot was not there to drop");
+    assert_synced(&src, &tgt, g.name(), &["t"]);
+    assert_eq!(count(&tgt, "t"), 1100);
+}
+
+// ---- 15. The spool honours temp_file_limit and temp_tablespaces --------------------------
+
+/// A streamed source transaction is spooled where PostgreSQL puts the session's temporary
+/// files (`temp_tablespaces`) and within `temp_file_limit`: over the limit is a clear error
+/// (it used to fill the data directory), and nothing is lost once the limit is raised.
+#[test]
+fn the_spool_honours_temp_file_limit_and_temp_tablespaces() {
+    let src = Db::fresh(source(), "spoollim_src");
+    src.stream_large_transactions();
+    let tgt = Db::fresh(target(), "spoollim_tgt");
+    both(&src, &tgt, "CREATE TABLE t (id int PRIMARY KEY, v text)");
+    src.exec("CREATE PUBLICATION p FOR TABLE t");
+    target().exec(
+        "postgres",
+        &format!("ALTER DATABASE {} SET temp_file_limit = '1MB'", tgt.name),
+    );
+    let g = start_sync(&tgt, &src.uri(), "p", &unique_name("spoollim"));
+    wait_caught_up(&src, &tgt, g.name());
+    // About 7 MB, streamed in chunks before it commits.
+    src.exec("INSERT INTO t SELECT g, repeat('x', 100) FROM generate_series(1, 50000) g");
+    let e = wait_for_last_error(&tgt, g.name(), SYNC_TIMEOUT, "name temp_file_limit", |e| {
+        e.contains("temp_file_limit")
+    });
+    assert!(e.contains("1024kB") && e.contains("HINT"), "{e}");
+    assert_eq!(count(&tgt, "t"), 0);
+
+    // A temporary tablespace the server cannot write into: the spool goes there (and says
+    // where it could not write), until the directory is writable again.
+    let loc = run_dir().join(format!("temp_ts_{}", std::process::id()));
+    std::fs::create_dir_all(&loc).unwrap();
+    let uid = std::fs::metadata(target().datadir()).unwrap();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    std::os::unix::fs::chown(&loc, Some(uid.uid()), Some(uid.gid())).unwrap();
+    let ts = unique_name("temp_ts");
+    target().exec(
+        "postgres",
+        &format!("CREATE TABLESPACE {ts} LOCATION '{}'", loc.display()),
+    );
+    let version_dir = std::fs::read_dir(&loc)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("PG_"))
+        .expect("the tablespace's version directory")
+        .path();
+    let mode = |m: u32| {
+        std::fs::set_permissions(&version_dir, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    mode(0o000);
+    target().exec(
+        "postgres",
+        &format!(
+            "ALTER DATABASE {0} RESET temp_file_limit; ALTER DATABASE {0} SET temp_tablespaces = '{ts}'",
+            tgt.name
+        ),
+    );
+    let e = wait_for_last_error(&tgt, g.name(), SYNC_TIMEOUT, "name the tablespace", |e| {
+        e.contains("pg_tblspc")
+    });
+    eprintln!("spool error in the temporary tablespace: {e}");
+    assert_eq!(count(&tgt, "t"), 0);
+    mode(0o700);
+    wait_applied(&src, &tgt, g.name(), Duration::from_secs(120));
+    assert_tables_equal(&src, &tgt, "t");
+}
+
+// ---- 17. Exhausted worker slots ----------------------------------------------------------
+
+/// With every background worker slot taken, the copy cannot start: one WARNING with a hint,
+/// then retries with a growing delay (it used to log a line every 50 ms).
+#[test]
+fn exhausted_worker_slots_give_one_warning_and_a_backoff() {
+    // 5: PostgreSQL's logical replication launcher, TimescaleDB's launcher and scheduler,
+    // livesync's launcher and the apply worker; nothing left for a table-sync worker.
+    let tc = Cluster::new_private_with(
+        ClusterSpec::new(Kind::Target, "fewworkers").conf("max_worker_processes = 5"),
+    );
+    let src = Db::fresh(source(), "fewwk_src");
+    let tgt = Db::fresh(&tc, "fewwk_tgt");
+    both(&src, &tgt, "CREATE TABLE t (id int PRIMARY KEY)");
+    src.exec("INSERT INTO t VALUES (1); CREATE PUBLICATION p FOR TABLE t");
+    let g = start_sync(&tgt, &src.uri(), "p", &unique_name("fewwk"));
+    sleep(Duration::from_secs(12));
+    let log = std::fs::read_to_string(tc.logfile()).unwrap();
+    let n = log.matches("no background worker slot is free").count();
+    assert!(
+        (1..=2).contains(&n),
+        "{n} warnings about worker slots in 12 s\n{}",
+        tc.log_tail(30)
+    );
+    assert!(log.contains("Raise max_worker_processes"), "no hint");
+    assert!(sub_rels(&tgt, g.name()).iter().all(|r| r.state == 'i'));
+    drop(g);
+}
