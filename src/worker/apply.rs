@@ -8,7 +8,7 @@
 //! the apply worker waits, applying nothing, until the table-sync worker has caught up to
 //! it (s); once the apply worker passes the table's `sync_lsn` the table is ready (r).
 
-use super::stream::{self, Owner, Stream};
+use super::stream::{self, Batching, Owner, Step, Stream};
 use crate::catalog::{self, RelRow, SyncRow};
 use crate::error::{Error, Result};
 use crate::gucs;
@@ -212,47 +212,35 @@ impl ApplyWorker {
 
     fn main_loop(&mut self) -> Result<()> {
         loop {
-            worker::check_interrupts()?;
+            let owner = TableOwner(&self.rels);
             let stream = self.stream.as_mut().expect("started");
-            match stream.recv(&self.rt, Duration::from_millis(10))? {
-                Some(msg) => {
-                    let owner = TableOwner(&self.rels);
-                    let (_, reply) = stream.handle(&self.rt, msg, &owner)?;
-                    if stream.batch_full() {
-                        self.commit()?;
-                    }
-                    if reply {
-                        self.stream.as_mut().unwrap().feedback(&self.rt, true)?;
-                    }
-                    // A busy stream is never idle: do the idle-time work between target
-                    // transactions anyway, or refreshes, hand-overs and feedback starve.
-                    if !self.stream.as_ref().unwrap().xact_open()
-                        && self.last_housekeeping.elapsed() >= Duration::from_millis(200)
-                    {
-                        self.housekeeping()?;
-                    }
-                }
-                None => {
-                    // Nothing more right now: end the batch at its last source commit.
-                    if stream.has_pending_commit() {
-                        self.commit()?;
-                    }
-                    self.housekeeping()?;
-                    let stream = self.stream.as_mut().unwrap();
-                    let fd = stream.conn.raw_fd();
-                    if !stream.conn.has_buffered_message() {
-                        // While tables are being handed over, look at them often.
-                        let ms = if self.all_ready { 1000 } else { 50 };
-                        worker::wait_latch_or_socket(fd, ms)?;
-                    }
+            let step = stream.step(&self.rt, &owner, Duration::from_millis(10), Batching::Group)?;
+            if step == Step::Committed {
+                self.after_commit()?;
+            }
+            let quiet = matches!(step, Step::Idle | Step::Waiting);
+            // A busy stream is never idle: do the idle-time work between target
+            // transactions anyway, or refreshes, hand-overs and feedback starve.
+            if quiet
+                || (!self.stream.as_ref().unwrap().xact_open()
+                    && self.last_housekeeping.elapsed() >= Duration::from_millis(200))
+            {
+                self.housekeeping()?;
+            }
+            if quiet {
+                let stream = self.stream.as_mut().unwrap();
+                if !stream.conn.has_buffered_message() {
+                    // While tables are being handed over, look at them often.
+                    let ms = if self.all_ready { 1000 } else { 50 };
+                    worker::wait_latch_or_socket(stream.conn.raw_fd(), ms)?;
                 }
             }
         }
     }
 
-    fn commit(&mut self) -> Result<()> {
-        let stream = self.stream.as_mut().unwrap();
-        stream.commit()?;
+    /// After a target commit: the run is healthy, progress is published, tables are
+    /// handed over.
+    fn after_commit(&mut self) -> Result<()> {
         if !self.succeeded {
             self.mark_healthy()?;
         }

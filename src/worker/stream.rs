@@ -2,7 +2,10 @@
 //!
 //! Used by the apply worker (all tables it owns, many source transactions grouped into one
 //! target transaction) and by a table-sync worker catching up (one table, up to a given
-//! LSN). Progress is recorded the way PostgreSQL's apply worker does it: the source commit's
+//! LSN). Both drive it with the same loop body, [`Stream::step`], as PostgreSQL's
+//! `LogicalRepApplyLoop` serves both; each supplies only what differs: which relations it
+//! owns ([`Owner`]), how it groups transactions ([`Batching`]), and what it does between
+//! steps, never inside a source transaction. Progress is recorded the way PostgreSQL's apply worker does it: the source commit's
 //! end LSN is stored in the session's replication origin by the same target commit that
 //! holds the data, so a crash at any point loses and doubles nothing; on restart we ask the
 //! slot to resume from the origin's position.
@@ -25,6 +28,31 @@ const FEEDBACK_EVERY: Duration = Duration::from_secs(10);
 /// its transaction).
 pub trait Owner {
     fn owns(&self, rel: RelId, commit_lsn: Lsn) -> bool;
+}
+
+/// How source transactions become target commits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Batching {
+    /// Group several source transactions into one target commit (the apply worker),
+    /// within `livesync.apply_batch_rows` / `livesync.apply_batch_delay`.
+    Group,
+    /// Commit each source transaction on its own (a table-sync worker's catch-up, which
+    /// must be able to stop after any of them).
+    EachTransaction,
+}
+
+/// What one [`Stream::step`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// A message was handled; a target transaction may be open.
+    Applied,
+    /// The target transaction committed, ending on a source commit.
+    Committed,
+    /// Nothing arrived in time, in the middle of a source transaction: the target
+    /// transaction stays open (the source was pinged if silent for long).
+    Waiting,
+    /// Nothing arrived in time, and no target transaction is open.
+    Idle,
 }
 
 pub struct Stream {
@@ -132,7 +160,7 @@ impl Stream {
     }
 
     /// Receive one message, waiting at most `wait`. None: nothing arrived in time.
-    pub fn recv(
+    fn recv(
         &mut self,
         rt: &tokio::runtime::Runtime,
         wait: Duration,
@@ -154,7 +182,7 @@ impl Stream {
 
     /// Handle one message from the walsender. Returns true when a source transaction
     /// committed (it is now pending in the open target transaction).
-    pub fn handle(
+    fn handle(
         &mut self,
         rt: &tokio::runtime::Runtime,
         m: ReplMessage,
@@ -325,8 +353,55 @@ impl Stream {
         Ok(false)
     }
 
+    /// One turn of the loop that drives a pgoutput stream, the same for the apply worker and
+    /// for a table-sync worker's catch-up (PostgreSQL's `LogicalRepApplyLoop` serves both):
+    /// receive one message (waiting at most `wait`), apply it, commit when `batching`
+    /// says so, answer the source. The callers do their own work between steps, and only
+    /// where a step left no target transaction open (`xact_open()`), because a source
+    /// transaction, however long, ends in one target commit.
+    pub fn step(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        owner: &dyn Owner,
+        wait: Duration,
+        batching: Batching,
+    ) -> Result<Step> {
+        worker::check_interrupts()?;
+        match self.recv(rt, wait)? {
+            Some(m) => {
+                let (committed, reply) = self.handle(rt, m, owner)?;
+                let commit_now = match batching {
+                    Batching::Group => self.batch_full(),
+                    Batching::EachTransaction => committed,
+                };
+                if commit_now {
+                    self.commit()?;
+                }
+                if reply {
+                    self.feedback(rt, true)?;
+                }
+                Ok(if commit_now {
+                    Step::Committed
+                } else {
+                    Step::Applied
+                })
+            }
+            // Nothing more right now: end the batch at its last source commit.
+            None if self.has_pending_commit() => {
+                self.commit()?;
+                Ok(Step::Committed)
+            }
+            None if self.xact_open => {
+                self.check_alive(rt)?;
+                self.feedback(rt, false)?;
+                Ok(Step::Waiting)
+            }
+            None => Ok(Step::Idle),
+        }
+    }
+
     /// Should the open target transaction commit now (it ends on a source commit)?
-    pub fn batch_full(&self) -> bool {
+    fn batch_full(&self) -> bool {
         self.pending_commit.is_some()
             && !self.in_remote_txn
             && (self.batch_changes >= crate::gucs::APPLY_BATCH_ROWS.get() as usize
@@ -334,7 +409,7 @@ impl Stream {
                     >= crate::gucs::APPLY_BATCH_MS.get() as i64)
     }
 
-    pub fn has_pending_commit(&self) -> bool {
+    fn has_pending_commit(&self) -> bool {
         self.pending_commit.is_some() && !self.in_remote_txn
     }
 
@@ -343,7 +418,7 @@ impl Stream {
     }
 
     /// Commit the target transaction with the last source commit's position in the origin.
-    pub fn commit(&mut self) -> Result<()> {
+    fn commit(&mut self) -> Result<()> {
         let Some((end_lsn, commit_time)) = self.pending_commit.take() else {
             return Ok(());
         };

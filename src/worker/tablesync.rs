@@ -16,7 +16,7 @@
 //! 4. Drop the table's slot and origin.
 
 use super::copyread::{self, CopyReader};
-use super::stream::{self, Owner, Stream};
+use super::stream::{self, Batching, Owner, Step, Stream};
 use crate::catalog::{self, RelRow, SyncRow};
 use crate::copytext::CopyParser;
 use crate::error::{Error, Result};
@@ -390,30 +390,20 @@ impl TableSync {
                 // however long the transaction (one that was not streamed arrives whole).
                 let deadline = std::time::Instant::now() + Duration::from_millis(500);
                 loop {
-                    worker::check_interrupts()?;
+                    let step = s.step(
+                        &self.rt,
+                        &owner,
+                        Duration::from_millis(20),
+                        Batching::EachTransaction,
+                    )?;
+                    if step == Step::Idle {
+                        s.advance_idle()?;
+                        break;
+                    }
                     if !s.xact_open()
                         && (s.confirmed() >= catchup || std::time::Instant::now() >= deadline)
                     {
                         break;
-                    }
-                    match s.recv(&self.rt, Duration::from_millis(20))? {
-                        Some(m) => {
-                            let (committed, reply) = s.handle(&self.rt, m, &owner)?;
-                            if committed {
-                                s.commit()?;
-                            }
-                            if reply {
-                                s.feedback(&self.rt, true)?;
-                            }
-                        }
-                        None if s.xact_open() => {
-                            s.check_alive(&self.rt)?;
-                            s.feedback(&self.rt, false)?;
-                        }
-                        None => {
-                            s.advance_idle()?;
-                            break;
-                        }
                     }
                 }
                 if !s.xact_open() {

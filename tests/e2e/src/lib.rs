@@ -507,9 +507,9 @@ impl Cluster {
             "listen_addresses = '127.0.0.1'".into(),
             format!("port = {port}"),
             format!("unix_socket_directories = '{}'", sockdir.display()),
+            // Test speed only; every other setting that shapes behaviour stays at
+            // PostgreSQL's default unless a test sets it (on its own cluster or database).
             "fsync = off".into(),
-            "shared_buffers = 32MB".into(),
-            "max_connections = 200".into(),
             "lc_messages = 'C'".into(),
             "timezone = 'UTC'".into(),
             "log_line_prefix = '%m [%p] %b %q%u@%d '".into(),
@@ -518,6 +518,9 @@ impl Cluster {
         ];
         match spec.kind {
             Kind::Source => conf.extend([
+                // Capacity for the tests of one binary running in parallel against one
+                // source: their syncs' walsenders, copy connections and slots.
+                "max_connections = 200".to_string(),
                 "max_replication_slots = 40".to_string(),
                 "max_wal_senders = 40".into(),
                 // logical_decoding_work_mem stays at its default (64MB), as users run it:
@@ -527,6 +530,8 @@ impl Cluster {
             Kind::Target => {
                 conf.extend([
                     format!("shared_preload_libraries = '{}'", target_preload()),
+                    // Capacity for the syncs of parallel tests (each needs an apply worker
+                    // and copy workers); the lock table and everything else stay default.
                     "max_worker_processes = 64".into(),
                     "max_replication_slots = 20".into(),
                     "max_wal_senders = 20".into(),

@@ -59,7 +59,15 @@ fn catch_up_applies_a_large_unstreamed_transaction_whole() {
            RETURN NULL;
          END $$;
          CREATE TRIGGER pause AFTER INSERT ON big FOR EACH STATEMENT EXECUTE FUNCTION public.pause_once();
-         ALTER TABLE big ENABLE ALWAYS TRIGGER pause;",
+         ALTER TABLE big ENABLE ALWAYS TRIGGER pause;
+         -- Row work on the target, so that applying the transaction takes seconds.
+         CREATE FUNCTION public.per_row() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           NEW.v := pg_catalog.md5(NEW.v);
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER per_row BEFORE INSERT ON big FOR EACH ROW EXECUTE FUNCTION public.per_row();
+         ALTER TABLE big ENABLE ALWAYS TRIGGER per_row;",
     );
     let g = start_sync(&tgt, &src.uri(), "p", &unique_name("bigcu"));
     wait_until(SYNC_TIMEOUT, "the copy of big to pause", || {
@@ -79,7 +87,21 @@ fn catch_up_applies_a_large_unstreamed_transaction_whole() {
         streamed, 0,
         "the large transaction was streamed: this test needs it whole"
     );
-    assert_synced(&src, &tgt, g.name(), &["big", "other"]);
+    wait_caught_up(&src, &tgt, g.name());
+    assert_tables_equal(&src, &tgt, "other");
+    // The target's trigger rewrote v: compare ids, and v through the same function.
+    let (mut sc, mut tc) = (src.client(), tgt.client());
+    let q = "SELECT count(*)::int8, sum(id)::int8 FROM big";
+    let (a, b) = (sc.query_one(q, &[]).unwrap(), tc.query_one(q, &[]).unwrap());
+    assert_eq!(
+        (a.get::<_, i64>(0), a.get::<_, i64>(1)),
+        (b.get::<_, i64>(0), b.get::<_, i64>(1))
+    );
+    let q = "SELECT md5(string_agg(md5(v), ',' ORDER BY id)) FROM big";
+    let want: String = sc.query_one(q, &[]).unwrap().get(0);
+    let q = "SELECT md5(string_agg(v, ',' ORDER BY id)) FROM big";
+    let got: String = tc.query_one(q, &[]).unwrap().get(0);
+    assert_eq!(want, got);
 }
 
 // ---- 2. An error at COMMIT never advances the origin ---------------------------------------
@@ -928,5 +950,65 @@ fn exhausted_worker_slots_give_one_warning_and_a_backoff() {
     );
     assert!(log.contains("Raise max_worker_processes"), "no hint");
     assert!(sub_rels(&tgt, g.name()).iter().all(|r| r.state == 'i'));
+    drop(g);
+}
+
+// ---- 16. A copy that cannot succeed as it stands ------------------------------------------
+
+/// A hypertable copy into 5 000 chunks on PostgreSQL's default lock table (its single
+/// transaction holds a lock per chunk and index) runs out of shared memory: the table's row
+/// says so with a hint, and the copy is retried with a growing delay, not in a tight loop
+/// that makes every other session of the server fail too.
+#[test]
+fn a_copy_that_exhausts_the_lock_table_is_explained_and_retried_slowly() {
+    // PostgreSQL's defaults for what sizes the lock table.
+    let tc = Cluster::new_private_with(
+        ClusterSpec::new(Kind::Target, "locks_tgt")
+            .conf("max_connections = 100")
+            .conf("max_worker_processes = 8")
+            .conf("max_wal_senders = 10")
+            .conf("max_locks_per_transaction = 64"),
+    );
+    let src = Db::fresh(source(), "locks_src");
+    let tgt = Db::fresh(&tc, "locks_tgt");
+    both(
+        &src,
+        &tgt,
+        "CREATE TABLE m (ts timestamptz NOT NULL, v int)",
+    );
+    tgt.exec("SELECT create_hypertable('m', 'ts', chunk_time_interval => interval '1 day')");
+    src.exec(
+        "INSERT INTO m SELECT '2000-01-01'::timestamptz + g * interval '1 day', g \
+           FROM generate_series(1, 5000) g;
+         CREATE PUBLICATION p FOR TABLE m",
+    );
+    let g = start_sync(&tgt, &src.uri(), "p", &unique_name("locks"));
+    let mut err = None;
+    wait_until(
+        Duration::from_secs(180),
+        "the copy's error on the table's row",
+        || {
+            err = tgt
+                .query_one::<Option<String>>(&format!(
+                    "SELECT max(last_error) FROM livesync.subscription_rel WHERE subname = '{}'",
+                    g.name()
+                ))
+                .filter(|e| e.contains("shared memory"));
+            err.is_some()
+        },
+    );
+    let err = err.unwrap();
+    assert!(err.contains("max_locks_per_transaction"), "{err}");
+    // Retried with a growing delay: few attempts, however long the sync runs.
+    sleep(Duration::from_secs(20));
+    let failures = std::fs::read_to_string(tc.logfile())
+        .unwrap()
+        .matches("out of shared memory")
+        .count();
+    assert!(
+        failures <= 12,
+        "{failures} out-of-shared-memory errors: a tight loop"
+    );
+    assert_eq!(count(&tgt, "m"), 0, "a failed copy left rows behind");
     drop(g);
 }
