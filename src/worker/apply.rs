@@ -559,28 +559,29 @@ impl ApplyWorker {
             Some(h) => {
                 self.warned_no_slots = false;
                 self.tablesyncs.insert(r.rrelid, h);
-                let e = self
-                    .tablesync_retry
-                    .entry(r.rrelid)
-                    .or_insert((0, Instant::now()));
-                e.0 += 1;
-                e.1 = Instant::now() + Duration::from_millis(worker::backoff_ms(e.0) as u64);
+                self.delay_next_tablesync(r.rrelid);
             }
             None => {
                 // No worker slot free: retry this table later, growing the delay; say so
                 // once until a table-sync worker starts again.
-                let e = self
-                    .tablesync_retry
-                    .entry(r.rrelid)
-                    .or_insert((0, Instant::now()));
-                e.0 += 1;
-                e.1 = Instant::now() + Duration::from_millis(worker::backoff_ms(e.0) as u64);
+                self.delay_next_tablesync(r.rrelid);
                 if !self.warned_no_slots {
                     self.warned_no_slots = true;
                     worker::warn_no_worker_slots("a table sync worker");
                 }
             }
         }
+    }
+
+    /// The next table-sync worker for `relid` starts no sooner than 1, 2, 4 ... s from now
+    /// (a worker that ends without finishing the table is followed by one later on).
+    fn delay_next_tablesync(&mut self, relid: RelId) {
+        let e = self
+            .tablesync_retry
+            .entry(relid)
+            .or_insert((0, Instant::now()));
+        e.0 += 1;
+        e.1 = Instant::now() + Duration::from_millis(worker::backoff_ms(e.0) as u64);
     }
 
     /// Record how the run ended; the launcher restarts us after a backoff.
