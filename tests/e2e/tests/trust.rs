@@ -1018,3 +1018,41 @@ fn a_copy_that_exhausts_the_lock_table_is_explained_and_retried_slowly() {
     assert_eq!(rows, Some(0), "a failed copy left rows behind");
     drop(g);
 }
+
+// ---- 17. A full table of syncs -----------------------------------------------------------
+
+/// Shared memory holds every sync of the server, running or stopped (64). One more
+/// `livesync_start` is an ERROR with a hint, not a sync that is created and never runs.
+#[test]
+fn a_full_table_of_syncs_refuses_one_more_with_a_hint() {
+    let tc = Cluster::new_private(Kind::Target, "fullreg_tgt");
+    let src = Db::fresh(source(), "fullreg_src");
+    let tgt = Db::fresh(&tc, "fullreg_tgt");
+    let mut c = tgt.client();
+    // A publication that does not exist yet: no slot is created on the shared source.
+    for i in 0..64 {
+        let name = format!("fullreg_{i}");
+        c.execute(
+            "SELECT livesync_start(source => $1, publication => 'not_yet', subscription => $2)",
+            &[&src.uri(), &name],
+        )
+        .unwrap();
+        c.execute("SELECT livesync_stop($1)", &[&name]).unwrap();
+    }
+    let e = c
+        .execute(
+            "SELECT livesync_start(source => $1, publication => 'not_yet', subscription => 'one_more')",
+            &[&src.uri()],
+        )
+        .expect_err("a 65th sync was accepted");
+    assert_eq!(sqlstate(&e).as_deref(), Some("53400"), "{}", err_text(&e));
+    assert!(err_text(&e).contains("livesync_drop"), "{}", err_text(&e));
+    assert!(sub_info(&tgt, "one_more").is_none());
+    // Dropping one makes room again.
+    c.execute("SELECT livesync_drop('fullreg_0')", &[]).unwrap();
+    c.execute(
+        "SELECT livesync_start(source => $1, publication => 'not_yet', subscription => 'one_more')",
+        &[&src.uri()],
+    )
+    .unwrap();
+}
