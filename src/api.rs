@@ -27,17 +27,17 @@ pub fn validate_name(name: &str) -> Result<()> {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    let looks_like_table_slot = name
+    let owner_of_such_a_slot = name
         .rfind("_sync_")
-        .is_some_and(|i| remote::is_slot_of(name, &name[..i]));
-    if ok && looks_like_table_slot {
+        .map(|i| &name[..i])
+        .filter(|other| remote::is_slot_of(name, other));
+    if let (true, Some(other)) = (ok, owner_of_such_a_slot) {
         return Err(Error::user(
             Code::ERRCODE_INVALID_NAME,
             format!("invalid subscription name \"{name}\""),
         )
         .detail(format!(
-            "Slots named \"<sync>_sync_<digits>\" are the table-sync slots of another sync (here \"{}\").",
-            &name[..name.rfind("_sync_").unwrap_or(0)]
+            "Slots named \"<sync>_sync_<digits>\" are the table-sync slots of another sync (here \"{other}\")."
         ))
         .hint("Choose a name that does not end in _sync_ followed by digits."));
     }
@@ -157,11 +157,10 @@ fn start(
         }
     }
 
-    let room = match &existing {
-        Some(row) => REGISTRY.share().has_room_for(db, row.subid),
-        None => REGISTRY.share().has_room_for(db, i32::MIN),
-    };
-    if !room {
+    if !REGISTRY
+        .share()
+        .has_room_for(db, existing.as_ref().map(|row| row.subid))
+    {
         return Err(Error::user(
             Code::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
             format!(
@@ -450,7 +449,8 @@ fn drop_origins(db: u32, subid: i32) -> Result<()> {
     let prefix = catalog::apply_origin_name(db, subid);
     Spi::run_with_args(
         "SELECT pg_catalog.pg_replication_origin_drop(roname) FROM pg_catalog.pg_replication_origin \
-          WHERE roname = $1 OR roname LIKE $1 || '\\_%'",
+          WHERE roname OPERATOR(pg_catalog.=) $1 \
+             OR roname OPERATOR(pg_catalog.~~) ($1 OPERATOR(pg_catalog.||) '\\_%')",
         &[prefix.as_str().into()],
     )?;
     Ok(())
@@ -484,7 +484,7 @@ mod livesync {
         let mut rows = Vec::with_capacity(syncs.len());
         for sync in syncs {
             let origin: Option<String> = Spi::get_one_with_args(
-                "SELECT remote_lsn::text FROM pg_catalog.pg_replication_origin_status WHERE external_id = $1",
+                "SELECT remote_lsn::pg_catalog.text FROM pg_catalog.pg_replication_origin_status WHERE external_id OPERATOR(pg_catalog.=) $1",
                 &[catalog::apply_origin_name(db, sync.subid).as_str().into()],
             )
             .unwrap_or(None);

@@ -4,7 +4,7 @@
 //! - one prepared plan per (relation, kind of change, set of unchanged-TOAST columns),
 //!   kept across transactions; no SQL text is built per row;
 //! - runs of INSERTs into one table are buffered and written by one statement,
-//!   `INSERT ... SELECT CAST(u.aN AS type) ... FROM unnest($1::text[], ...)`, which the
+//!   `INSERT ... SELECT CAST(u.aN AS type) ... FROM ROWS FROM (pg_catalog.unnest($1), ...)`, which the
 //!   executor routes into hypertable chunks (a direct COPY into the root would not);
 //! - values travel as text, exactly as the source printed them, and are converted by the
 //!   target's input functions, as COPY and native logical replication do.
@@ -63,10 +63,6 @@ pub struct Applier {
     /// Per relation, per set of NULL key values (REPLICA IDENTITY FULL only).
     delete_plans: HashMap<RelId, HashMap<Vec<bool>, OwnedPreparedStatement>>,
     pending: Option<Pending>,
-}
-
-fn text_of(b: &Bytes) -> Result<&str> {
-    text_of_slice(b)
 }
 
 fn prepare(sql: &str, nargs: usize, argtype: pg_sys::Oid) -> Result<OwnedPreparedStatement> {
@@ -208,8 +204,6 @@ impl Applier {
 
     /// Buffer one row (values in the remote relation's column order).
     pub fn push_row(&mut self, relid: RelId, row: Vec<Option<Bytes>>) -> Result<()> {
-        let m = self.resolved(relid)?;
-        check_limits(&m, row.iter().map(|v| v.as_ref().map(|b| &b[..])))?;
         if self.pending.as_ref().is_some_and(|p| p.relid != relid) {
             self.flush()?;
         }
@@ -236,6 +230,14 @@ impl Applier {
             return Ok(());
         };
         let m = self.mapping(p.relid)?;
+        // Once per batch, only for columns whose type modifier limits them.
+        for (t, col) in m.cols.iter().zip(&p.cols) {
+            if let Some(t) = t.as_ref().filter(|t| t.limit.is_some()) {
+                for v in col.iter().flatten() {
+                    check_limit(&m, t, v)?;
+                }
+            }
+        }
         let width = m.cols.iter().flatten().count();
         let plan = match self.insert_plans.entry(p.relid) {
             Entry::Occupied(e) => e.into_mut(),
@@ -261,7 +263,7 @@ impl Applier {
                     if t.is_some() {
                         let vals = p.cols[i]
                             .iter()
-                            .map(|v| v.as_ref().map(text_of).transpose())
+                            .map(|v| v.as_deref().map(text_of).transpose())
                             .collect::<Result<Vec<Option<&str>>>>()?;
                         args.push(vals.into());
                     }
@@ -317,13 +319,11 @@ impl Applier {
             .collect();
         let key_source = old.map(|(_, t)| t).unwrap_or(new);
         self.check_width(relid, key_source)?;
-        check_limits(
-            &m,
-            new.0.iter().zip(&set).map(|(d, s)| match d {
-                Datum::Text(b) if *s => Some(&b[..]),
-                _ => None,
-            }),
-        )?;
+        for ((t, d), s) in m.cols.iter().zip(&new.0).zip(&set) {
+            if let (Some(t), Datum::Text(b), true) = (t, d, *s) {
+                check_limit(&m, t, b)?;
+            }
+        }
         // Hypertables: UPDATE cannot move a row to another chunk. A dimension column in
         // the key: the old key image tells whether it changed. Otherwise the UPDATE is
         // guarded with "dimension unchanged" and a miss means the row moves.
@@ -613,30 +613,29 @@ fn exec_text(plan: &OwnedPreparedStatement, vals: &[Option<&str>]) -> Result<usi
 
 /// Refuse a value the target column's type modifier cannot hold, naming table and column,
 /// before the statement would: PostgreSQL's own error would not say which column.
-fn check_limits<'a>(m: &Mapping, values: impl Iterator<Item = Option<&'a [u8]>>) -> Result<()> {
-    for (t, v) in m.cols.iter().zip(values) {
-        let (Some(t), Some(v)) = (t, v) else { continue };
-        let Some(limit) = t.limit else { continue };
-        let v = text_of_slice(v)?;
-        if !limit.admits(v) {
-            let (code, msg) = limit.violation(v, &t.display_type);
-            return Err(Error::user(
-                code,
-                format!(
-                    "{msg}, for replication target relation \"{}\" column \"{}\"",
-                    m.display, t.name
-                ),
-            )
-            .hint(format!(
-                "The source sent a value the target column cannot hold: widen the column on the target (ALTER TABLE {} ALTER COLUMN {} TYPE ...); the sync retries and continues.",
-                m.qualified, t.column
-            )));
-        }
+fn check_limit(m: &Mapping, t: &Target, v: &[u8]) -> Result<()> {
+    let Some(limit) = t.limit else {
+        return Ok(());
+    };
+    let v = text_of(v)?;
+    if limit.admits(v) {
+        return Ok(());
     }
-    Ok(())
+    let (code, msg) = limit.violation(v, &t.display_type);
+    Err(Error::user(
+        code,
+        format!(
+            "{msg}, for replication target relation \"{}\" column \"{}\"",
+            m.display, t.name
+        ),
+    )
+    .hint(format!(
+        "The source sent a value the target column cannot hold: widen the column on the target (ALTER TABLE {} ALTER COLUMN {} TYPE ...); the sync retries and continues.",
+        m.qualified, t.column
+    )))
 }
 
-fn text_of_slice(b: &[u8]) -> Result<&str> {
+fn text_of(b: &[u8]) -> Result<&str> {
     std::str::from_utf8(b).map_err(|_| {
         Error::user(
             Code::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
@@ -922,10 +921,9 @@ mod tests {
         let mut m = mapping(ReplicaIdentity::Default);
         m.cols[2].as_mut().unwrap().limit = Some(Limit::Chars(3));
         m.cols[2].as_mut().unwrap().display_type = "character varying(3)".into();
-        let ok: [Option<&[u8]>; 3] = [Some(b"1"), None, Some(b"abc")];
-        assert!(check_limits(&m, ok.into_iter()).is_ok());
-        let long: [Option<&[u8]>; 3] = [Some(b"1"), None, Some(b"abcd")];
-        let e = check_limits(&m, long.into_iter()).unwrap_err().to_string();
+        let v = m.cols[2].as_ref().unwrap();
+        assert!(check_limit(&m, v, b"abc").is_ok());
+        let e = check_limit(&m, v, b"abcd").unwrap_err().to_string();
         assert_eq!(
             e,
             "value too long for type character varying(3), for replication target relation \"public.t\" column \"v\""

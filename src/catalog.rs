@@ -70,15 +70,19 @@ fn sync_query(where_clause: &str, args: &[DatumWithOid]) -> SpiResult<Vec<SyncRo
 }
 
 pub fn sync_by_name(name: &str) -> SpiResult<Option<SyncRow>> {
-    Ok(sync_query("subname = $1", &[name.into()])?
-        .into_iter()
-        .next())
+    Ok(
+        sync_query("subname OPERATOR(pg_catalog.=) $1", &[name.into()])?
+            .into_iter()
+            .next(),
+    )
 }
 
 pub fn sync_by_id(subid: i32) -> SpiResult<Option<SyncRow>> {
-    Ok(sync_query("subid = $1", &[subid.into()])?
-        .into_iter()
-        .next())
+    Ok(
+        sync_query("subid OPERATOR(pg_catalog.=) $1", &[subid.into()])?
+            .into_iter()
+            .next(),
+    )
 }
 
 pub fn all_syncs() -> SpiResult<Vec<SyncRow>> {
@@ -112,7 +116,7 @@ pub fn insert_sync(
 
 pub fn set_enabled(subid: i32, enabled: bool) -> SpiResult<()> {
     run(
-        "UPDATE livesync.sync SET enabled = $2 WHERE subid = $1",
+        "UPDATE livesync.sync SET enabled = $2 WHERE subid OPERATOR(pg_catalog.=) $1",
         &[subid.into(), enabled.into()],
     )
     .map(drop)
@@ -120,7 +124,7 @@ pub fn set_enabled(subid: i32, enabled: bool) -> SpiResult<()> {
 
 pub fn set_source(subid: i32, source: &str) -> SpiResult<()> {
     run(
-        "UPDATE livesync.sync SET source = $2 WHERE subid = $1",
+        "UPDATE livesync.sync SET source = $2 WHERE subid OPERATOR(pg_catalog.=) $1",
         &[subid.into(), source.into()],
     )
     .map(drop)
@@ -128,7 +132,7 @@ pub fn set_source(subid: i32, source: &str) -> SpiResult<()> {
 
 pub fn set_slot_created(subid: i32) -> SpiResult<()> {
     run(
-        "UPDATE livesync.sync SET slot_created = true WHERE subid = $1",
+        "UPDATE livesync.sync SET slot_created = true WHERE subid OPERATOR(pg_catalog.=) $1",
         &[subid.into()],
     )
     .map(drop)
@@ -136,11 +140,11 @@ pub fn set_slot_created(subid: i32) -> SpiResult<()> {
 
 pub fn delete_sync(subid: i32) -> SpiResult<()> {
     run(
-        "DELETE FROM livesync.sync_rel WHERE subid = $1",
+        "DELETE FROM livesync.sync_rel WHERE subid OPERATOR(pg_catalog.=) $1",
         &[subid.into()],
     )?;
     run(
-        "DELETE FROM livesync.sync WHERE subid = $1",
+        "DELETE FROM livesync.sync WHERE subid OPERATOR(pg_catalog.=) $1",
         &[subid.into()],
     )
     .map(drop)
@@ -150,12 +154,12 @@ pub fn delete_sync(subid: i32) -> SpiResult<()> {
 pub fn set_sync_error(subid: i32, error: Option<&str>) -> SpiResult<()> {
     match error {
         Some(e) => run(
-            "UPDATE livesync.sync SET last_error = $2, last_error_time = pg_catalog.now() WHERE subid = $1",
+            "UPDATE livesync.sync SET last_error = $2, last_error_time = pg_catalog.now() WHERE subid OPERATOR(pg_catalog.=) $1",
             &[subid.into(), e.into()],
         ),
         None => run(
             "UPDATE livesync.sync SET last_error = NULL, last_error_time = NULL \
-             WHERE subid = $1 AND last_error IS NOT NULL",
+             WHERE subid OPERATOR(pg_catalog.=) $1 AND last_error IS NOT NULL",
             &[subid.into()],
         ),
     }
@@ -202,15 +206,16 @@ fn oid(relid: u32) -> DatumWithOid<'static> {
 }
 
 pub fn rels(subid: i32) -> SpiResult<Vec<RelRow>> {
-    rel_query("subid = $1", &[subid.into()])
+    rel_query("subid OPERATOR(pg_catalog.=) $1", &[subid.into()])
 }
 
 pub fn rel(subid: i32, relid: u32) -> SpiResult<Option<RelRow>> {
-    Ok(
-        rel_query("subid = $1 AND rrelid = $2", &[subid.into(), oid(relid)])?
-            .into_iter()
-            .next(),
-    )
+    Ok(rel_query(
+        "subid OPERATOR(pg_catalog.=) $1 AND rrelid OPERATOR(pg_catalog.=) $2",
+        &[subid.into(), oid(relid)],
+    )?
+    .into_iter()
+    .next())
 }
 
 /// Add a published table; its target table has the same schema and name as on the source.
@@ -245,16 +250,16 @@ pub fn overlapping_targets(
         for (us, un) in leaving {
             let rows = client.select(
                 "WITH t AS (SELECT c.oid FROM pg_catalog.pg_class c \
-                              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                             WHERE n.nspname = $1 AND c.relname = $2), \
+                              JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+                             WHERE n.nspname OPERATOR(pg_catalog.=) $1 AND c.relname OPERATOR(pg_catalog.=) $2), \
                       u AS (SELECT c.oid FROM pg_catalog.pg_class c \
-                              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                             WHERE n.nspname = $3 AND c.relname = $4) \
-                 SELECT u.oid::int8 FROM t, u \
-                  WHERE u.oid IN (SELECT relid FROM pg_catalog.pg_partition_tree(t.oid)) \
+                              JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+                             WHERE n.nspname OPERATOR(pg_catalog.=) $3 AND c.relname OPERATOR(pg_catalog.=) $4) \
+                 SELECT u.oid::pg_catalog.int8 FROM t, u \
+                  WHERE u.oid OPERATOR(pg_catalog.=) ANY (SELECT relid FROM pg_catalog.pg_partition_tree(t.oid)) \
                  UNION \
-                 SELECT t.oid::int8 FROM t, u \
-                  WHERE t.oid IN (SELECT relid FROM pg_catalog.pg_partition_tree(u.oid))",
+                 SELECT t.oid::pg_catalog.int8 FROM t, u \
+                  WHERE t.oid OPERATOR(pg_catalog.=) ANY (SELECT relid FROM pg_catalog.pg_partition_tree(u.oid))",
                 None,
                 &[
                     schema.into(),
@@ -287,7 +292,7 @@ pub fn set_rel_replaces(subid: i32, relid: u32, targets: &[u32]) -> SpiResult<()
             .join(",")
     );
     run(
-        "UPDATE livesync.sync_rel SET replaces = $3::pg_catalog.text::pg_catalog.oid[] WHERE subid = $1 AND rrelid = $2",
+        "UPDATE livesync.sync_rel SET replaces = $3::pg_catalog.text::pg_catalog.oid[] WHERE subid OPERATOR(pg_catalog.=) $1 AND rrelid OPERATOR(pg_catalog.=) $2",
         &[subid.into(), oid(relid), list.into()],
     )
     .map(drop)
@@ -300,8 +305,8 @@ pub fn rel_replaces(subid: i32, relid: u32) -> SpiResult<Vec<String>> {
         for row in client.select(
             "SELECT c.oid::pg_catalog.regclass::pg_catalog.text FROM livesync.sync_rel r \
                CROSS JOIN LATERAL pg_catalog.unnest(r.replaces) AS u(oid) \
-               JOIN pg_catalog.pg_class c ON c.oid = u.oid \
-              WHERE r.subid = $1 AND r.rrelid = $2",
+               JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) u.oid \
+              WHERE r.subid OPERATOR(pg_catalog.=) $1 AND r.rrelid OPERATOR(pg_catalog.=) $2",
             None,
             &[subid.into(), oid(relid)],
         )? {
@@ -315,7 +320,7 @@ pub fn rel_replaces(subid: i32, relid: u32) -> SpiResult<Vec<String>> {
 
 pub fn delete_rel(subid: i32, relid: u32) -> SpiResult<()> {
     run(
-        "DELETE FROM livesync.sync_rel WHERE subid = $1 AND rrelid = $2",
+        "DELETE FROM livesync.sync_rel WHERE subid OPERATOR(pg_catalog.=) $1 AND rrelid OPERATOR(pg_catalog.=) $2",
         &[subid.into(), oid(relid)],
     )
     .map(drop)
@@ -336,7 +341,7 @@ pub fn restart_rel_copy(subid: i32, relid: u32, why: &str) -> SpiResult<()> {
                  OPERATOR(pg_catalog.||) pg_catalog.quote_ident(r.tablename))::pg_catalog.oid)) AS u(o) \
                WHERE o IS NOT NULL), \
            last_error = $3, last_error_time = pg_catalog.now() \
-         WHERE subid = $1 AND rrelid = $2 AND state = 'f'",
+         WHERE subid OPERATOR(pg_catalog.=) $1 AND rrelid OPERATOR(pg_catalog.=) $2 AND state OPERATOR(pg_catalog.=) 'f'",
         &[subid.into(), oid(relid), why.into()],
     )
     .map(drop)
@@ -352,7 +357,7 @@ pub fn set_rel_state(
         "UPDATE livesync.sync_rel SET state = $3::pg_catalog.\"char\", \
            lsn = COALESCE($4::pg_catalog.pg_lsn, lsn), catchup_lsn = NULL, \
            last_error = NULL, last_error_time = NULL \
-         WHERE subid = $1 AND rrelid = $2",
+         WHERE subid OPERATOR(pg_catalog.=) $1 AND rrelid OPERATOR(pg_catalog.=) $2",
         &[
             subid.into(),
             oid(relid),
@@ -368,7 +373,7 @@ pub fn set_rel_state(
 pub fn set_rel_syncdone(subid: i32, relid: u32, sync_lsn: u64, catchup: u64) -> SpiResult<bool> {
     Ok(run(
         "UPDATE livesync.sync_rel SET state = 's', sync_lsn = $3::pg_catalog.pg_lsn, catchup_lsn = NULL \
-         WHERE subid = $1 AND rrelid = $2 AND state = 'f' AND catchup_lsn = $4::pg_catalog.pg_lsn",
+         WHERE subid OPERATOR(pg_catalog.=) $1 AND rrelid OPERATOR(pg_catalog.=) $2 AND state OPERATOR(pg_catalog.=) 'f' AND catchup_lsn OPERATOR(pg_catalog.=) $4::pg_catalog.pg_lsn",
         &[
             subid.into(),
             oid(relid),
@@ -380,7 +385,7 @@ pub fn set_rel_syncdone(subid: i32, relid: u32, sync_lsn: u64, catchup: u64) -> 
 
 pub fn set_catchup(subid: i32, relid: u32, catchup: Option<u64>) -> SpiResult<()> {
     run(
-        "UPDATE livesync.sync_rel SET catchup_lsn = $3::pg_catalog.pg_lsn WHERE subid = $1 AND rrelid = $2",
+        "UPDATE livesync.sync_rel SET catchup_lsn = $3::pg_catalog.pg_lsn WHERE subid OPERATOR(pg_catalog.=) $1 AND rrelid OPERATOR(pg_catalog.=) $2",
         &[subid.into(), oid(relid), catchup.map(lsn::format).into()],
     )
     .map(drop)
@@ -388,7 +393,7 @@ pub fn set_catchup(subid: i32, relid: u32, catchup: Option<u64>) -> SpiResult<()
 
 pub fn clear_all_catchups(subid: i32) -> SpiResult<()> {
     run(
-        "UPDATE livesync.sync_rel SET catchup_lsn = NULL WHERE subid = $1 AND catchup_lsn IS NOT NULL",
+        "UPDATE livesync.sync_rel SET catchup_lsn = NULL WHERE subid OPERATOR(pg_catalog.=) $1 AND catchup_lsn IS NOT NULL",
         &[subid.into()],
     )
     .map(drop)
@@ -397,7 +402,7 @@ pub fn clear_all_catchups(subid: i32) -> SpiResult<()> {
 pub fn set_rel_error(subid: i32, relid: u32, error: &str) -> SpiResult<()> {
     run(
         "UPDATE livesync.sync_rel SET last_error = $3, last_error_time = pg_catalog.now() \
-         WHERE subid = $1 AND rrelid = $2",
+         WHERE subid OPERATOR(pg_catalog.=) $1 AND rrelid OPERATOR(pg_catalog.=) $2",
         &[subid.into(), oid(relid), error.into()],
     )
     .map(drop)
@@ -406,7 +411,7 @@ pub fn set_rel_error(subid: i32, relid: u32, error: &str) -> SpiResult<()> {
 /// Is the extension installed in the current database?
 pub fn extension_installed() -> SpiResult<bool> {
     Ok(Spi::get_one::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'livesync')",
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'livesync')",
     )?
     .unwrap_or(false))
 }

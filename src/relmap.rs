@@ -174,18 +174,13 @@ fn quote_ident_pure(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-/// The remote column indexes that identify a row for UPDATE/DELETE (pure).
+/// The remote column indexes that identify a row for UPDATE/DELETE, and whether rows are
+/// found by all columns (FULL without a usable target key) (pure).
 ///
 /// With REPLICA IDENTITY FULL the source sends every column; when the target has a
 /// primary key (or replica identity index) whose columns all come from the source, the
 /// row is found through it, as native apply finds it through that index; otherwise by
 /// every column.
-pub fn key_columns(rel: &Relation, local: &[LocalCol]) -> Vec<usize> {
-    key_and_scan(rel, local).0
-}
-
-/// [`key_columns`], and whether rows are found by all columns (FULL without a usable
-/// target key).
 fn key_and_scan(rel: &Relation, local: &[LocalCol]) -> (Vec<usize>, bool) {
     match rel.replica_identity {
         ReplicaIdentity::Full => {
@@ -236,7 +231,7 @@ pub fn resolve(rel: &Relation) -> Result<Mapping> {
         let rows = client.select(
             "SELECT c.oid, c.relkind::pg_catalog.text, c.relowner, a.attname::pg_catalog.text, tn.nspname::pg_catalog.text, t.typname::pg_catalog.text, \
                     a.atttypid, a.atttypmod, pg_catalog.format_type(a.atttypid, a.atttypmod), \
-                    a.attgenerated <> '', a.attidentity = 'a', \
+                    a.attgenerated OPERATOR(pg_catalog.<>) '', a.attidentity OPERATOR(pg_catalog.=) 'a', \
                     a.attnum OPERATOR(pg_catalog.=) ANY ( \
                       SELECT k FROM pg_catalog.pg_index i, pg_catalog.unnest(i.indkey) AS k \
                        WHERE i.indrelid OPERATOR(pg_catalog.=) c.oid AND i.indexprs IS NULL \
@@ -378,7 +373,7 @@ fn partition_ancestors(oid: pg_sys::Oid) -> Result<Vec<pg_sys::Oid>> {
     Ok(Spi::connect(|client| {
         // pg_partition_ancestors lists the relation itself, then its parent, upward.
         let rows = client.select(
-            "SELECT relid FROM pg_catalog.pg_partition_ancestors($1) WHERE relid <> $1",
+            "SELECT relid FROM pg_catalog.pg_partition_ancestors($1) WHERE relid OPERATOR(pg_catalog.<>) $1",
             None,
             &[oid.into()],
         )?;
@@ -405,9 +400,9 @@ fn hypertable_dimensions(schema: &str, table: &str) -> Result<Option<Vec<String>
     let dims: Vec<String> = Spi::connect(|client| {
         let mut out = Vec::new();
         for row in client.select(
-            "SELECT d.column_name::text FROM _timescaledb_catalog.dimension d \
-               JOIN _timescaledb_catalog.hypertable h ON h.id = d.hypertable_id \
-              WHERE h.schema_name = $1 AND h.table_name = $2",
+            "SELECT d.column_name::pg_catalog.text FROM _timescaledb_catalog.dimension d \
+               JOIN _timescaledb_catalog.hypertable h ON h.id OPERATOR(pg_catalog.=) d.hypertable_id \
+              WHERE h.schema_name OPERATOR(pg_catalog.=) $1 AND h.table_name OPERATOR(pg_catalog.=) $2",
             None,
             &[schema.into(), table.into()],
         )? {
@@ -483,19 +478,22 @@ mod tests {
             &[("a", false), ("b", true), ("c", true)],
             ReplicaIdentity::Default,
         );
-        assert_eq!(key_columns(&r, &[]), vec![1, 2]);
+        assert_eq!(key_and_scan(&r, &[]), (vec![1, 2], false));
         let r = rel(&[("a", false), ("b", false)], ReplicaIdentity::Full);
-        assert_eq!(key_columns(&r, &[]), vec![0, 1]);
+        assert_eq!(key_and_scan(&r, &[]), (vec![0, 1], true));
         // FULL, and the target has a key on columns the source sends: found through it.
         let mut b = lc("b", false);
         b.in_local_key = true;
-        assert_eq!(key_columns(&r, &[lc("a", false), b.clone()]), vec![1]);
+        assert_eq!(
+            key_and_scan(&r, &[lc("a", false), b.clone()]),
+            (vec![1], false)
+        );
         // ... but not when a key column is not sent, or has no equality operator.
         let mut c = lc("c", false);
         c.in_local_key = true;
-        assert_eq!(key_columns(&r, &[b.clone(), c]), vec![0, 1]);
+        assert_eq!(key_and_scan(&r, &[b.clone(), c]), (vec![0, 1], true));
         b.eq_op = None;
-        assert_eq!(key_columns(&r, &[b]), vec![0, 1]);
+        assert_eq!(key_and_scan(&r, &[b]), (vec![0, 1], true));
     }
 
     #[test]

@@ -133,9 +133,10 @@ impl Registry {
         Some(s)
     }
 
-    /// Could [`Registry::sync_entry`] find or make a slot for this sync?
-    pub fn has_room_for(&self, dboid: u32, subid: i32) -> bool {
-        self.sync(dboid, subid).is_some() || self.syncs.iter().any(|s| !s.in_use)
+    /// Could [`Registry::sync_entry`] find or make a slot for this sync (None: a new one)?
+    pub fn has_room_for(&self, dboid: u32, subid: Option<i32>) -> bool {
+        subid.is_some_and(|id| self.sync(dboid, id).is_some())
+            || self.syncs.iter().any(|s| !s.in_use)
     }
 
     /// How many syncs (running or stopped) live in database `dboid`.

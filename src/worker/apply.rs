@@ -412,7 +412,7 @@ impl ApplyWorker {
         let lit = remote::quote_literal(slot);
         let sql = format!(
             "SELECT active, CASE WHEN NOT active THEN pg_catalog.pg_drop_replication_slot(slot_name) END IS NULL \
-               FROM pg_catalog.pg_replication_slots WHERE slot_name = {lit}"
+               FROM pg_catalog.pg_replication_slots WHERE slot_name OPERATOR(pg_catalog.=) {lit}"
         );
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

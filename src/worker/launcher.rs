@@ -17,11 +17,6 @@ use pgrx::prelude::*;
 use std::collections::HashMap;
 use std::time::Duration;
 
-thread_local! {
-    /// Consecutive failures to start an apply worker for want of a worker slot.
-    static NO_WORKER_SLOTS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
-
 pub fn register() {
     BackgroundWorkerBuilder::new("livesync launcher")
         .set_type("livesync launcher")
@@ -73,6 +68,8 @@ pub extern "C-unwind" fn livesync_launcher_main(_arg: pg_sys::Datum) {
     log!("livesync launcher started");
 
     let mut handles: HashMap<(u32, i32), DynamicBackgroundWorker> = HashMap::new();
+    // Consecutive failures to start an apply worker for want of a worker slot.
+    let mut no_worker_slots = 0u32;
     loop {
         if worker::check_interrupts().is_err() {
             break;
@@ -80,7 +77,7 @@ pub extern "C-unwind" fn livesync_launcher_main(_arg: pg_sys::Datum) {
         if !REGISTRY.share().probed {
             probe_all();
         }
-        start_apply_workers(&mut handles);
+        start_apply_workers(&mut handles, &mut no_worker_slots);
         if worker::wait_latch(1000).is_err() {
             break;
         }
@@ -113,11 +110,13 @@ fn probe_all() {
     REGISTRY.exclusive().probed = true;
 }
 
-fn start_apply_workers(handles: &mut HashMap<(u32, i32), DynamicBackgroundWorker>) {
+fn start_apply_workers(
+    handles: &mut HashMap<(u32, i32), DynamicBackgroundWorker>,
+    no_worker_slots: &mut u32,
+) {
     handles.retain(|_, h| matches!(h.pid(), Ok(_) | Err(BackgroundWorkerStatus::NotYetStarted)));
     let now = shmem::now_ms();
-    forget_dropped_databases();
-    let wanted: Vec<(u32, i32)> = {
+    let mut wanted: Vec<(u32, i32)> = {
         let reg = REGISTRY.share();
         reg.syncs
             .iter()
@@ -125,12 +124,23 @@ fn start_apply_workers(handles: &mut HashMap<(u32, i32), DynamicBackgroundWorker
                 s.in_use && s.enabled && !s.stopping && s.apply_pid == 0 && now >= s.not_before_ms
             })
             .map(|s| (s.dboid, s.subid))
+            .filter(|key| !handles.contains_key(key))
             .collect()
     };
-    for key in wanted {
-        if handles.contains_key(&key) {
-            continue;
+    if wanted.is_empty() {
+        return;
+    }
+    // About to start workers: not for databases that no longer exist.
+    let existing = database_oids(false);
+    wanted.retain(|&(db, _)| {
+        let exists = existing.contains(&db);
+        if !exists {
+            log!("livesync launcher: database {db} no longer exists; forgetting its syncs");
+            REGISTRY.exclusive().forget_database(db);
         }
+        exists
+    });
+    for key in wanted {
         let (db, subid) = key;
         let arg = ((db as i64) << 32) | (subid as u32 as i64);
         let name = format!("livesync apply worker for sync {subid} in database {db}");
@@ -143,15 +153,13 @@ fn start_apply_workers(handles: &mut HashMap<(u32, i32), DynamicBackgroundWorker
         ) {
             Some(h) => {
                 handles.insert(key, h);
-                NO_WORKER_SLOTS.with(|w| w.set(0));
+                *no_worker_slots = 0;
             }
             None => {
                 // Every background worker slot is taken: back off (1, 2, 4 ... s), and say
                 // so once until a worker starts again.
-                let misses = NO_WORKER_SLOTS.with(|w| {
-                    w.set(w.get() + 1);
-                    w.get()
-                });
+                *no_worker_slots += 1;
+                let misses = *no_worker_slots;
                 let mut reg = REGISTRY.exclusive();
                 if let Some(s) = reg.sync_mut(db, subid) {
                     s.not_before_ms = now + worker::backoff_ms(misses);
@@ -161,29 +169,6 @@ fn start_apply_workers(handles: &mut HashMap<(u32, i32), DynamicBackgroundWorker
                     worker::warn_no_worker_slots("an apply worker");
                 }
             }
-        }
-    }
-}
-
-/// Forget the syncs of databases that no longer exist (dropped by a server without livesync
-/// preloaded, say), so that no worker is started for them over and over.
-fn forget_dropped_databases() {
-    let dbs: Vec<u32> = {
-        let reg = REGISTRY.share();
-        reg.syncs
-            .iter()
-            .filter(|s| s.in_use)
-            .map(|s| s.dboid)
-            .collect()
-    };
-    if dbs.is_empty() {
-        return;
-    }
-    let existing = database_oids(false);
-    for db in dbs {
-        if !existing.contains(&db) {
-            log!("livesync launcher: database {db} no longer exists; forgetting its syncs");
-            REGISTRY.exclusive().forget_database(db);
         }
     }
 }

@@ -113,43 +113,45 @@ unsafe extern "C-unwind" {
     fn server_die(signal: core::ffi::c_int);
 }
 
-/// `search_path = pg_catalog, pg_temp` for the rest of this session, whatever the database
-/// or role settings say (PostgreSQL's own workers use an empty one): a function or operator
-/// a user planted in another schema is never picked up by livesync's SQL.
-pub const PINNED_SEARCH_PATH: &str = "pg_catalog, pg_temp";
+/// `search_path = pg_catalog, pg_temp`, whatever the database or role settings say
+/// (PostgreSQL's own workers use an empty one): a function or operator a user planted in
+/// another schema is never picked up by livesync's SQL.
+const PINNED_SEARCH_PATH: &std::ffi::CStr = c"pg_catalog, pg_temp";
 
-fn pin_search_path() {
-    let _ = xact(|| {
-        Spi::run(&format!(
-            "SELECT pg_catalog.set_config('search_path', '{PINNED_SEARCH_PATH}', false)"
-        ))?;
-        Ok(())
-    });
-}
-
-/// Run `f` with `search_path` pinned (see [`PINNED_SEARCH_PATH`]) in the caller's session,
-/// as a function with `SET search_path` would: for livesync's SQL that runs inside a user's
-/// statement (the DROP EXTENSION hook). Restored when `f` returns or the transaction ends.
-pub fn with_pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
-    // SAFETY: the GUC nest level pairs with AtEOXact_GUC below, or with transaction abort
-    // if `f` raises an ERROR; both restore the previous value.
+fn set_pinned_search_path(action: pg_sys::GucAction::Type) {
+    // SAFETY: main thread; search_path's check hook only parses the list (no catalog
+    // access), so this works outside a transaction too.
     unsafe {
-        let level = pg_sys::NewGUCNestLevel();
-        let value = std::ffi::CString::new(PINNED_SEARCH_PATH).expect("no NUL");
         pg_sys::set_config_option(
             c"search_path".as_ptr(),
-            value.as_ptr(),
+            PINNED_SEARCH_PATH.as_ptr(),
             pg_sys::GucContext::PGC_USERSET,
             pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
+            action,
             true,
             0,
             false,
         );
-        let r = f();
-        pg_sys::AtEOXact_GUC(true, level);
-        r
     }
+}
+
+/// Pin `search_path` for the rest of this worker's session (see [`PINNED_SEARCH_PATH`]).
+fn pin_search_path() {
+    set_pinned_search_path(pg_sys::GucAction::GUC_ACTION_SET);
+}
+
+/// Run `f` with `search_path` pinned in the caller's session, as a function with
+/// `SET search_path` would: for livesync's SQL that runs inside a user's statement (the
+/// DROP EXTENSION hook). Restored when `f` returns or the transaction ends.
+pub fn with_pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: the GUC nest level pairs with AtEOXact_GUC below, or with transaction abort
+    // if `f` raises an ERROR; both restore the previous value.
+    let level = unsafe { pg_sys::NewGUCNestLevel() };
+    set_pinned_search_path(pg_sys::GucAction::GUC_ACTION_SAVE);
+    let r = f();
+    // SAFETY: pairs with NewGUCNestLevel above.
+    unsafe { pg_sys::AtEOXact_GUC(true, level) };
+    r
 }
 
 /// Look at interrupts: a worker returns `Terminated` on SIGTERM; a SQL function raises

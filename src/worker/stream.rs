@@ -556,7 +556,6 @@ fn message_xid(m: &Message) -> Option<Xid> {
 pub fn prepare_session() -> Result<()> {
     worker::xact(|| {
         for sql in [
-            "SET search_path = pg_catalog, pg_temp",
             "SET session_replication_role = replica",
             "SET datestyle = ISO",
             "SET intervalstyle = postgres",
@@ -577,7 +576,7 @@ pub fn setup_origin(name: &str) -> Result<Lsn> {
     worker::xact(|| {
         pgrx::spi::Spi::run_with_args(
             "SELECT pg_catalog.pg_replication_origin_create($1) \
-              WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_origin WHERE roname = $1)",
+              WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_origin WHERE roname OPERATOR(pg_catalog.=) $1)",
             &[name.into()],
         )?;
         Ok(())
@@ -588,7 +587,7 @@ pub fn setup_origin(name: &str) -> Result<Lsn> {
             &[name.into()],
         )?;
         let p: Option<String> = pgrx::spi::Spi::get_one(
-            "SELECT pg_catalog.pg_replication_origin_session_progress(false)::text",
+            "SELECT pg_catalog.pg_replication_origin_session_progress(false)::pg_catalog.text",
         )?;
         Ok(p.and_then(|s| crate::lsn::parse(&s)).unwrap_or(0))
     })
@@ -597,7 +596,7 @@ pub fn setup_origin(name: &str) -> Result<Lsn> {
 pub fn drop_origin(name: &str) -> Result<()> {
     worker::xact(|| {
         pgrx::spi::Spi::run_with_args(
-            "SELECT pg_catalog.pg_replication_origin_drop(roname) FROM pg_catalog.pg_replication_origin WHERE roname = $1",
+            "SELECT pg_catalog.pg_replication_origin_drop(roname) FROM pg_catalog.pg_replication_origin WHERE roname OPERATOR(pg_catalog.=) $1",
             &[name.into()],
         )?;
         Ok(())

@@ -312,7 +312,7 @@ impl TableSync {
             &[origin.into()],
         )?;
         Spi::run_with_args(
-            "SELECT pg_catalog.pg_replication_origin_advance($1, $2::pg_lsn)",
+            "SELECT pg_catalog.pg_replication_origin_advance($1, $2::pg_catalog.pg_lsn)",
             &[origin.into(), crate::lsn::format(lsn).into()],
         )?;
         catalog::set_rel_state(self.subid, self.relid, TableState::FinishedCopy, Some(lsn))?;

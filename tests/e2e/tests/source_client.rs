@@ -1129,6 +1129,16 @@ fn snapshot_copy_then_stream_from_consistent_point() {
 // requirepeer, search_path
 // ---------------------------------------------------------------------------------------------
 
+/// Connect (not for replication) with `env` as the environment, ask `sql`, disconnect.
+async fn ask_env(s: &str, env: &MapEnv, sql: &str) -> Option<String> {
+    let mut c = connect_env(s, env, false)
+        .await
+        .unwrap_or_else(|e| panic!("{s}: {e}"));
+    let v = one(&mut c, sql).await;
+    c.close().await;
+    v
+}
+
 async fn connect_env(s: &str, env: &MapEnv, replication: bool) -> Result<Connection, SourceError> {
     let info = ConnInfo::parse_with_env(s, env).unwrap_or_else(|e| panic!("parse {s}: {e}"));
     Connection::connect(&info, replication, "source_client_test").await
@@ -1218,20 +1228,16 @@ fn user_and_other_defaults_come_from_the_environment() {
         let env = MapEnv::new()
             .with_var("PGUSER", "u_md5")
             .with_os_user("u_clear");
-        let mut c = connect_env(&s, &env, false).await.unwrap();
         assert_eq!(
-            one(&mut c, "SELECT current_user").await.as_deref(),
+            ask_env(&s, &env, "SELECT current_user").await.as_deref(),
             Some("u_md5")
         );
-        c.close().await;
         // ... else the OS user's name.
         let env = MapEnv::new().with_os_user("u_clear");
-        let mut c = connect_env(&s, &env, false).await.unwrap();
         assert_eq!(
-            one(&mut c, "SELECT current_user").await.as_deref(),
+            ask_env(&s, &env, "SELECT current_user").await.as_deref(),
             Some("u_clear")
         );
-        c.close().await;
         // Host, port, database, user, password and sslmode all from the environment, over
         // TCP with SCRAM: an empty connection string.
         let env = MapEnv::new()
@@ -1307,16 +1313,16 @@ fn service_file_supplies_the_connection() {
         );
         c.close().await;
         // Values in the string win over the service's.
-        let mut c = connect_env("service=src dbname=postgres user=postgres", &env, false)
-            .await
-            .unwrap();
         assert_eq!(
-            one(&mut c, "SELECT current_user || ' ' || current_database()")
-                .await
-                .as_deref(),
+            ask_env(
+                "service=src dbname=postgres user=postgres",
+                &env,
+                "SELECT current_user || ' ' || current_database()"
+            )
+            .await
+            .as_deref(),
             Some("postgres postgres")
         );
-        c.close().await;
         // PGSERVICE, and the system-wide file of PGSYSCONFDIR.
         let env = MapEnv::new()
             .with_var("PGSYSCONFDIR", dir.to_str().unwrap())

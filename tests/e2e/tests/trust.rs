@@ -48,6 +48,16 @@ fn wait_copy_paused(tgt: &Db) {
     });
 }
 
+/// Fresh source and target databases `<prefix>_src`/`<prefix>_tgt`, both with a table
+/// `t (id int PRIMARY KEY)`, and a publication `p` of it on the source.
+fn t_pair(prefix: &str) -> (Db<'static>, Db<'static>) {
+    let src = Db::fresh(source(), &format!("{prefix}_src"));
+    let tgt = Db::fresh(target(), &format!("{prefix}_tgt"));
+    both(&src, &tgt, "CREATE TABLE t (id int PRIMARY KEY)");
+    src.exec("CREATE PUBLICATION p FOR TABLE t");
+    (src, tgt)
+}
+
 /// The pid of the sync's apply worker (waits for it).
 fn apply_pid(tgt: &Db, sub: &str) -> i32 {
     let mut pid = None;
@@ -454,10 +464,7 @@ fn extension_catalogs_of_the_source_are_never_synced() {
 /// `BEGIN; SELECT livesync_drop(...); ROLLBACK;` keeps the sync and its slot.
 #[test]
 fn rolled_back_start_and_drop_change_nothing_on_the_source() {
-    let src = Db::fresh(source(), "rb_src");
-    let tgt = Db::fresh(target(), "rb_tgt");
-    both(&src, &tgt, "CREATE TABLE t (id int PRIMARY KEY)");
-    src.exec("CREATE PUBLICATION p FOR TABLE t");
+    let (src, tgt) = t_pair("rb");
     let name = unique_name("rb");
     let mut c = tgt.client();
     let mut tx = c.transaction().unwrap();
@@ -491,16 +498,39 @@ fn rolled_back_start_and_drop_change_nothing_on_the_source() {
     assert!(slots_on_source(source(), &name).is_empty());
 }
 
+/// The slot is created at commit; when that fails (the source has no free slot), the
+/// commit fails with the reason and a hint, and the sync does not exist.
+#[test]
+fn a_slot_that_cannot_be_created_at_commit_fails_the_start() {
+    let sc = Cluster::new_private_with(
+        ClusterSpec::new(Kind::Source, "oneslot").conf("max_replication_slots = 1"),
+    );
+    let src = Db::fresh(&sc, "oneslot_src");
+    let tgt = Db::fresh(target(), "oneslot_tgt");
+    both(&src, &tgt, "CREATE TABLE t (id int PRIMARY KEY)");
+    src.exec("CREATE PUBLICATION p FOR TABLE t");
+    src.exec("SELECT pg_create_logical_replication_slot('taken', 'pgoutput')");
+    let e = try_livesync_start(&tgt, &src.uri(), "p", Some("oneslot"), None)
+        .expect_err("a start without a free slot succeeded");
+    assert_eq!(sqlstate(&e).as_deref(), Some("53400"), "{}", err_text(&e));
+    assert!(
+        err_text(&e).contains("max_replication_slots"),
+        "{}",
+        err_text(&e)
+    );
+    assert!(
+        sub_info(&tgt, "oneslot").is_none(),
+        "the failed start left a sync"
+    );
+}
+
 // ---- 12. DROP DATABASE of a database with syncs ------------------------------------------
 
 /// Refused, `WITH (FORCE)` too, while the database holds a sync, stopped ones included:
 /// its slot would stay on the source forever.
 #[test]
 fn drop_database_with_syncs_is_refused() {
-    let src = Db::fresh(source(), "dropdb_src");
-    let tgt = Db::fresh(target(), "dropdb_tgt");
-    both(&src, &tgt, "CREATE TABLE t (id int PRIMARY KEY)");
-    src.exec("CREATE PUBLICATION p FOR TABLE t");
+    let (src, tgt) = t_pair("dropdb");
     let name = unique_name("dropdb");
     let g = start_sync(&tgt, &src.uri(), "p", &name);
     wait_for_sync_state(&tgt, &name, 'r');
@@ -529,10 +559,7 @@ fn drop_database_with_syncs_is_refused() {
 /// like a table-sync slot (`x_sync_123`) is refused.
 #[test]
 fn dropping_a_sync_never_drops_another_syncs_slots() {
-    let src = Db::fresh(source(), "slotname_src");
-    let tgt = Db::fresh(target(), "slotname_tgt");
-    both(&src, &tgt, "CREATE TABLE t (id int PRIMARY KEY)");
-    src.exec("CREATE PUBLICATION p FOR TABLE t");
+    let (src, tgt) = t_pair("slotname");
     let x = unique_name("sn");
     let eu = format!("{x}_sync_eu");
     let tgt2 = Db::fresh(target(), "slotname_tgt2");
@@ -559,10 +586,7 @@ fn dropping_a_sync_never_drops_another_syncs_slots() {
 /// 60 s), and the changes arrive once the sync runs again.
 #[test]
 fn stop_interrupts_a_worker_waiting_on_a_lock() {
-    let src = Db::fresh(source(), "lockstop_src");
-    let tgt = Db::fresh(target(), "lockstop_tgt");
-    both(&src, &tgt, "CREATE TABLE t (id int PRIMARY KEY)");
-    src.exec("CREATE PUBLICATION p FOR TABLE t");
+    let (src, tgt) = t_pair("lockstop");
     let name = unique_name("lockstop");
     let g = start_sync(&tgt, &src.uri(), "p", &name);
     wait_caught_up(&src, &tgt, &name);
@@ -726,6 +750,16 @@ fn livesync_alter_changes_the_connection_string_without_a_recopy() {
         )
         .expect_err("a source that cannot connect was accepted");
     assert!(err_text(&e).contains("HINT"), "{}", err_text(&e));
+    // Nor does one that reaches a server without the sync's slot (the target server).
+    let e = tgt
+        .client()
+        .execute(
+            "SELECT livesync_alter($1, source => $2)",
+            &[&g.name(), &target().uri("postgres")],
+        )
+        .expect_err("a server without the slot was accepted");
+    assert_eq!(sqlstate(&e).as_deref(), Some("42704"), "{}", err_text(&e));
+    assert_eq!(walsender_user().as_deref(), Some(old_role.as_str()));
     tgt.client()
         .execute(
             "SELECT livesync_alter($1, source => $2)",
