@@ -8,10 +8,21 @@
 #
 # Assumes scripts/setup.sh ran and livesync is installed (`cargo pgrx install`), as the
 # Makefile arranges. The servers run as the `postgres` OS user when this runs as root.
+#
+# PG=17 or PG=18 runs both servers on that major, in the chroot scripts/pgchroot.sh made
+# (this machine has only PostgreSQL 15); paths below are as the servers see them, and
+# $ROOT$path is the same file here.
 set -euo pipefail
 
-PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
-DEMO_DIR=${LIVESYNC_DEMO_DIR:-/tmp/livesync-demo}
+PG=${PG:-15}
+PG_BIN=/usr/lib/postgresql/$PG/bin
+ROOT=
+if [ ! -x "$PG_BIN/postgres" ]; then
+  ROOT=${LIVESYNC_SETUP_DIR:-/var/tmp/livesync-setup}/pg$PG/root
+  [ -x "$ROOT$PG_BIN/postgres" ] || { echo "demo: PostgreSQL $PG is not set up: PG=$PG make demo" >&2; exit 1; }
+fi
+if [ "$PG" = 15 ]; then DEMO_DIR=${LIVESYNC_DEMO_DIR:-/tmp/livesync-demo}
+else DEMO_DIR=${LIVESYNC_DEMO_DIR:-/tmp/livesync-demo-pg$PG}; fi
 SRC_PORT=${LIVESYNC_DEMO_SOURCE_PORT:-54321}
 TGT_PORT=${LIVESYNC_DEMO_TARGET_PORT:-54322}
 DB=demo
@@ -20,23 +31,31 @@ SUB=livesync
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 
+# A server program, as the postgres OS user; a client program. (In the chroot when there.)
 as_pg() {
-  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+  local prog=$PG_BIN/$1; shift
+  if [ -n "$ROOT" ]; then
+    chroot --userspec="$(chroot "$ROOT" id -u postgres):$(chroot "$ROOT" id -g postgres)" "$ROOT" "$prog" "$@"
+  elif [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$prog" "$@"; else "$prog" "$@"; fi
+}
+client() {
+  local prog=$PG_BIN/$1; shift
+  if [ -n "$ROOT" ]; then chroot "$ROOT" "$prog" "$@"; else "$prog" "$@"; fi
 }
 psql_at() { # port db args...
   local port=$1 db=$2; shift 2
-  "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d "$db" "$@"
+  client psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d "$db" "$@"
 }
 src() { psql_at "$SRC_PORT" "$DB" "$@"; }
 tgt() { psql_at "$TGT_PORT" "$DB" "$@"; }
 src_val() { psql_at "$SRC_PORT" "$DB" -At -c "$1"; }
 tgt_val() { psql_at "$TGT_PORT" "$DB" -At -c "$1"; }
 
-running() { as_pg "$PG_BIN/pg_ctl" status -D "$DEMO_DIR/$1/data" >/dev/null 2>&1; }
+running() { as_pg pg_ctl status -D "$DEMO_DIR/$1/data" >/dev/null 2>&1; }
 
 stop_cluster() {
   if running "$1"; then
-    as_pg "$PG_BIN/pg_ctl" stop -D "$DEMO_DIR/$1/data" -m fast -w >/dev/null
+    as_pg pg_ctl stop -D "$DEMO_DIR/$1/data" -m fast -w >/dev/null
     echo "stopped $1"
   fi
 }
@@ -44,11 +63,12 @@ stop_cluster() {
 # ensure_cluster NAME PORT KIND: create once, start if not running.
 ensure_cluster() {
   local name=$1 port=$2 kind=$3 dir=$DEMO_DIR/$1
-  if [ ! -f "$dir/data/PG_VERSION" ]; then
-    rm -rf "$dir"
-    mkdir -p "$dir"
-    [ "$(id -u)" = 0 ] && chown postgres: "$DEMO_DIR" "$dir"
-    as_pg "$PG_BIN/initdb" -D "$dir/data" --auth=trust -E UTF8 --locale=C -U postgres \
+  if [ ! -f "$ROOT$dir/data/PG_VERSION" ]; then
+    rm -rf "$ROOT$dir"
+    mkdir -p "$ROOT$dir"
+    if [ -n "$ROOT" ]; then chroot "$ROOT" chown postgres: "$DEMO_DIR" "$dir";
+    elif [ "$(id -u)" = 0 ]; then chown postgres: "$DEMO_DIR" "$dir"; fi
+    as_pg initdb -D "$dir/data" --auth=trust -E UTF8 --locale=C -U postgres \
       --no-instructions >/dev/null
     {
       echo "# --- livesync demo ---"
@@ -64,16 +84,16 @@ ensure_cluster() {
         echo "max_worker_processes = 32"
         echo "timescaledb.telemetry_level = off"
       fi
-    } >>"$dir/data/postgresql.conf"
+    } >>"$ROOT$dir/data/postgresql.conf"
   fi
   if running "$name"; then
     echo "$name: already running on port $port (reused)"
   else
-    if ! as_pg "$PG_BIN/pg_ctl" start -D "$dir/data" -l "$dir/server.log" -w -t 60 >/dev/null; then
-      tail -20 "$dir/server.log" >&2
-      die "could not start the $name cluster (log: $dir/server.log)"
+    if ! as_pg pg_ctl start -D "$dir/data" -l "$dir/server.log" -w -t 60 >/dev/null; then
+      tail -20 "$ROOT$dir/server.log" >&2
+      die "could not start the $name cluster (log: $ROOT$dir/server.log)"
     fi
-    echo "$name: started on port $port (log: $dir/server.log)"
+    echo "$name: started on port $port (log: $ROOT$dir/server.log)"
   fi
 }
 
@@ -86,23 +106,22 @@ case "${1:-start}" in
   clean)
     stop_cluster target
     stop_cluster source
-    rm -rf "$DEMO_DIR"
-    echo "removed $DEMO_DIR"
+    rm -rf "$ROOT$DEMO_DIR"
+    echo "removed $ROOT$DEMO_DIR"
     exit 0
     ;;
   start | "") ;;
   *) die "usage: $0 [start|stop|clean]" ;;
 esac
 
-[ -x "$PG_BIN/initdb" ] || die "PostgreSQL 15 not found in $PG_BIN (run scripts/setup.sh)"
-libdir=$("$PG_BIN/pg_config" --pkglibdir)
-[ -f "$libdir/timescaledb.so" ] || die "TimescaleDB is not installed (run scripts/setup.sh)"
-[ -f "$libdir/livesync.so" ] ||
-  die "livesync is not installed: cargo pgrx install --release --pg-config $PG_BIN/pg_config"
+[ -x "$ROOT$PG_BIN/initdb" ] || die "PostgreSQL $PG not found in $ROOT$PG_BIN (run PG=$PG make demo)"
+libdir=$ROOT$(client pg_config --pkglibdir)
+[ -f "$libdir/timescaledb.so" ] || die "TimescaleDB is not installed (run PG=$PG make setup)"
+[ -f "$libdir/livesync.so" ] || die "livesync is not installed for PostgreSQL $PG: PG=$PG make install"
 
-mkdir -p "$DEMO_DIR"
-chmod 755 "$DEMO_DIR"
-say "Clusters: source on 127.0.0.1:$SRC_PORT, target on 127.0.0.1:$TGT_PORT ($DEMO_DIR)"
+mkdir -p "$ROOT$DEMO_DIR"
+chmod 755 "$ROOT$DEMO_DIR"
+say "Clusters (PostgreSQL $PG): source on 127.0.0.1:$SRC_PORT, target on 127.0.0.1:$TGT_PORT ($ROOT$DEMO_DIR)"
 ensure_cluster source "$SRC_PORT" source
 ensure_cluster target "$TGT_PORT" target
 
@@ -149,7 +168,7 @@ src -c "SELECT (SELECT count(*) FROM metrics) AS metrics_rows, (SELECT count(*) 
 
 say "Target: schema from pg_dump --schema-only, metrics as a hypertable, livesync"
 tgt -c "SET client_min_messages = warning; CREATE EXTENSION IF NOT EXISTS timescaledb"
-"$PG_BIN/pg_dump" --schema-only --no-publications --no-subscriptions --no-owner --no-privileges \
+client pg_dump --schema-only --no-publications --no-subscriptions --no-owner --no-privileges \
   -h 127.0.0.1 -p "$SRC_PORT" -U postgres -d "$DB" | tgt >/dev/null
 tgt -c "SELECT create_hypertable('metrics', 'ts', chunk_time_interval => interval '1 day', migrate_data => true)"
 tgt -c "CREATE EXTENSION livesync"
@@ -169,7 +188,7 @@ while :; do
   [ "$notready" = 0 ] && break
   if [ $SECONDS -ge $deadline ]; then
     tgt -c "SELECT * FROM livesync.subscription"
-    die "tables not ready after 180 s (target log: $DEMO_DIR/target/server.log)"
+    die "tables not ready after 180 s (target log: $ROOT$DEMO_DIR/target/server.log)"
   fi
   sleep 1
 done
@@ -219,8 +238,8 @@ tgt -x -c "SELECT * FROM livesync.subscription"
 say "Done. The sync keeps running."
 cat <<EOF
 Connect:
-  source:  $PG_BIN/psql -h 127.0.0.1 -p $SRC_PORT -U postgres $DB
-  target:  $PG_BIN/psql -h 127.0.0.1 -p $TGT_PORT -U postgres $DB
+  source:  psql -h 127.0.0.1 -p $SRC_PORT -U postgres $DB
+  target:  psql -h 127.0.0.1 -p $TGT_PORT -U postgres $DB
 Try on the source:  INSERT INTO metrics VALUES (now(), 7, 1.5);
 Watch the target:   SELECT * FROM livesync.subscription_rel;  SELECT * FROM livesync.subscription;
                     SELECT count(*) FROM ONLY metrics;  -- always 0: rows live in chunks

@@ -6,7 +6,19 @@
 #   - cargo-pgrx 0.18.0 (pinned: the machine's rustc is 1.95, pgrx 0.19 needs 1.96)
 #   - TimescaleDB (Apache edition), built from Debian trixie's source package, because
 #     bookworm does not package it.
+#   - for each other PostgreSQL major named on the command line (`scripts/setup.sh 17 18`):
+#     a Debian chroot with that server and TimescaleDB (scripts/pgchroot.sh), registered
+#     with pgrx so that `cargo pgrx install --pg-config <its wrapper>` builds for it.
 set -euo pipefail
+
+OTHER_MAJORS=()
+for v in "$@"; do
+  case "$v" in
+    15) ;;
+    17 | 18) OTHER_MAJORS+=("$v") ;;
+    *) echo "scripts/setup.sh: PostgreSQL $v is not supported (15, 17, 18)" >&2; exit 2 ;;
+  esac
+done
 
 PG_MAJOR=15
 PG_CONFIG=/usr/lib/postgresql/$PG_MAJOR/bin/pg_config
@@ -54,3 +66,15 @@ if [ ! -f "$($PG_CONFIG --sharedir)/extension/timescaledb.control" ]; then
     && make -C build -j"$(nproc)" install >/dev/null )
 fi
 log "ok: PostgreSQL $PG_MAJOR, cargo-pgrx $PGRX_VERSION, TimescaleDB $(grep default_version "$($PG_CONFIG --sharedir)/extension/timescaledb.control" | cut -d"'" -f2)"
+
+PGRX_CONFIG="${PGRX_HOME:-$HOME/.pgrx}/config.toml"
+for v in "${OTHER_MAJORS[@]}"; do
+  wrapper=$(bash "$(dirname "$0")/pgchroot.sh" "$v")
+  if ! grep -qs "^pg$v = \"$wrapper\"" "$PGRX_CONFIG"; then
+    # pgrx builds for a major only when its config names that major's pg_config.
+    sed -i "/^pg$v = /d" "$PGRX_CONFIG"
+    echo "pg$v = \"$wrapper\"" >> "$PGRX_CONFIG"
+  fi
+  log "ok: PostgreSQL $v ($("$wrapper" --version)) with TimescaleDB $(grep default_version "$("$wrapper" --sharedir)/extension/timescaledb.control" | cut -d"'" -f2), in a chroot"
+done
+

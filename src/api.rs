@@ -200,7 +200,7 @@ fn start(
                     let rt = worker::runtime();
                     worker::block_on(&rt, async {
                         let mut conn = connect_checked(&info).await?;
-                        remote::create_slot(&mut conn, &slot, "nothing").await?;
+                        remote::create_main_slot(&mut conn, &slot).await?;
                         conn.close().await;
                         Ok::<(), Error>(())
                     })?
@@ -588,7 +588,7 @@ fn may_drop_extension() -> bool {
     // SAFETY: catalog lookups on the main thread inside a transaction.
     unsafe {
         let ext = pg_sys::get_extension_oid(c"livesync".as_ptr(), true);
-        ext != pg_sys::InvalidOid && pg_sys::pg_extension_ownercheck(ext, pg_sys::GetUserId())
+        ext != pg_sys::InvalidOid && crate::pgver::extension_ownercheck(ext, pg_sys::GetUserId())
     }
 }
 

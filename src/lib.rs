@@ -32,6 +32,7 @@ pub mod error;
 pub mod gucs;
 pub mod lsn;
 pub mod pgoutput;
+pub mod pgver;
 pub mod relmap;
 pub mod remote;
 pub mod shmem;

@@ -52,18 +52,116 @@ pub async fn publication_exists(conn: &mut Connection, publication: &str) -> Res
     Ok(!conn.simple_query(&sql).await?.is_empty())
 }
 
-/// A slot's `confirmed_flush_lsn` and `wal_status`, or None when it does not exist.
-pub async fn slot_state(conn: &mut Connection, slot: &str) -> Result<Option<(u64, String)>> {
+/// The source's `server_version_num` (150000 for 15.0), from the startup ParameterStatus
+/// (`server_version` before PostgreSQL 16 reported the number); 0 when unknown.
+pub fn server_version(conn: &Connection) -> u32 {
+    conn.parameter("server_version_num")
+        .and_then(|v| v.parse().ok())
+        .or_else(|| {
+            conn.parameter("server_version")
+                .and_then(|v| {
+                    v.split(|c: char| !c.is_ascii_digit())
+                        .next()?
+                        .parse::<u32>()
+                        .ok()
+                })
+                .map(|major| major * 10_000)
+        })
+        .unwrap_or(0)
+}
+
+/// What the source says of a slot (`pg_replication_slots`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotState {
+    pub confirmed_flush: u64,
+    /// `lost` once the slot is invalidated, whatever the cause.
+    pub wal_status: String,
+    /// Why it was invalidated (PostgreSQL 17+: `wal_removed`, `rows_removed`,
+    /// `wal_level_insufficient`, 18: `idle_timeout`); None when it was not, or on older
+    /// sources.
+    pub invalidation_reason: Option<String>,
+    /// A failover slot (PostgreSQL 17+), synchronized to standbys.
+    pub failover: bool,
+}
+
+impl SlotState {
+    /// Why the slot was invalidated, in words.
+    pub fn invalidation_cause(&self) -> String {
+        match self.invalidation_reason.as_deref() {
+            Some("wal_removed") | None => {
+                "the WAL it needed was removed (max_slot_wal_keep_size)".into()
+            }
+            Some("idle_timeout") => "it was idle longer than idle_replication_slot_timeout".into(),
+            Some("rows_removed") => {
+                "rows it needed were removed on the primary (a conflict on a standby)".into()
+            }
+            Some("wal_level_insufficient") => "the primary's wal_level is below logical".into(),
+            Some(other) => format!("\"{other}\""),
+        }
+    }
+}
+
+/// A slot's state, or None when it does not exist.
+pub async fn slot_state(conn: &mut Connection, slot: &str) -> Result<Option<SlotState>> {
+    let newer = server_version(conn) >= 170_000;
     let sql = format!(
-        "SELECT confirmed_flush_lsn, wal_status FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
+        "SELECT confirmed_flush_lsn, wal_status, {} FROM pg_catalog.pg_replication_slots \
+          WHERE slot_name OPERATOR(pg_catalog.=) {}",
+        if newer {
+            "invalidation_reason, failover"
+        } else {
+            "NULL, false"
+        },
         quote_literal(slot)
     );
-    Ok(conn.simple_query(&sql).await?.first().map(|r| {
-        (
-            r.get(0).and_then(lsn::parse).unwrap_or(0),
-            r.get(1).unwrap_or_default().to_string(),
-        )
+    Ok(conn.simple_query(&sql).await?.first().map(|r| SlotState {
+        confirmed_flush: r.get(0).and_then(lsn::parse).unwrap_or(0),
+        wal_status: r.get(1).unwrap_or_default().to_string(),
+        invalidation_reason: r.get(2).map(str::to_string),
+        failover: r.get(3) == Some("t"),
     }))
+}
+
+/// Should livesync's main slot be a failover slot? On a PostgreSQL 17+ primary that is
+/// set up for failover slots, that is, with `synchronized_standby_slots` naming the physical
+/// slots of its standbys: then the slot is synchronized to those standbys
+/// (`sync_replication_slots = on` there), the source's walsender sends livesync only what
+/// they have received, and after a failover livesync continues from the promoted standby
+/// where it stopped. (Native subscriptions ask for it with `failover = true`.)
+pub async fn wants_failover(conn: &mut Connection) -> Result<bool> {
+    if server_version(conn) < 170_000 {
+        return Ok(false);
+    }
+    let rows = conn
+        .simple_query(
+            "SELECT pg_catalog.current_setting('synchronized_standby_slots') OPERATOR(pg_catalog.<>) '' \
+                    AND NOT pg_catalog.pg_is_in_recovery()",
+        )
+        .await?;
+    Ok(rows.first().and_then(|r| r.get(0)) == Some("t"))
+}
+
+/// Create the sync's main slot: no snapshot (each table's copy has its own), and a failover
+/// slot when the source is set up for them ([`wants_failover`]).
+pub async fn create_main_slot(conn: &mut Connection, slot: &str) -> Result<u64> {
+    let failover = wants_failover(conn).await?;
+    let options = if failover {
+        "SNAPSHOT 'nothing', FAILOVER true"
+    } else {
+        "SNAPSHOT 'nothing'"
+    };
+    Ok(create_slot_with(conn, slot, options).await?.0)
+}
+
+/// Make an existing main slot a failover slot (PostgreSQL 17+), for a source that was set up
+/// for failover slots after the sync started.
+pub async fn set_failover(conn: &mut Connection, slot: &str) -> Result<()> {
+    conn.simple_query(&format!(
+        "ALTER_REPLICATION_SLOT {} (FAILOVER true)",
+        quote_ident(slot)
+    ))
+    .await?;
+    Ok(())
 }
 
 pub async fn slot_exists(conn: &mut Connection, slot: &str) -> Result<bool> {
@@ -74,31 +172,26 @@ pub async fn slot_exists(conn: &mut Connection, slot: &str) -> Result<bool> {
     Ok(!conn.simple_query(&sql).await?.is_empty())
 }
 
-/// Create a logical slot with pgoutput. `snapshot` is `nothing`, or `use` inside a
-/// REPEATABLE READ transaction (whose snapshot then matches the slot); for `export` see
-/// [`create_slot_exporting`]. Returns the slot's consistent point.
-pub async fn create_slot(conn: &mut Connection, slot: &str, snapshot: &str) -> Result<u64> {
-    Ok(create_slot_snapshot(conn, slot, snapshot).await?.0)
-}
-
-/// [`create_slot`] with `SNAPSHOT 'export'`: also returns the name of the exported
-/// snapshot, which other sessions can import (`SET TRANSACTION SNAPSHOT`) until the
-/// connection runs its next command.
+/// Create a table sync's slot with `SNAPSHOT 'export'`: returns its consistent point and
+/// the name of the exported snapshot, which other sessions can import
+/// (`SET TRANSACTION SNAPSHOT`) until the connection runs its next command.
 pub async fn create_slot_exporting(conn: &mut Connection, slot: &str) -> Result<(u64, String)> {
-    let (lsn, snapshot) = create_slot_snapshot(conn, slot, "export").await?;
+    let (lsn, snapshot) = create_slot_with(conn, slot, "SNAPSHOT 'export'").await?;
     let snapshot = snapshot.ok_or_else(|| {
         SourceError::Protocol("CREATE_REPLICATION_SLOT exported no snapshot".into())
     })?;
     Ok((lsn, snapshot))
 }
 
-async fn create_slot_snapshot(
+/// CREATE_REPLICATION_SLOT of a pgoutput slot with these options; returns its consistent
+/// point and its exported snapshot, if any.
+async fn create_slot_with(
     conn: &mut Connection,
     slot: &str,
-    snapshot: &str,
+    options: &str,
 ) -> Result<(u64, Option<String>)> {
     let sql = format!(
-        "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT '{snapshot}')",
+        "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput ({options})",
         quote_ident(slot)
     );
     let rows = match conn.simple_query(&sql).await {
@@ -215,34 +308,49 @@ pub async fn publication_tables(conn: &mut Connection, publication: &str) -> Res
     Ok(out)
 }
 
-/// Column names of a source table that a COPY must read (no dropped or generated columns).
-pub async fn copy_columns(conn: &mut Connection, relid: u32) -> Result<Vec<String>> {
+/// The columns of a source table a COPY may read, in order: no dropped columns, and no
+/// generated ones, except the stored generated columns of a PostgreSQL 18+ source, which
+/// it publishes when asked to (`publish_generated_columns = stored`, or a column list that
+/// names them). The second list names the generated ones among them.
+pub async fn copy_columns(conn: &mut Connection, relid: u32) -> Result<(Vec<String>, Vec<String>)> {
+    let generated = if server_version(conn) >= 180_000 {
+        "attgenerated IN ('', 's')"
+    } else {
+        "attgenerated = ''"
+    };
     let sql = format!(
-        "SELECT attname FROM pg_catalog.pg_attribute \
-          WHERE attrelid = {relid} AND attnum > 0 AND NOT attisdropped AND attgenerated = '' \
+        "SELECT attname, attgenerated <> '' FROM pg_catalog.pg_attribute \
+          WHERE attrelid = {relid} AND attnum > 0 AND NOT attisdropped AND {generated} \
           ORDER BY attnum"
     );
-    Ok(conn
-        .simple_query(&sql)
-        .await?
-        .iter()
-        .filter_map(|r| r.get(0).map(str::to_string))
-        .collect())
+    let (mut all, mut gen) = (Vec::new(), Vec::new());
+    for r in conn.simple_query(&sql).await? {
+        let name = r.get(0).unwrap_or_default().to_string();
+        if r.get(1) == Some("t") {
+            gen.push(name.clone());
+        }
+        all.push(name);
+    }
+    Ok((all, gen))
 }
 
-/// The columns to copy (no dropped or generated ones), and whether the table is
-/// partitioned (its rows are then in its partitions: COPY needs a SELECT).
+/// [`copy_columns`], and whether the table is partitioned (its rows are then in its
+/// partitions: COPY needs a SELECT).
 pub async fn copy_columns_and_kind(
     conn: &mut Connection,
     relid: u32,
-) -> Result<(Vec<String>, bool)> {
-    let cols = copy_columns(conn, relid).await?;
+) -> Result<(Vec<String>, Vec<String>, bool)> {
+    let (cols, generated) = copy_columns(conn, relid).await?;
     let kind = conn
         .simple_query(&format!(
             "SELECT relkind FROM pg_catalog.pg_class WHERE oid = {relid}"
         ))
         .await?;
-    Ok((cols, kind.first().and_then(|r| r.get(0)) == Some("p")))
+    Ok((
+        cols,
+        generated,
+        kind.first().and_then(|r| r.get(0)) == Some("p"),
+    ))
 }
 
 /// What a publication publishes of one table (PostgreSQL 15+): its column list (all
@@ -253,16 +361,7 @@ pub async fn publication_filter(
     schema: &str,
     table: &str,
 ) -> Result<Option<(Vec<String>, Option<String>)>> {
-    let version: u32 = conn
-        .parameter("server_version_num")
-        .and_then(|v| v.parse().ok())
-        .or_else(|| {
-            conn.parameter("server_version")
-                .and_then(|v| v.split('.').next()?.parse::<u32>().ok())
-                .map(|major| major * 10_000)
-        })
-        .unwrap_or(0);
-    if version < 150_000 {
+    if server_version(conn) < 150_000 {
         return Ok(None);
     }
     let wh = format!(

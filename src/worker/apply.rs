@@ -159,10 +159,7 @@ impl ApplyWorker {
             worker::wait_latch(2000)?;
         }
         if !sub.slot_created {
-            block_on(
-                &self.rt,
-                remote::create_slot(&mut conn, &sub.subname, "nothing"),
-            )??;
+            block_on(&self.rt, remote::create_main_slot(&mut conn, &sub.subname))??;
             worker::xact(|| Ok(catalog::set_slot_created(self.subid)?))?;
         }
         let start = self.check_slot(&mut conn, start)?;
@@ -183,17 +180,29 @@ impl ApplyWorker {
         let resync = |why: String| Error::NeedsResync {
             msg: format!("replication slot \"{slot}\" {why}; a full resync is needed"),
         };
-        match block_on(&self.rt, remote::slot_state(conn, &slot))?? {
+        let state = block_on(&self.rt, remote::slot_state(conn, &slot))??;
+        if let Some(st) = &state {
+            // A source set up for failover slots after the sync started (PostgreSQL 17+).
+            if st.wal_status != "lost"
+                && !st.failover
+                && block_on(&self.rt, remote::wants_failover(conn))??
+            {
+                block_on(&self.rt, remote::set_failover(conn, &slot))??;
+                log!("livesync: replication slot \"{slot}\" is now a failover slot");
+            }
+        }
+        match state.map(|st| (st.confirmed_flush, st.wal_status.clone(), st)) {
             None => Err(resync("does not exist on the source, so changes may have been lost".into())),
-            Some((_, status)) if status == "lost" => Err(resync(
-                "was invalidated on the source (max_slot_wal_keep_size), so changes were lost".into(),
-            )),
-            Some((flush, _)) if origin == 0 => {
+            Some((_, status, st)) if status == "lost" => Err(resync(format!(
+                "was invalidated on the source because {}, so changes were lost",
+                st.invalidation_cause()
+            ))),
+            Some((flush, _, _)) if origin == 0 => {
                 // First run: adopt the slot's starting point as our origin's position.
                 self.stream_origin_at(flush)?;
                 Ok(flush)
             }
-            Some((flush, _)) if flush > origin => Err(resync(format!(
+            Some((flush, _, _)) if flush > origin => Err(resync(format!(
                 "on the source is at {}, past livesync's position {}: it was recreated or advanced outside livesync, so changes may have been lost",
                 crate::lsn::format(flush),
                 crate::lsn::format(origin)

@@ -37,8 +37,11 @@ const CHUNK: usize = 1 << 20;
 /// What to copy, as seen under the slot's snapshot.
 #[derive(Debug)]
 pub struct Meta {
-    /// The table's columns to copy (no dropped or generated ones), in order.
+    /// The table's columns to copy (no dropped ones, generated ones only from a source that
+    /// may publish them: `remote::copy_columns`), in order.
     pub columns: Vec<String>,
+    /// The generated columns among them (COPY reads those only through a SELECT).
+    pub generated: Vec<String>,
     /// The table is partitioned on the source (its rows are in its partitions).
     pub partitioned: bool,
     /// The publication's column list (empty: all) and row filter for this table.
@@ -184,11 +187,13 @@ async fn read(
         remote::quote_literal(&src.snapshot)
     ))
     .await?;
-    let (columns, partitioned) = remote::copy_columns_and_kind(&mut conn, src.relid).await?;
+    let (columns, generated, partitioned) =
+        remote::copy_columns_and_kind(&mut conn, src.relid).await?;
     let filter =
         remote::publication_filter(&mut conn, &src.publication, &src.schema, &src.table).await?;
     let meta = Meta {
         columns,
+        generated,
         partitioned,
         filter,
     };

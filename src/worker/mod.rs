@@ -100,7 +100,7 @@ pub fn attach(dboid: u32) {
     // SAFETY: replaces our SIGTERM handler with the server's; called on the main thread
     // before any other work.
     unsafe {
-        pg_sys::pqsignal(libc::SIGTERM, Some(server_die));
+        crate::pgver::pqsignal(libc::SIGTERM, Some(server_die));
     }
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(dboid)), None);
     pin_search_path();

@@ -119,13 +119,14 @@ impl Stream {
                 ),
             },
             // Invalidated: PostgreSQL 15 says "cannot read from logical replication slot",
-            // 16+ "can no longer get changes from replication slot", with the cause
-            // (removed WAL, an idle timeout, a conflict on a standby) in the DETAIL.
+            // 16 and 17 "can no longer get changes from replication slot", 18 "can no
+            // longer access replication slot", with the cause (removed WAL, an idle timeout,
+            // a conflict on a standby) in the DETAIL.
             crate::source::SourceError::Server(s)
                 if s.code == "55000"
                     && (s.message.contains("replication slot")
                         && (s.message.contains("cannot read from")
-                            || s.message.contains("can no longer get changes"))) =>
+                            || s.message.contains("can no longer"))) =>
             {
                 Error::NeedsResync {
                     msg: format!(

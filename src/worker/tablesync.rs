@@ -196,7 +196,8 @@ impl TableSync {
         block_on(&self.rt, conn.close())?;
         let (mut columns, partitioned) = (meta.columns, meta.partitioned);
         // As native tablesync: copy only what the publication publishes (PostgreSQL 15
-        // column lists and row filters); changes are filtered by pgoutput the same way.
+        // column lists and row filters, 18 generated columns); changes are filtered by
+        // pgoutput the same way.
         let mut row_filter = None;
         if let Some((published, rf)) = meta.filter {
             if !published.is_empty() {
@@ -204,6 +205,8 @@ impl TableSync {
             }
             row_filter = rf;
         }
+        // `COPY t (generated) TO` is refused: published generated columns need a SELECT.
+        let select = partitioned || columns.iter().any(|c| meta.generated.contains(c));
         let relation = Relation {
             id: self.relid,
             namespace: rel.srcschema.clone(),
@@ -230,11 +233,11 @@ impl TableSync {
             .collect::<Vec<_>>()
             .join(", ");
         let only = if partitioned { "" } else { "ONLY " };
-        let sql = match (&row_filter, partitioned, columns.is_empty()) {
+        let sql = match (&row_filter, select, columns.is_empty()) {
             (Some(f), _, _) => {
                 format!("COPY (SELECT {collist} FROM {only}{table} WHERE {f}) TO STDOUT")
             }
-            (None, true, _) => format!("COPY (SELECT {collist} FROM {table}) TO STDOUT"),
+            (None, true, _) => format!("COPY (SELECT {collist} FROM {only}{table}) TO STDOUT"),
             (None, false, true) => format!("COPY {table} TO STDOUT"),
             (None, false, false) => format!("COPY {table} ({collist}) TO STDOUT"),
         };

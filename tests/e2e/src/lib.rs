@@ -1,6 +1,6 @@
 //! End-to-end test harness for livesync.
 //!
-//! It owns real PostgreSQL 15 clusters started for the tests: a SOURCE (`wal_level=logical`)
+//! It owns real PostgreSQL clusters (15, 17 or 18: [`Install`]) started for the tests: a SOURCE (`wal_level=logical`)
 //! and a TARGET (TimescaleDB + livesync preloaded), each started once per test binary and
 //! shared by its tests ([`source()`], [`target()`]), plus private clusters for the tests that
 //! restart or kill a server ([`Cluster::new_private`]). Every test works in databases of its
@@ -11,7 +11,10 @@
 //! - `LIVESYNC_E2E_PRELOAD`: the target's `shared_preload_libraries`
 //!   (default `timescaledb,livesync`; `timescaledb` runs the harness without livesync).
 //! - `LIVESYNC_E2E_DIR`: where clusters live (default `/tmp/livesync-e2e`).
-//! - `LIVESYNC_E2E_PG_BIN`: PostgreSQL binaries (default `/usr/lib/postgresql/15/bin`).
+//! - `LIVESYNC_E2E_PG`: the target's PostgreSQL major (default 15); `LIVESYNC_E2E_SOURCE_PG`:
+//!   the source's (default: the target's). A major installed on this machine
+//!   (`/usr/lib/postgresql/N/bin`) runs here; another runs in the chroot that
+//!   `scripts/pgchroot.sh N` made (see [`Install`]).
 //! - `LIVESYNC_E2E_TARGET_CONF`: extra `postgresql.conf` lines for targets (`;`-separated).
 //! - `LIVESYNC_E2E_GUC_<NAME>=<value>`: sets `livesync.<name>` on targets
 //!   (e.g. `LIVESYNC_E2E_GUC_PUBLICATION_REFRESH_INTERVAL=2`).
@@ -47,12 +50,166 @@ const STATEMENT_TIMEOUT: &str = "120s";
 // Environment
 // ---------------------------------------------------------------------------------------------
 
-/// Directory of the PostgreSQL 15 binaries.
-pub fn pg_bin() -> PathBuf {
-    PathBuf::from(
-        std::env::var("LIVESYNC_E2E_PG_BIN")
-            .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_string()),
+/// A PostgreSQL major the harness runs servers and client programs of: installed on this
+/// machine (`/usr/lib/postgresql/N/bin`), or in the Debian chroot `scripts/pgchroot.sh N`
+/// made under `$LIVESYNC_SETUP_DIR` (default `/var/tmp/livesync-setup/pgN/root`).
+///
+/// Servers in a chroot see the same paths as the tests: the harness's directory is a real
+/// directory inside the chroot, and the same path on this machine is a symlink to it
+/// ([`run_dir`]). Data directories, sockets, logs and the files tests hand to a server
+/// therefore have one name everywhere.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Install {
+    /// The PostgreSQL major version (15, 17, 18).
+    pub major: u32,
+    /// The chroot, or None on this machine.
+    root: Option<PathBuf>,
+    /// The binaries' directory, as seen inside `root`.
+    bin: PathBuf,
+}
+
+impl Install {
+    /// The install of PostgreSQL `major`: this machine's when it has one, else the chroot's.
+    pub fn of(major: u32) -> Install {
+        let bin = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
+        if bin.join("postgres").exists() {
+            return Install {
+                major,
+                root: None,
+                bin,
+            };
+        }
+        let setup = std::env::var("LIVESYNC_SETUP_DIR")
+            .unwrap_or_else(|_| "/var/tmp/livesync-setup".into());
+        let root = PathBuf::from(setup).join(format!("pg{major}/root"));
+        assert!(
+            root.join(bin.strip_prefix("/").unwrap()).join("postgres").exists(),
+            "PostgreSQL {major} is neither installed here nor in {}: run `scripts/pgchroot.sh {major}` \
+             (or `PG={major} make test`)",
+            root.display()
+        );
+        Install {
+            major,
+            root: Some(root),
+            bin,
+        }
+    }
+
+    /// The chroot this install runs in, if any.
+    pub fn chroot(&self) -> Option<&Path> {
+        self.root.as_deref()
+    }
+
+    /// A path of this install as seen from this machine.
+    pub fn host_path(&self, p: &Path) -> PathBuf {
+        match &self.root {
+            Some(r) => r.join(p.strip_prefix("/").unwrap_or(p)),
+            None => p.to_path_buf(),
+        }
+    }
+
+    /// uid/gid of this install's `postgres` OS user.
+    pub fn postgres_ids(&self) -> (u32, u32) {
+        match &self.root {
+            None => postgres_ids(),
+            Some(r) => {
+                let passwd = fs::read_to_string(r.join("etc/passwd")).expect("chroot /etc/passwd");
+                let f: Vec<&str> = passwd
+                    .lines()
+                    .find(|l| l.starts_with("postgres:"))
+                    .expect("a postgres user in the chroot")
+                    .split(':')
+                    .collect();
+                (f[2].parse().unwrap(), f[3].parse().unwrap())
+            }
+        }
+    }
+
+    /// `chown` to this install's `postgres` user (when we are root).
+    pub fn chown(&self, path: &Path) {
+        if !is_root() {
+            return;
+        }
+        let (uid, gid) = self.postgres_ids();
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .unwrap_or_else(|e| panic!("chown {} to postgres: {e}", path.display()));
+    }
+
+    /// A client program of this install (`psql`, `pg_dump`, `pgbench`, ...), run as we are.
+    pub fn client(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        match &self.root {
+            None => Command::new(path),
+            Some(r) => {
+                let mut c = Command::new("chroot");
+                c.arg(r).arg(path);
+                c
+            }
+        }
+    }
+
+    /// A server program (`initdb`, `pg_ctl`), run as the `postgres` OS user when we are root.
+    pub fn server(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        let mut cmd = match (&self.root, is_root()) {
+            (None, true) => {
+                let mut c = Command::new("runuser");
+                c.arg("-u").arg("postgres").arg("--").arg(path);
+                c
+            }
+            (None, false) => Command::new(path),
+            (Some(r), _) => {
+                let (uid, gid) = self.postgres_ids();
+                let mut c = Command::new("chroot");
+                c.arg(format!("--userspec={uid}:{gid}")).arg(r).arg(path);
+                c
+            }
+        };
+        for v in [
+            "PGDATA",
+            "PGHOST",
+            "PGPORT",
+            "PGUSER",
+            "PGDATABASE",
+            "PGOPTIONS",
+        ] {
+            cmd.env_remove(v);
+        }
+        cmd.env("LC_ALL", "C");
+        cmd
+    }
+}
+
+fn major_from_env(var: &str) -> Option<u32> {
+    let v = std::env::var(var).ok()?;
+    Some(
+        v.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{var}={v}: expected a PostgreSQL major version")),
     )
+}
+
+/// The install targets run on (`LIVESYNC_E2E_PG`, default 15).
+pub fn target_install() -> &'static Install {
+    static I: OnceLock<Install> = OnceLock::new();
+    I.get_or_init(|| Install::of(major_from_env("LIVESYNC_E2E_PG").unwrap_or(15)))
+}
+
+/// The install sources run on (`LIVESYNC_E2E_SOURCE_PG`, default: the target's).
+pub fn source_install() -> &'static Install {
+    static I: OnceLock<Install> = OnceLock::new();
+    I.get_or_init(|| match major_from_env("LIVESYNC_E2E_SOURCE_PG") {
+        Some(m) => Install::of(m),
+        None => target_install().clone(),
+    })
+}
+
+/// The install a cluster of this kind runs on by default.
+pub fn install_for(kind: Kind) -> &'static Install {
+    match kind {
+        Kind::Source => source_install(),
+        Kind::Target => target_install(),
+    }
 }
 
 /// The target's `shared_preload_libraries`.
@@ -66,8 +223,35 @@ pub fn livesync_preloaded() -> bool {
     target_preload().split(',').any(|l| l.trim() == "livesync")
 }
 
+/// The harness's directory: `$LIVESYNC_E2E_DIR` (default `/tmp/livesync-e2e`) when every
+/// server runs on this machine. When one runs in a chroot, the directory is
+/// `<that>-pg<N>`, a real directory inside the chroot and a symlink to it here, so that a
+/// path means the same file to the tests and to every server.
 fn harness_root() -> PathBuf {
-    PathBuf::from(std::env::var("LIVESYNC_E2E_DIR").unwrap_or_else(|_| "/tmp/livesync-e2e".into()))
+    let base = std::env::var("LIVESYNC_E2E_DIR").unwrap_or_else(|_| "/tmp/livesync-e2e".into());
+    let chroots: Vec<&Install> = [source_install(), target_install()]
+        .into_iter()
+        .filter(|i| i.chroot().is_some())
+        .collect();
+    let Some(inst) = chroots.first() else {
+        return PathBuf::from(base);
+    };
+    assert!(
+        chroots.iter().all(|i| i.chroot() == inst.chroot()),
+        "the source (PostgreSQL {}) and the target (PostgreSQL {}) would run in two different \
+         chroots, which share no paths: run one of them on this machine's PostgreSQL",
+        source_install().major,
+        target_install().major
+    );
+    let link = PathBuf::from(format!("{base}-pg{}", inst.major));
+    let real = inst.host_path(&link);
+    fs::create_dir_all(&real).unwrap_or_else(|e| panic!("mkdir {}: {e}", real.display()));
+    if fs::read_link(&link).ok().as_deref() != Some(real.as_path()) {
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&real, &link)
+            .unwrap_or_else(|e| panic!("symlink {} -> {}: {e}", link.display(), real.display()));
+    }
+    link
 }
 
 fn is_root() -> bool {
@@ -99,30 +283,6 @@ fn chown_to_postgres(path: &Path) {
     let (uid, gid) = postgres_ids();
     std::os::unix::fs::chown(path, Some(uid), Some(gid))
         .unwrap_or_else(|e| panic!("chown {} to postgres: {e}", path.display()));
-}
-
-/// A command for a server binary, run as the `postgres` OS user when we are root.
-fn server_cmd(bin: &str) -> Command {
-    let path = pg_bin().join(bin);
-    let mut cmd = if is_root() {
-        let mut c = Command::new("runuser");
-        c.arg("-u").arg("postgres").arg("--").arg(path);
-        c
-    } else {
-        Command::new(path)
-    };
-    for v in [
-        "PGDATA",
-        "PGHOST",
-        "PGPORT",
-        "PGUSER",
-        "PGDATABASE",
-        "PGOPTIONS",
-    ] {
-        cmd.env_remove(v);
-    }
-    cmd.env("LC_ALL", "C");
-    cmd
 }
 
 fn run_checked(mut cmd: Command, what: &str) -> String {
@@ -366,6 +526,8 @@ pub struct ClusterSpec {
     /// Environment variables of the server processes (e.g. `PGSERVICEFILE`, which livesync's
     /// source connections then see, as libpq would inside the server).
     pub env: Vec<(String, String)>,
+    /// The PostgreSQL install (default: [`install_for`] the kind).
+    pub install: Install,
 }
 
 impl ClusterSpec {
@@ -376,6 +538,7 @@ impl ClusterSpec {
             extra_conf: Vec::new(),
             hba: Vec::new(),
             env: Vec::new(),
+            install: install_for(kind).clone(),
         }
     }
     pub fn env(mut self, key: &str, value: &str) -> Self {
@@ -405,6 +568,7 @@ pub struct Cluster {
     logfile: PathBuf,
     private: bool,
     env: Vec<(String, String)>,
+    install: Install,
 }
 
 static SOURCE: OnceLock<Result<Cluster, String>> = OnceLock::new();
@@ -442,24 +606,22 @@ pub fn target() -> &'static Cluster {
 }
 
 /// Fails fast and clearly when livesync is to be preloaded but is not installed.
-fn check_livesync_installed() {
+fn check_livesync_installed(install: &Install) {
     if !livesync_preloaded() {
         return;
     }
-    let mut cmd = Command::new(pg_bin().join("pg_config"));
-    cmd.arg("--pkglibdir");
-    let libdir = match cmd.output() {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        _ => "/usr/lib/postgresql/15/lib".to_string(),
-    };
-    let so = Path::new(&libdir).join("livesync.so");
+    let so = install.host_path(Path::new(&format!(
+        "/usr/lib/postgresql/{}/lib/livesync.so",
+        install.major
+    )));
     assert!(
         so.exists(),
-        "livesync is not installed ({} is missing): run `cargo pgrx install --release \
-         --pg-config {}/pg_config` first, or set LIVESYNC_E2E_PRELOAD=timescaledb to run only \
-         the tests that do not need livesync",
+        "livesync is not installed for PostgreSQL {} ({} is missing): run `PG={} make install` \
+         first, or set LIVESYNC_E2E_PRELOAD=timescaledb to run only the tests that do not need \
+         livesync",
+        install.major,
         so.display(),
-        pg_bin().display()
+        install.major
     );
 }
 
@@ -476,7 +638,7 @@ impl Cluster {
 
     fn create(spec: ClusterSpec, private: bool) -> Cluster {
         if spec.kind == Kind::Target {
-            check_livesync_installed();
+            check_livesync_installed(&spec.install);
         }
         let t0 = Instant::now();
         let name = if private {
@@ -486,15 +648,15 @@ impl Cluster {
         };
         let dir = run_dir().join(&name);
         fs::create_dir_all(&dir).unwrap();
-        chown_to_postgres(&dir);
+        spec.install.chown(&dir);
         let datadir = dir.join("data");
         let sockdir = dir.join("sock");
         fs::create_dir_all(&sockdir).unwrap();
-        chown_to_postgres(&sockdir);
+        spec.install.chown(&sockdir);
         let logfile = dir.join("server.log");
         let port = free_port();
 
-        let mut initdb = server_cmd("initdb");
+        let mut initdb = spec.install.server("initdb");
         initdb
             .arg("-D")
             .arg(&datadir)
@@ -587,12 +749,14 @@ impl Cluster {
             logfile,
             private,
             env: spec.env.clone(),
+            install: spec.install.clone(),
         };
         c.start();
         eprintln!(
-            "[e2e] cluster {} ({:?}) up on 127.0.0.1:{} in {:.1}s, log {}",
+            "[e2e] cluster {} ({:?}, PostgreSQL {}) up on 127.0.0.1:{} in {:.1}s, log {}",
             c.name,
             c.kind,
+            c.install.major,
             c.port(),
             t0.elapsed().as_secs_f64(),
             c.logfile.display()
@@ -605,6 +769,14 @@ impl Cluster {
     }
     pub fn kind(&self) -> Kind {
         self.kind
+    }
+    /// The PostgreSQL install this cluster runs on.
+    pub fn install(&self) -> &Install {
+        &self.install
+    }
+    /// Its PostgreSQL major version.
+    pub fn major(&self) -> u32 {
+        self.install.major
     }
     pub fn port(&self) -> u16 {
         *self.port.lock().unwrap()
@@ -628,7 +800,7 @@ impl Cluster {
     pub fn start(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let mut cmd = server_cmd("pg_ctl");
+            let mut cmd = self.install.server("pg_ctl");
             cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
             cmd.arg("start")
                 .args(["-w", "-t", "60", "-D"])
@@ -673,7 +845,7 @@ impl Cluster {
 
     /// pg_ctl stop -m mode (waits).
     pub fn stop(&self, mode: StopMode) {
-        let mut cmd = server_cmd("pg_ctl");
+        let mut cmd = self.install.server("pg_ctl");
         cmd.arg("stop")
             .args(["-w", "-t", "60", "-m", mode.as_str(), "-D"])
             .arg(&self.datadir);
@@ -805,7 +977,7 @@ impl Drop for Cluster {
             return;
         }
         if self.is_running() {
-            let mut cmd = server_cmd("pg_ctl");
+            let mut cmd = self.install.server("pg_ctl");
             cmd.arg("stop")
                 .args(["-w", "-t", "30", "-m", "immediate", "-D"])
                 .arg(&self.datadir);
@@ -1394,7 +1566,9 @@ pub fn livesync_backends(tgt: &Db) -> Vec<(i32, String)> {
 /// Copies table definitions from source to target the way users do:
 /// `pg_dump --schema-only ... | psql`. `tables` empty = the whole database.
 pub fn copy_schema(src: &Db, tgt: &Db, tables: &[&str]) {
-    let mut dump = Command::new(pg_bin().join("pg_dump"));
+    // Each side's own programs: pg_dump must be as new as the source, and psql knows the
+    // meta-commands of pg_dump's own major.
+    let mut dump = src.cluster.install().client("pg_dump");
     dump.args([
         "--schema-only",
         "--no-publications",
@@ -1408,14 +1582,28 @@ pub fn copy_schema(src: &Db, tgt: &Db, tables: &[&str]) {
     }
     let out = dump.stderr(Stdio::inherit()).output().expect("run pg_dump");
     assert!(out.status.success(), "pg_dump of {} failed", src.name);
-    let mut psql = Command::new(pg_bin().join("psql"));
+    let mut script = String::from_utf8(out.stdout).expect("pg_dump output is UTF-8");
+    if tgt.cluster.major() < 17 {
+        // pg_dump 17+ sets transaction_timeout, which older servers do not know.
+        script = script
+            .lines()
+            .filter(|l| !l.starts_with("SET transaction_timeout"))
+            .collect::<Vec<_>>()
+            .join("\n");
+    }
+    let mut psql = src.cluster.install().client("psql");
     psql.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
         .arg(tgt.uri())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = psql.spawn().expect("run psql");
-    child.stdin.take().unwrap().write_all(&out.stdout).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
     let res = child.wait_with_output().unwrap();
     assert!(
         res.status.success(),

@@ -10,7 +10,6 @@
 //! Environment: `LIVESYNC_E2E_OUTAGE_SECS` (default 20) is how long the source stays
 //! unreachable; `LIVESYNC_E2E_SOAK_SECS` (default 20) how long the pgbench soak runs.
 
-use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -639,7 +638,7 @@ fn idle_source_slot_keeps_advancing() {
 // ---------------------------------------------------------------------------------------------
 
 fn pgbench(src: &Db, args: &[&str]) -> String {
-    let mut cmd = Command::new(pg_bin().join("pgbench"));
+    let mut cmd = src.cluster.install().client("pgbench");
     cmd.args(["-h", "127.0.0.1", "-p"])
         .arg(src.cluster.port().to_string())
         .args(["-U", "postgres"])
@@ -691,7 +690,7 @@ fn soak_pgbench_tpcb_and_hypertable() {
     wait_for_sync_state(&tgt, sub, 'r');
     assert_synced(&src, &tgt, sub, &tables);
 
-    let script = std::env::temp_dir().join(format!("livesync-soak-{}.sql", std::process::id()));
+    let script = run_dir().join(format!("livesync-soak-{}.sql", std::process::id()));
     std::fs::write(
         &script,
         "\\set d random(1, 100)\nINSERT INTO metrics (ts, device, value) VALUES (now(), :d, random());\n",
@@ -705,8 +704,9 @@ fn soak_pgbench_tpcb_and_hypertable() {
         let secs_arg = secs_arg.clone();
         let name = src2.name.clone();
         let port = src2.cluster.port();
+        let mut pgbench = src2.cluster.install().client("pgbench");
         std::thread::spawn(move || {
-            let out = Command::new(pg_bin().join("pgbench"))
+            let out = pgbench
                 .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
                 .args(["-n", "-c", "4", "-j", "2", "-T", &secs_arg])
                 .args(["-b", "tpcb-like", "-f", &script_arg])

@@ -3,7 +3,6 @@
 //! strings, and TLS with certificate verification works end to end.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -109,16 +108,8 @@ fn write_passfile(dir: &Path, port: u16) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    // Readable by the postgres OS user, who runs livesync's workers.
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        let st = Command::new("chown")
-            .args(["postgres:postgres"])
-            .arg(&path)
-            .status()
-            .unwrap();
-        assert!(st.success(), "chown of the passfile");
-    }
+    // Readable by the target's postgres OS user, who runs livesync's workers.
+    target_install().chown(&path);
     path
 }
 
@@ -126,7 +117,7 @@ fn write_passfile(dir: &Path, port: u16) -> PathBuf {
 fn password_never_shown() {
     let sc = pw_source();
     let tgt = Db::fresh(target(), "secret_tgt");
-    let passdir = std::env::temp_dir().join(format!("livesync-e2e-pass-{}", std::process::id()));
+    let passdir = run_dir().join(format!("livesync-e2e-pass-{}", std::process::id()));
     let passfile = write_passfile(&passdir, sc.port());
     let mut subs = Vec::new();
     let mut guards = Vec::new();
@@ -309,7 +300,7 @@ fn non_superuser_cannot_operate_or_read_the_connection_strings() {
 
 #[test]
 fn tls_verify_full_works_and_a_wrong_ca_is_refused() {
-    let certs = std::env::temp_dir().join(format!("livesync-e2e-certs-{}", std::process::id()));
+    let certs = run_dir().join(format!("livesync-e2e-certs-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&certs);
     make_test_certs(&certs);
     let sc = Cluster::new_private_with(

@@ -1,4 +1,5 @@
-//! Integration tests of the source client (`src/source/`) against real PostgreSQL 15 servers.
+//! Integration tests of the source client (`src/source/`) against real servers of the
+//! source's PostgreSQL major (`LIVESYNC_E2E_SOURCE_PG`, see the harness's `Install`).
 //!
 //! Self-contained: this file starts its own two small clusters (one with SSL and logical
 //! replication, one with `ssl=off` and a short `wal_sender_timeout`), as the `postgres` OS user
@@ -20,7 +21,6 @@ use source::{ConnInfo, Connection, MapEnv, ReplMessage, SourceError};
 // Clusters
 // ---------------------------------------------------------------------------------------------
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 const PW: &str = "s3cr3t pw'\\";
 
 struct Pg {
@@ -57,14 +57,9 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn as_postgres(bin: &str) -> Command {
-    if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--", bin]);
-        c
-    } else {
-        Command::new(bin)
-    }
+/// A server program of the source's install, as its `postgres` OS user.
+fn as_postgres(program: &str) -> Command {
+    livesync_e2e::source_install().server(program)
 }
 
 fn run(mut c: Command, what: &str) -> String {
@@ -88,8 +83,9 @@ fn free_port() -> u16 {
 
 fn chown_r(p: &Path) {
     if is_root() {
+        let (uid, gid) = livesync_e2e::source_install().postgres_ids();
         let mut c = Command::new("chown");
-        c.args(["-R", "postgres:postgres"]).arg(p);
+        c.arg("-R").arg(format!("{uid}:{gid}")).arg(p);
         run(c, "chown");
     }
 }
@@ -97,12 +93,8 @@ fn chown_r(p: &Path) {
 // The watchdog deliberately outlives this process: it is never waited for.
 #[allow(clippy::zombie_processes)]
 fn start_cluster(name: &str, conf: &[&str], ssl: bool) -> Pg {
-    let root = PathBuf::from("/tmp/livesync-source-test");
-    std::fs::create_dir_all(&root).unwrap();
-    // The watchdog (running as postgres) removes our directory: it needs write access here.
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o1777));
-    let dir = root.join(format!("{name}-{}", std::process::id()));
+    // The harness's run directory: the same path for the server, also in a chroot.
+    let dir = livesync_e2e::run_dir().join(format!("source-client-{name}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("sock")).unwrap();
     let data = dir.join("data");
@@ -111,7 +103,7 @@ fn start_cluster(name: &str, conf: &[&str], ssl: bool) -> Pg {
         livesync_e2e::make_test_certs(&dir.join("certs"));
     }
     chown_r(&dir);
-    let mut c = as_postgres(&format!("{PG_BIN}/initdb"));
+    let mut c = as_postgres("initdb");
     c.arg("-D")
         .arg(&data)
         .args(["-U", "postgres", "-A", "trust", "-N", "--no-instructions"])
@@ -154,7 +146,7 @@ fn start_cluster(name: &str, conf: &[&str], ssl: bool) -> Pg {
     )
     .unwrap();
     chown_r(&dir);
-    let mut c = as_postgres(&format!("{PG_BIN}/pg_ctl"));
+    let mut c = as_postgres("pg_ctl");
     c.arg("-D")
         .arg(&data)
         .arg("-l")
@@ -162,14 +154,15 @@ fn start_cluster(name: &str, conf: &[&str], ssl: bool) -> Pg {
         .args(["-w", "-t", "60", "start"]);
     run(c, "pg_ctl start");
 
-    // Watchdog: stop the cluster and remove it when this test process is gone.
+    // Watchdog: stop the cluster (immediate shutdown: SIGQUIT to the postmaster) and remove
+    // it when this test process is gone.
     let script = format!(
-        "while [ -d /proc/{pid} ]; do sleep 1; done; {PG_BIN}/pg_ctl -D '{data}' -m immediate stop >/dev/null 2>&1; rm -rf '{dir}'",
+        "while [ -d /proc/{pid} ]; do sleep 1; done; kill -QUIT $(head -1 '{data}/postmaster.pid') 2>/dev/null; sleep 2; rm -rf '{dir}'",
         pid = std::process::id(),
         data = data.display(),
         dir = dir.display()
     );
-    let mut w = as_postgres("/bin/sh");
+    let mut w = Command::new("/bin/sh");
     w.arg("-c").arg(script);
     w.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
