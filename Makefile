@@ -13,9 +13,14 @@ else
 TEST_PGS ?= $(PG)
 CROSS    ?=
 endif
-SETUP_DIR ?= /var/tmp/livesync-setup
-pg_config  = $(if $(filter 15,$(1)),/usr/lib/postgresql/15/bin/pg_config,$(SETUP_DIR)/pg$(1)/pg_config)
-PG_CONFIG ?= $(call pg_config,$(PG))
+# Where scripts/setup.sh keeps its state and the chroots (the scripts and the tests' harness
+# read the same variable).
+export LIVESYNC_SETUP_DIR ?= /var/tmp/livesync-setup
+# 15 is this machine's; 17 and 18 are the chroots' (the harness and scripts/demo.sh agree).
+pg_config  = $(if $(filter 15,$(1)),/usr/lib/postgresql/15/bin/pg_config,$(LIVESYNC_SETUP_DIR)/pg$(1)/pg_config)
+# Not taken from the environment: a PG_CONFIG exported there would install every major's
+# build into one server. (`make install PG_CONFIG=...` still overrides it.)
+PG_CONFIG := $(call pg_config,$(PG))
 E2E       := --manifest-path tests/e2e/Cargo.toml
 # Parallel e2e tests inside one test binary (each test has its own databases).
 E2E_THREADS ?= 2

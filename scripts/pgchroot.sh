@@ -37,6 +37,7 @@ log() { printf '\033[1m[pg%s]\033[0m %s\n' "$VERSION" "$*" >&2; }
 
 if ! command -v debootstrap >/dev/null; then
   log "installing debootstrap"
+  apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
 fi
 

@@ -52,22 +52,26 @@ pub async fn publication_exists(conn: &mut Connection, publication: &str) -> Res
     Ok(!conn.simple_query(&sql).await?.is_empty())
 }
 
-/// The source's `server_version_num` (150000 for 15.0), from the startup ParameterStatus
-/// (`server_version` before PostgreSQL 16 reported the number); 0 when unknown.
+/// The source's version as `server_version_num` spells it (170012 for 17.12), from the
+/// `server_version` the server reports at startup ("17.12 (Debian 17.12-0+deb13u1)",
+/// "18beta1"); 0 when unknown.
 pub fn server_version(conn: &Connection) -> u32 {
-    conn.parameter("server_version_num")
-        .and_then(|v| v.parse().ok())
-        .or_else(|| {
-            conn.parameter("server_version")
-                .and_then(|v| {
-                    v.split(|c: char| !c.is_ascii_digit())
-                        .next()?
-                        .parse::<u32>()
-                        .ok()
-                })
-                .map(|major| major * 10_000)
-        })
+    conn.parameter("server_version")
+        .map(version_num)
         .unwrap_or(0)
+}
+
+fn version_num(v: &str) -> u32 {
+    let digits = |s: &str| -> (u32, usize) {
+        let n = s.bytes().take_while(u8::is_ascii_digit).count();
+        (s[..n].parse().unwrap_or(0), n)
+    };
+    let (major, n) = digits(v);
+    let minor = match v[n..].strip_prefix('.') {
+        Some(rest) => digits(rest).0,
+        None => 0,
+    };
+    major * 10_000 + minor
 }
 
 /// What the source says of a slot (`pg_replication_slots`).
@@ -82,6 +86,8 @@ pub struct SlotState {
     pub invalidation_reason: Option<String>,
     /// A failover slot (PostgreSQL 17+), synchronized to standbys.
     pub failover: bool,
+    /// A walsender holds it.
+    pub active: bool,
 }
 
 impl SlotState {
@@ -96,6 +102,11 @@ impl SlotState {
                 "rows it needed were removed on the primary (a conflict on a standby)".into()
             }
             Some("wal_level_insufficient") => "the primary's wal_level is below logical".into(),
+            Some("conflict") => {
+                "it conflicted with recovery on this standby (rows it needed were removed, or \
+                 wal_level was lowered, on its primary)"
+                    .into()
+            }
             Some(other) => format!("\"{other}\""),
         }
     }
@@ -103,12 +114,15 @@ impl SlotState {
 
 /// A slot's state, or None when it does not exist.
 pub async fn slot_state(conn: &mut Connection, slot: &str) -> Result<Option<SlotState>> {
-    let newer = server_version(conn) >= 170_000;
+    let version = server_version(conn);
     let sql = format!(
-        "SELECT confirmed_flush_lsn, wal_status, {} FROM pg_catalog.pg_replication_slots \
+        "SELECT confirmed_flush_lsn, wal_status, {}, active FROM pg_catalog.pg_replication_slots \
           WHERE slot_name OPERATOR(pg_catalog.=) {}",
-        if newer {
+        if version >= 170_000 {
             "invalidation_reason, failover"
+        } else if version >= 160_000 {
+            // 16 says only whether a conflict with recovery invalidated it.
+            "CASE WHEN conflicting THEN 'conflict' END, false"
         } else {
             "NULL, false"
         },
@@ -119,6 +133,7 @@ pub async fn slot_state(conn: &mut Connection, slot: &str) -> Result<Option<Slot
         wal_status: r.get(1).unwrap_or_default().to_string(),
         invalidation_reason: r.get(2).map(str::to_string),
         failover: r.get(3) == Some("t"),
+        active: r.get(4) == Some("t"),
     }))
 }
 
@@ -174,9 +189,16 @@ pub async fn slot_exists(conn: &mut Connection, slot: &str) -> Result<bool> {
 
 /// Create a table sync's slot with `SNAPSHOT 'export'`: returns its consistent point and
 /// the name of the exported snapshot, which other sessions can import
-/// (`SET TRANSACTION SNAPSHOT`) until the connection runs its next command.
+/// (`SET TRANSACTION SNAPSHOT`) until the connection runs its next command. A failover
+/// slot when the main one is ([`wants_failover`]), as PostgreSQL 17's tablesync does: its
+/// catch-up then also reads only what the standbys have.
 pub async fn create_slot_exporting(conn: &mut Connection, slot: &str) -> Result<(u64, String)> {
-    let (lsn, snapshot) = create_slot_with(conn, slot, "SNAPSHOT 'export'").await?;
+    let options = if wants_failover(conn).await? {
+        "SNAPSHOT 'export', FAILOVER true"
+    } else {
+        "SNAPSHOT 'export'"
+    };
+    let (lsn, snapshot) = create_slot_with(conn, slot, options).await?;
     let snapshot = snapshot.ok_or_else(|| {
         SourceError::Protocol("CREATE_REPLICATION_SLOT exported no snapshot".into())
     })?;
@@ -392,6 +414,16 @@ pub async fn publication_filter(
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn version_numbers_from_server_version() {
+        assert_eq!(version_num("17.12 (Debian 17.12-0+deb13u1)"), 170_012);
+        assert_eq!(version_num("18.6"), 180_006);
+        assert_eq!(version_num("15.20"), 150_020);
+        assert_eq!(version_num("18beta1"), 180_000);
+        assert_eq!(version_num("16devel"), 160_000);
+        assert_eq!(version_num(""), 0);
+    }
+
     #[test]
     fn slot_ownership_is_exact() {
         assert!(is_slot_of("x", "x"));

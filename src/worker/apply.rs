@@ -183,8 +183,11 @@ impl ApplyWorker {
         let state = block_on(&self.rt, remote::slot_state(conn, &slot))??;
         if let Some(st) = &state {
             // A source set up for failover slots after the sync started (PostgreSQL 17+).
+            // Not while a walsender still holds it: ALTER_REPLICATION_SLOT would wait for
+            // it; the next start does it.
             if st.wal_status != "lost"
                 && !st.failover
+                && !st.active
                 && block_on(&self.rt, remote::wants_failover(conn))??
             {
                 block_on(&self.rt, remote::set_failover(conn, &slot))??;
