@@ -68,6 +68,15 @@ fi
 log "ok: PostgreSQL $PG_MAJOR, cargo-pgrx $PGRX_VERSION, TimescaleDB $(grep default_version "$($PG_CONFIG --sharedir)/extension/timescaledb.control" | cut -d"'" -f2)"
 
 PGRX_CONFIG="${PGRX_HOME:-$HOME/.pgrx}/config.toml"
+# pgrx's build checks every pg_config its config names: forget those that are gone (a
+# chroot removed with /var/tmp, say); the loop below names them again when they are needed.
+for v in 13 14 15 16 17 18; do
+  p=$(sed -n "s/^pg$v = \"\(.*\)\"\$/\1/p" "$PGRX_CONFIG" 2>/dev/null || true)
+  if [ -n "$p" ] && [ ! -x "$p" ]; then
+    log "forgetting pg$v in $PGRX_CONFIG ($p is gone)"
+    sed -i "/^pg$v = /d" "$PGRX_CONFIG"
+  fi
+done
 for v in "${OTHER_MAJORS[@]}"; do
   wrapper=$(bash "$(dirname "$0")/pgchroot.sh" "$v")
   if ! grep -qs "^pg$v = \"$wrapper\"" "$PGRX_CONFIG"; then
