@@ -245,5 +245,5 @@ Try on the source:  INSERT INTO metrics VALUES (now(), 7, 1.5);
 Watch the target:   SELECT * FROM livesync.subscription_rel;  SELECT * FROM livesync.subscription;
                     SELECT count(*) FROM ONLY metrics;  -- always 0: rows live in chunks
 Pause / resume:     SELECT livesync_stop('$SUB');  SELECT livesync_start(source => 'postgres://postgres@127.0.0.1:$SRC_PORT/$DB', publication => 'analytics', subscription => '$SUB');
-Stop the clusters:  scripts/demo.sh stop      (delete everything: scripts/demo.sh clean)
+Stop the clusters:  PG=$PG make demo-stop      (delete everything: PG=$PG scripts/demo.sh clean)
 EOF
