@@ -678,12 +678,7 @@ impl Cluster {
             conf.join("\n")
         )
         .unwrap();
-        REGISTRY.lock().unwrap().push(Registered {
-            name: name.clone(),
-            datadir: datadir.clone(),
-            logfile: logfile.clone(),
-        });
-        let c = Cluster {
+        Cluster::start_registered(Cluster {
             name,
             kind: primary.kind,
             port: Mutex::new(port),
@@ -694,7 +689,16 @@ impl Cluster {
             private: true,
             env: primary.env.clone(),
             install,
-        };
+        })
+    }
+
+    /// Registers `c` for the cleanup at exit, then starts it.
+    fn start_registered(c: Cluster) -> Cluster {
+        REGISTRY.lock().unwrap().push(Registered {
+            name: c.name.clone(),
+            datadir: c.datadir.clone(),
+            logfile: c.logfile.clone(),
+        });
         c.start();
         c
     }
@@ -805,12 +809,7 @@ impl Cluster {
             fs::write(&hba_path, format!("{}\n{old}", spec.hba.join("\n"))).unwrap();
         }
 
-        REGISTRY.lock().unwrap().push(Registered {
-            name: name.clone(),
-            datadir: datadir.clone(),
-            logfile: logfile.clone(),
-        });
-        let c = Cluster {
+        let c = Cluster::start_registered(Cluster {
             name,
             kind: spec.kind,
             port: Mutex::new(port),
@@ -821,8 +820,7 @@ impl Cluster {
             private,
             env: spec.env.clone(),
             install: spec.install.clone(),
-        };
-        c.start();
+        });
         eprintln!(
             "[e2e] cluster {} ({:?}, PostgreSQL {}) up on 127.0.0.1:{} in {:.1}s, log {}",
             c.name,

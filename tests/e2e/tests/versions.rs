@@ -11,6 +11,16 @@ use std::time::Duration;
 
 use livesync_e2e::*;
 
+/// On a source older than a feature: the setting that feature brings does not exist there.
+/// (The tests of such features check this, and stop.)
+fn assert_no_such_setting(sc: &Cluster, setting: &str) {
+    let e = sc
+        .client("postgres")
+        .batch_execute(&format!("SHOW {setting}"))
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("42704"), "{}", err_text(&e));
+}
+
 fn server_major(db: &Db) -> u32 {
     let n: String = db.query_one("SHOW server_version_num");
     n.parse::<u32>().unwrap() / 10_000
@@ -161,11 +171,7 @@ fn main_slot_is_a_failover_slot_when_the_source_is_set_up_for_it() {
     let tgt = Db::fresh(target(), "fo_tgt");
     if sc.major() < 17 {
         // Failover slots are PostgreSQL 17's: older sources have no such setting.
-        let e = src
-            .client()
-            .batch_execute("SHOW synchronized_standby_slots")
-            .unwrap_err();
-        assert_eq!(sqlstate(&e).as_deref(), Some("42704"), "{}", err_text(&e));
+        assert_no_such_setting(&sc, "synchronized_standby_slots");
         return;
     }
     src.exec(
@@ -261,11 +267,7 @@ fn the_sync_follows_a_failover_to_a_promoted_standby() {
     let primary = Cluster::new_private(Kind::Source, "fo_primary");
     if primary.major() < 17 {
         // Slot synchronization to standbys is PostgreSQL 17's.
-        let e = primary
-            .client("postgres")
-            .batch_execute("SHOW sync_replication_slots")
-            .unwrap_err();
-        assert_eq!(sqlstate(&e).as_deref(), Some("42704"), "{}", err_text(&e));
+        assert_no_such_setting(&primary, "sync_replication_slots");
         return;
     }
     let standby = Cluster::new_standby(
@@ -346,11 +348,7 @@ fn a_slot_invalidated_for_idleness_is_reported_with_its_cause() {
     let tgt = Db::fresh(target(), "idle_tgt");
     if sc.major() < 18 {
         // Idle-timeout invalidation is PostgreSQL 18's: older sources have no such setting.
-        let e = src
-            .client()
-            .batch_execute("SHOW idle_replication_slot_timeout")
-            .unwrap_err();
-        assert_eq!(sqlstate(&e).as_deref(), Some("42704"), "{}", err_text(&e));
+        assert_no_such_setting(&sc, "idle_replication_slot_timeout");
         return;
     }
     src.exec(
