@@ -524,6 +524,41 @@ mod livesync {
         TableIterator::new(rows)
     }
 
+    /// The copies under way in this database (behind `livesync.subscription_rel`): rows
+    /// and bytes loaded so far, from shared memory. Counts only.
+    #[pg_extern(name = "_copy_progress", volatile)]
+    #[search_path(pg_catalog)]
+    fn copy_progress() -> TableIterator<
+        'static,
+        (
+            name!(subid, i32),
+            name!(rrelid, pg_sys::Oid),
+            name!(rows_copied, i64),
+            name!(bytes_copied, i64),
+        ),
+    > {
+        let db = dboid();
+        let rows: Vec<_> = if shmem::available() {
+            REGISTRY
+                .share()
+                .tables
+                .iter()
+                .filter(|t| t.in_use && t.dboid == db)
+                .map(|t| {
+                    (
+                        t.subid,
+                        pg_sys::Oid::from(t.relid),
+                        t.rows_copied as i64,
+                        t.bytes_copied as i64,
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        TableIterator::new(rows)
+    }
+
     fn unix_ms_to_pg(ms: i64) -> i64 {
         // PostgreSQL timestamps count microseconds from 2000-01-01.
         ms * 1000 - 946_684_800_000_000

@@ -368,6 +368,43 @@ pub fn set_rel_state(
     .map(drop)
 }
 
+/// A copy starts: when, and the source's estimates of what it will copy. Its counts so far
+/// are in shared memory until [`set_copy_done`].
+pub fn set_copy_started(
+    subid: i32,
+    relid: u32,
+    approximate_rows: Option<i64>,
+    approximate_size: Option<i64>,
+) -> SpiResult<()> {
+    run(
+        "UPDATE livesync.sync_rel SET copy_started_at = pg_catalog.clock_timestamp(), \
+           approximate_rows = $3, approximate_size = $4, rows_copied = NULL, bytes_copied = NULL \
+         WHERE subid OPERATOR(pg_catalog.=) $1 AND rrelid OPERATOR(pg_catalog.=) $2",
+        &[
+            subid.into(),
+            oid(relid),
+            approximate_rows.into(),
+            approximate_size.into(),
+        ],
+    )
+    .map(drop)
+}
+
+/// What a copy loaded, recorded by the transaction that commits it.
+pub fn set_copy_done(subid: i32, relid: u32, rows: u64, bytes: u64) -> SpiResult<()> {
+    run(
+        "UPDATE livesync.sync_rel SET rows_copied = $3, bytes_copied = $4 \
+         WHERE subid OPERATOR(pg_catalog.=) $1 AND rrelid OPERATOR(pg_catalog.=) $2",
+        &[
+            subid.into(),
+            oid(relid),
+            (rows as i64).into(),
+            (bytes as i64).into(),
+        ],
+    )
+    .map(drop)
+}
+
 /// f -> s, but only while the apply worker still waits at `catchup` (it may have given up
 /// and moved on, in which case the table-sync worker must wait for a new position).
 pub fn set_rel_syncdone(subid: i32, relid: u32, sync_lsn: u64, catchup: u64) -> SpiResult<bool> {

@@ -94,6 +94,13 @@ CREATE TABLE livesync.sync_rel (
     -- again.
     replaces        oid[],
     added_at        timestamptz NOT NULL DEFAULT clock_timestamp(),
+    -- The last copy: when it started, the source's estimates of what it copies, and what
+    -- it loaded (set when it commits; while it runs, shared memory has the counts).
+    copy_started_at  timestamptz,
+    approximate_rows bigint,
+    approximate_size bigint,
+    rows_copied      bigint,
+    bytes_copied     bigint,
     PRIMARY KEY (subid, rrelid)
 );
 
@@ -107,8 +114,21 @@ extension_sql!(
     r#"
 CREATE VIEW livesync.subscription_rel AS
 SELECT s.subname, r.schemaname, r.tablename, r.rrelid, r.state, r.lsn,
-       r.last_error, r.last_error_time, r.sync_lsn
-  FROM livesync.sync s JOIN livesync.sync_rel r USING (subid);
+       r.last_error, r.last_error_time, r.sync_lsn,
+       r.srcschema, r.srcname,
+       CASE WHEN r.state = 'd' THEN p.rows_copied ELSE r.rows_copied END AS rows_copied,
+       r.approximate_rows,
+       CASE WHEN r.state = 'd' THEN p.bytes_copied ELSE r.bytes_copied END AS bytes_copied,
+       r.approximate_size,
+       r.copy_started_at,
+       -- now + elapsed * rows to go / rows done, while a copy runs and the source's
+       -- estimate is known.
+       CASE WHEN r.state = 'd' AND p.rows_copied > 0 AND r.approximate_rows > 0
+            THEN now() + (now() - r.copy_started_at)
+                 * (greatest(r.approximate_rows - p.rows_copied, 0)::float8 / p.rows_copied)
+       END AS copy_eta
+  FROM livesync.sync s JOIN livesync.sync_rel r USING (subid)
+  LEFT JOIN livesync._copy_progress() p ON p.subid = r.subid AND p.rrelid = r.rrelid;
 
 CREATE VIEW _ts_live_sync.subscription_rel AS
 SELECT subname, schemaname, tablename, rrelid, state, lsn FROM livesync.subscription_rel;

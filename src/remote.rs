@@ -375,6 +375,31 @@ pub async fn copy_columns_and_kind(
     ))
 }
 
+/// The source's estimates for a table (and its partitions): rows (`reltuples`; None when
+/// never analyzed) and size in bytes (`pg_table_size`). (`pg_partition_tree` lists nothing
+/// for a table that is not partitioned, and a partitioned table has neither rows nor size
+/// of its own.)
+pub async fn table_estimate(
+    conn: &mut Connection,
+    relid: u32,
+) -> Result<(Option<i64>, Option<i64>)> {
+    let rows = conn
+        .simple_query(&format!(
+            "SELECT pg_catalog.sum(c.reltuples) FILTER (WHERE c.reltuples OPERATOR(pg_catalog.>=) 0)::pg_catalog.int8, \
+                    pg_catalog.sum(pg_catalog.pg_table_size(c.oid))::pg_catalog.int8 \
+               FROM pg_catalog.pg_class c \
+              WHERE c.oid IN (SELECT {relid} UNION \
+                              SELECT relid FROM pg_catalog.pg_partition_tree({relid}) WHERE isleaf)"
+        ))
+        .await?;
+    let get = |i: usize| {
+        rows.first()
+            .and_then(|r| r.get(i))
+            .and_then(|v| v.parse().ok())
+    };
+    Ok((get(0), get(1)))
+}
+
 /// What a publication publishes of one table (PostgreSQL 15+): its column list (all
 /// columns when it has none) and its row filter. None on older sources.
 pub async fn publication_filter(

@@ -54,6 +54,10 @@ pub struct TableWorkerSlot {
     pub subid: i32,
     pub relid: u32,
     pub pid: i32,
+    /// Rows and bytes (of the source's COPY data) loaded by the copy under way, not yet
+    /// committed: `livesync.subscription_rel` shows them while the table is in state d.
+    pub rows_copied: u64,
+    pub bytes_copied: u64,
 }
 
 #[derive(Copy, Clone, Debug)]

@@ -46,6 +46,10 @@ pub struct Meta {
     pub partitioned: bool,
     /// The publication's column list (empty: all) and row filter for this table.
     pub filter: Option<(Vec<String>, Option<String>)>,
+    /// The source's estimates of the table's rows (`reltuples`, None before its first
+    /// ANALYZE) and size in bytes (`pg_table_size`), partitions included.
+    pub approximate_rows: Option<i64>,
+    pub approximate_size: Option<i64>,
 }
 
 enum Msg {
@@ -191,11 +195,14 @@ async fn read(
         remote::copy_columns_and_kind(&mut conn, src.relid).await?;
     let filter =
         remote::publication_filter(&mut conn, &src.publication, &src.schema, &src.table).await?;
+    let (approximate_rows, approximate_size) = remote::table_estimate(&mut conn, src.relid).await?;
     let meta = Meta {
         columns,
         generated,
         partitioned,
         filter,
+        approximate_rows,
+        approximate_size,
     };
     if tx.send(Msg::Meta(meta)).is_err() {
         return Ok(());

@@ -33,6 +33,22 @@ use std::time::Duration;
 
 static mut MY_SLOT: usize = usize::MAX;
 
+/// Publish the copy's progress (rows and bytes loaded so far) for the views.
+fn publish_progress(rows: u64, bytes: u64) {
+    // SAFETY: MY_SLOT is written once, at startup, before any copy.
+    let i = unsafe { MY_SLOT };
+    if i == usize::MAX {
+        return;
+    }
+    let mut reg = REGISTRY.exclusive();
+    let t = &mut reg.tables[i];
+    // SAFETY: reads our own pid.
+    if t.pid == unsafe { pg_sys::MyProcPid } {
+        t.rows_copied = rows;
+        t.bytes_copied = bytes;
+    }
+}
+
 #[pg_guard]
 unsafe extern "C-unwind" fn unregister(_code: i32, _arg: pg_sys::Datum) {
     if MY_SLOT != usize::MAX {
@@ -75,6 +91,7 @@ pub extern "C-unwind" fn livesync_tablesync_main(_arg: pg_sys::Datum) {
                 subid,
                 relid,
                 pid: pg_sys::MyProcPid,
+                ..Default::default()
             };
             MY_SLOT = i;
             pg_sys::before_shmem_exit(Some(unregister), pg_sys::Datum::from(0));
@@ -194,6 +211,15 @@ impl TableSync {
         let meta = reader.meta()?;
         // The snapshot is imported: the exporting connection is no longer needed.
         block_on(&self.rt, conn.close())?;
+        publish_progress(0, 0);
+        worker::xact(|| {
+            Ok(catalog::set_copy_started(
+                self.subid,
+                self.relid,
+                meta.approximate_rows,
+                meta.approximate_size,
+            )?)
+        })?;
         let (mut columns, partitioned) = (meta.columns, meta.partitioned);
         // As native tablesync: copy only what the publication publishes (PostgreSQL 15
         // column lists and row filters, 18 generated columns); changes are filtered by
@@ -273,9 +299,16 @@ impl TableSync {
         };
         reader.copy(sql)?;
         if copyable {
+            // Rows counted as they go by for the progress columns: one line per row in COPY
+            // text (newlines inside values are escaped).
+            let mut rows_seen: u64 = 0;
             let next = || {
                 let chunk = reader.next_chunk()?;
-                bytes += chunk.as_ref().map_or(0, |c| c.len() as u64);
+                if let Some(c) = &chunk {
+                    bytes += c.len() as u64;
+                    rows_seen += c.iter().filter(|&&b| b == b'\n').count() as u64;
+                    publish_progress(rows_seen, bytes);
+                }
                 Ok(chunk)
             };
             count = if target.hypertable {
@@ -305,6 +338,7 @@ impl TableSync {
                     )?;
                     count += 1;
                 }
+                publish_progress(count, bytes);
             }
             parser.finish().map_err(copy_error)?;
         }
@@ -319,6 +353,7 @@ impl TableSync {
             &[origin.into(), crate::lsn::format(lsn).into()],
         )?;
         catalog::set_rel_state(self.subid, self.relid, TableState::FinishedCopy, Some(lsn))?;
+        catalog::set_copy_done(self.subid, self.relid, count, bytes)?;
         worker::commit();
         let secs = started.elapsed().as_secs_f64().max(0.001);
         log!(
