@@ -180,38 +180,38 @@ impl ApplyWorker {
         let resync = |why: String| Error::NeedsResync {
             msg: format!("replication slot \"{slot}\" {why}; a full resync is needed"),
         };
-        let state = block_on(&self.rt, remote::slot_state(conn, &slot))??;
-        if let Some(st) = &state {
-            // A source set up for failover slots after the sync started (PostgreSQL 17+).
-            // Not while a walsender still holds it: ALTER_REPLICATION_SLOT would wait for
-            // it; the next start does it.
-            if st.wal_status != "lost"
-                && !st.failover
-                && !st.active
-                && block_on(&self.rt, remote::wants_failover(conn))??
-            {
-                block_on(&self.rt, remote::set_failover(conn, &slot))??;
-                log!("livesync: replication slot \"{slot}\" is now a failover slot");
-            }
-        }
-        match state.map(|st| (st.confirmed_flush, st.wal_status.clone(), st)) {
-            None => Err(resync("does not exist on the source, so changes may have been lost".into())),
-            Some((_, status, st)) if status == "lost" => Err(resync(format!(
+        let Some(st) = block_on(&self.rt, remote::slot_state(conn, &slot))?? else {
+            return Err(resync(
+                "does not exist on the source, so changes may have been lost".into(),
+            ));
+        };
+        if st.wal_status == "lost" {
+            return Err(resync(format!(
                 "was invalidated on the source because {}, so changes were lost",
                 st.invalidation_cause()
-            ))),
-            Some((flush, _, _)) if origin == 0 => {
-                // First run: adopt the slot's starting point as our origin's position.
-                self.stream_origin_at(flush)?;
-                Ok(flush)
-            }
-            Some((flush, _, _)) if flush > origin => Err(resync(format!(
+            )));
+        }
+        // A source set up for failover slots after the sync started (PostgreSQL 17+). Not
+        // while a walsender still holds the slot: ALTER_REPLICATION_SLOT would wait for it;
+        // the next start does it.
+        if !st.failover && !st.active && block_on(&self.rt, remote::wants_failover(conn))?? {
+            block_on(&self.rt, remote::set_failover(conn, &slot))??;
+            log!("livesync: replication slot \"{slot}\" is now a failover slot");
+        }
+        let flush = st.confirmed_flush;
+        if origin == 0 {
+            // First run: adopt the slot's starting point as our origin's position.
+            self.stream_origin_at(flush)?;
+            return Ok(flush);
+        }
+        if flush > origin {
+            return Err(resync(format!(
                 "on the source is at {}, past livesync's position {}: it was recreated or advanced outside livesync, so changes may have been lost",
                 crate::lsn::format(flush),
                 crate::lsn::format(origin)
-            ))),
-            Some(_) => Ok(origin),
+            )));
         }
+        Ok(origin)
     }
 
     /// Record `lsn` as the origin's position (an empty transaction with an xid).

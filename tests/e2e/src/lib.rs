@@ -112,7 +112,7 @@ impl Install {
     /// uid/gid of this install's `postgres` OS user.
     pub fn postgres_ids(&self) -> (u32, u32) {
         match &self.root {
-            None => postgres_ids(),
+            None => host_postgres_ids(),
             Some(r) => {
                 let passwd = fs::read_to_string(r.join("etc/passwd")).expect("chroot /etc/passwd");
                 let f: Vec<&str> = passwd
@@ -260,8 +260,8 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// uid/gid of the `postgres` OS user.
-fn postgres_ids() -> (u32, u32) {
+/// uid/gid of this machine's `postgres` OS user.
+fn host_postgres_ids() -> (u32, u32) {
     static IDS: OnceLock<(u32, u32)> = OnceLock::new();
     *IDS.get_or_init(|| {
         let name = std::ffi::CString::new("postgres").unwrap();
@@ -275,15 +275,6 @@ fn postgres_ids() -> (u32, u32) {
         // SAFETY: pw is non-null and points to a static passwd record.
         unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
     })
-}
-
-fn chown_to_postgres(path: &Path) {
-    if !is_root() {
-        return;
-    }
-    let (uid, gid) = postgres_ids();
-    std::os::unix::fs::chown(path, Some(uid), Some(gid))
-        .unwrap_or_else(|e| panic!("chown {} to postgres: {e}", path.display()));
 }
 
 fn run_checked(mut cmd: Command, what: &str) -> String {
@@ -343,7 +334,7 @@ pub fn run_dir() -> &'static Path {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-        chown_to_postgres(&dir);
+        target_install().chown(&dir);
         // SAFETY: registering a plain extern "C" fn with no captured state.
         unsafe { libc::atexit(stop_all_at_exit) };
         dir

@@ -220,6 +220,16 @@ async fn connect(s: &str) -> Result<Connection, SourceError> {
     Connection::connect(&ConnInfo::parse(s).unwrap(), false, "source_client_test").await
 }
 
+/// Connecting with `s` must fail with an error of the kind `is` accepts, `want` in its message.
+async fn connect_fails(s: &str, want: &str, is: fn(&SourceError) -> bool) {
+    let e = connect(s)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("{s} must fail"));
+    assert!(is(&e), "{s}: {e:?}");
+    assert!(e.to_string().contains(want), "{s}: {e}");
+}
+
 async fn connect_repl(s: &str) -> Connection {
     Connection::connect(&ConnInfo::parse(s).unwrap(), true, "source_client_test")
         .await
@@ -479,12 +489,7 @@ fn tls_modes() {
             c.close().await;
         };
         let fail = |s: String, want: &'static str| async move {
-            let e = connect(&s)
-                .await
-                .err()
-                .unwrap_or_else(|| panic!("{s} must fail"));
-            assert!(matches!(e, SourceError::Tls(_)), "{s}: {e:?}");
-            assert!(e.to_string().contains(want), "{s}: {e}");
+            connect_fails(&s, want, |e| matches!(e, SourceError::Tls(_))).await
         };
         let p = pg.port;
         ok(format!(
@@ -1457,12 +1462,7 @@ fn channel_binding() {
             }
         }
         let fail = |s: String, want: &'static str| async move {
-            let e = connect(&s)
-                .await
-                .err()
-                .unwrap_or_else(|| panic!("{s} must fail"));
-            assert!(matches!(e, SourceError::Auth(_)), "{s}: {e:?}");
-            assert!(e.to_string().contains(want), "{s}: {e}");
+            connect_fails(&s, want, |e| matches!(e, SourceError::Auth(_))).await
         };
         // Without TLS.
         fail(
@@ -1570,12 +1570,7 @@ fn certificate_revocation_lists() {
         assert!(c.is_tls());
         c.close().await;
         let fail = |s: String, want: &'static str| async move {
-            let e = connect(&s)
-                .await
-                .err()
-                .unwrap_or_else(|| panic!("{s} must fail"));
-            assert!(matches!(e, SourceError::Tls(_)), "{s}: {e:?}");
-            assert!(e.to_string().contains(want), "{s}: {e}");
+            connect_fails(&s, want, |e| matches!(e, SourceError::Tls(_))).await
         };
         fail(
             base(format!("sslcrl={}", dir.join("revoked.crl").display())),
