@@ -535,28 +535,45 @@ mod livesync {
             name!(rrelid, pg_sys::Oid),
             name!(rows_copied, i64),
             name!(bytes_copied, i64),
+            name!(loaders, i32),
         ),
     > {
+        // Per table: what its loaders have loaded and not yet committed, and how many
+        // loaders work on it now.
         let db = dboid();
-        let rows: Vec<_> = if shmem::available() {
-            REGISTRY
+        let mut per_table: Vec<(i32, u32, i64, i64, i32)> = Vec::new();
+        if shmem::available() {
+            for t in REGISTRY
                 .share()
                 .tables
                 .iter()
                 .filter(|t| t.in_use && t.dboid == db)
-                .map(|t| {
-                    (
+            {
+                let loading = i32::from(t.loading);
+                match per_table
+                    .iter_mut()
+                    .find(|p| p.0 == t.subid && p.1 == t.relid)
+                {
+                    Some(p) => {
+                        p.2 += t.rows_copied as i64;
+                        p.3 += t.bytes_copied as i64;
+                        p.4 += loading;
+                    }
+                    None => per_table.push((
                         t.subid,
-                        pg_sys::Oid::from(t.relid),
+                        t.relid,
                         t.rows_copied as i64,
                         t.bytes_copied as i64,
-                    )
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        TableIterator::new(rows)
+                        loading,
+                    )),
+                }
+            }
+        }
+        TableIterator::new(
+            per_table
+                .into_iter()
+                .map(|(s, r, rows, bytes, n)| (s, pg_sys::Oid::from(r), rows, bytes, n)),
+        )
     }
 
     fn unix_ms_to_pg(ms: i64) -> i64 {

@@ -101,6 +101,15 @@ impl Applier {
         self.remote.contains_key(&relid)
     }
 
+    /// The position of a source relation's column, by name.
+    pub fn column_index(&self, relid: RelId, name: &str) -> Option<usize> {
+        self.remote
+            .get(&relid)?
+            .columns
+            .iter()
+            .position(|c| c.name == name)
+    }
+
     fn forget(&mut self, relid: RelId) {
         self.maps.remove(&relid);
         self.insert_plans.remove(&relid);

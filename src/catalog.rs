@@ -140,6 +140,10 @@ pub fn set_slot_created(subid: i32) -> SpiResult<()> {
 
 pub fn delete_sync(subid: i32) -> SpiResult<()> {
     run(
+        "DELETE FROM livesync.copy_range WHERE subid OPERATOR(pg_catalog.=) $1",
+        &[subid.into()],
+    )?;
+    run(
         "DELETE FROM livesync.sync_rel WHERE subid OPERATOR(pg_catalog.=) $1",
         &[subid.into()],
     )?;
@@ -319,6 +323,7 @@ pub fn rel_replaces(subid: i32, relid: u32) -> SpiResult<Vec<String>> {
 }
 
 pub fn delete_rel(subid: i32, relid: u32) -> SpiResult<()> {
+    clear_slices(subid, relid)?;
     run(
         "DELETE FROM livesync.sync_rel WHERE subid OPERATOR(pg_catalog.=) $1 AND rrelid OPERATOR(pg_catalog.=) $2",
         &[subid.into(), oid(relid)],
@@ -327,8 +332,8 @@ pub fn delete_rel(subid: i32, relid: u32) -> SpiResult<()> {
 }
 
 /// Move a table to `state`; `lsn` (when given) becomes the copy's consistent LSN.
-/// Send a copied table (state f) back to a fresh copy, because what its catch-up needs is
-/// gone (its table-sync slot was dropped or invalidated): state i, and the next copy empties
+/// Send a copied table (state f, or d with parts loaded) back to a fresh copy, because
+/// what its catch-up needs is gone (its table-sync slot was dropped or invalidated): state i, and the next copy empties
 /// the target table first, in its own transaction (see [`rel_replaces`]), so that no row is
 /// doubled. `why` is shown as the table's last error.
 pub fn restart_rel_copy(subid: i32, relid: u32, why: &str) -> SpiResult<()> {
@@ -341,10 +346,10 @@ pub fn restart_rel_copy(subid: i32, relid: u32, why: &str) -> SpiResult<()> {
                  OPERATOR(pg_catalog.||) pg_catalog.quote_ident(r.tablename))::pg_catalog.oid)) AS u(o) \
                WHERE o IS NOT NULL), \
            last_error = $3, last_error_time = pg_catalog.now() \
-         WHERE subid OPERATOR(pg_catalog.=) $1 AND rrelid OPERATOR(pg_catalog.=) $2 AND state OPERATOR(pg_catalog.=) 'f'",
+         WHERE subid OPERATOR(pg_catalog.=) $1 AND rrelid OPERATOR(pg_catalog.=) $2 AND state IN ('d', 'f')",
         &[subid.into(), oid(relid), why.into()],
-    )
-    .map(drop)
+    )?;
+    clear_slices(subid, relid)
 }
 
 pub fn set_rel_state(
@@ -466,4 +471,198 @@ pub fn tablesync_origin_name(dboid: u32, subid: i32, relid: u32) -> String {
 /// Slot names on the source all start with the sync's name (API contract).
 pub fn tablesync_slot_name(subname: &str, relid: u32) -> String {
     format!("{subname}_sync_{relid}")
+}
+
+/// One slice of a table's copy still to load: keys in [lo, hi) of the source table's
+/// leading key column (None: unbounded).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingSlice {
+    pub sliceno: i32,
+    pub lo: Option<String>,
+    pub hi: Option<String>,
+}
+
+/// A part of a table's copy that is loaded: keys in [lo, hi), read under the source
+/// snapshot taken at `lsn`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DoneRange {
+    pub lo: Option<String>,
+    pub hi: Option<String>,
+    pub lsn: u64,
+}
+
+/// Forget a table's slices (its copy starts over, or it left the sync).
+pub fn clear_slices(subid: i32, relid: u32) -> SpiResult<()> {
+    run(
+        "DELETE FROM livesync.copy_range WHERE subid OPERATOR(pg_catalog.=) $1 AND rrelid OPERATOR(pg_catalog.=) $2",
+        &[subid.into(), oid(relid)],
+    )
+    .map(drop)
+}
+
+/// Record a new copy's slices, split at `bounds` (ascending): slice i covers
+/// [bounds[i-1], bounds[i]), the first and last unbounded below and above.
+/// `key` is the column (and its type) the slices are ranges of, None for a table copied
+/// as one slice.
+pub fn plan_slices(
+    subid: i32,
+    relid: u32,
+    bounds: &[String],
+    key: Option<(&str, u32)>,
+) -> SpiResult<()> {
+    clear_slices(subid, relid)?;
+    run(
+        "UPDATE livesync.sync_rel SET copy_key = $3, copy_key_type = $4 \
+          WHERE subid OPERATOR(pg_catalog.=) $1 AND rrelid OPERATOR(pg_catalog.=) $2",
+        &[
+            subid.into(),
+            oid(relid),
+            key.map(|k| k.0.to_owned()).into(),
+            key.map(|k| pg_sys::Oid::from(k.1)).into(),
+        ],
+    )?;
+    for i in 0..=bounds.len() {
+        let lo = i.checked_sub(1).map(|j| bounds[j].clone());
+        let hi = bounds.get(i).cloned();
+        run(
+            "INSERT INTO livesync.copy_range (subid, rrelid, sliceno, lo, hi) VALUES ($1, $2, $3, $4, $5)",
+            &[subid.into(), oid(relid), (i as i32).into(), lo.into(), hi.into()],
+        )?;
+    }
+    Ok(())
+}
+
+/// Does the table have a plan of slices (a copy under way or done)?
+pub fn has_slices(subid: i32, relid: u32) -> SpiResult<bool> {
+    Ok(Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM livesync.copy_range WHERE subid OPERATOR(pg_catalog.=) $1 AND rrelid OPERATOR(pg_catalog.=) $2)",
+        &[subid.into(), oid(relid)],
+    )?
+    .unwrap_or(false))
+}
+
+/// The slices (or the rest of them) still to load, in order.
+pub fn pending_slices(subid: i32, relid: u32) -> SpiResult<Vec<PendingSlice>> {
+    Spi::connect(|client| {
+        let mut out = Vec::new();
+        for row in client.select(
+            "SELECT sliceno, lo, hi FROM livesync.copy_range \
+              WHERE subid OPERATOR(pg_catalog.=) $1 AND rrelid OPERATOR(pg_catalog.=) $2 AND lsn IS NULL \
+              ORDER BY sliceno",
+            None,
+            &[subid.into(), oid(relid)],
+        )? {
+            out.push(PendingSlice {
+                sliceno: row.get(1)?.unwrap_or_default(),
+                lo: row.get(2)?,
+                hi: row.get(3)?,
+            });
+        }
+        Ok(out)
+    })
+}
+
+/// Every loaded part of a table's copy.
+pub fn done_ranges(subid: i32, relid: u32) -> SpiResult<Vec<DoneRange>> {
+    Spi::connect(|client| {
+        let mut out = Vec::new();
+        for row in client.select(
+            "SELECT lo, hi, lsn::pg_catalog.text FROM livesync.copy_range \
+              WHERE subid OPERATOR(pg_catalog.=) $1 AND rrelid OPERATOR(pg_catalog.=) $2 AND lsn IS NOT NULL",
+            None,
+            &[subid.into(), oid(relid)],
+        )? {
+            let l: Option<String> = row.get(3)?;
+            out.push(DoneRange {
+                lo: row.get(1)?,
+                hi: row.get(2)?,
+                lsn: l.as_deref().and_then(lsn::parse).unwrap_or(0),
+            });
+        }
+        Ok(out)
+    })
+}
+
+/// A loader commits keys [lo, cut) of a slice (cut None: the slice's end) that it read
+/// under the snapshot at `lsn`: `rows` rows, `bytes` bytes of COPY data. Returns false if
+/// the slice's pending part no longer starts at `lo` (someone else loaded it: the caller
+/// must roll back).
+#[allow(clippy::too_many_arguments)]
+pub fn commit_slice_part(
+    subid: i32,
+    relid: u32,
+    sliceno: i32,
+    lo: Option<&str>,
+    cut: Option<&str>,
+    lsn: u64,
+    rows: u64,
+    bytes: u64,
+) -> SpiResult<bool> {
+    let args = |extra: Vec<DatumWithOid<'static>>| {
+        let mut a: Vec<DatumWithOid<'static>> = vec![
+            subid.into(),
+            oid(relid),
+            sliceno.into(),
+            lo.map(str::to_owned).into(),
+        ];
+        a.extend(extra);
+        a
+    };
+    let matched = match cut {
+        // The slice's last part: its pending row becomes that part.
+        None => run(
+            "UPDATE livesync.copy_range SET lsn = $5::pg_catalog.pg_lsn, rows = $6, bytes = $7, \
+                    done_at = pg_catalog.clock_timestamp() \
+              WHERE subid OPERATOR(pg_catalog.=) $1 AND rrelid OPERATOR(pg_catalog.=) $2 \
+                AND sliceno OPERATOR(pg_catalog.=) $3 AND lsn IS NULL AND lo IS NOT DISTINCT FROM $4",
+            &args(vec![
+                lsn::format(lsn).into(),
+                (rows as i64).into(),
+                (bytes as i64).into(),
+            ]),
+        )?,
+        // A part: the pending row now starts at the cut, and the part gets a row of its own.
+        Some(cut) => {
+            let n = run(
+                "UPDATE livesync.copy_range SET lo = $5 \
+                  WHERE subid OPERATOR(pg_catalog.=) $1 AND rrelid OPERATOR(pg_catalog.=) $2 \
+                    AND sliceno OPERATOR(pg_catalog.=) $3 AND lsn IS NULL AND lo IS NOT DISTINCT FROM $4",
+                &args(vec![cut.to_owned().into()]),
+            )?;
+            if n == 1 {
+                run(
+                    "INSERT INTO livesync.copy_range (subid, rrelid, sliceno, lo, hi, lsn, rows, bytes, done_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6::pg_catalog.pg_lsn, $7, $8, pg_catalog.clock_timestamp())",
+                    &args(vec![
+                        cut.to_owned().into(),
+                        lsn::format(lsn).into(),
+                        (rows as i64).into(),
+                        (bytes as i64).into(),
+                    ]),
+                )?;
+            }
+            n
+        }
+    };
+    Ok(matched == 1)
+}
+
+/// Rows and bytes of every loaded part of a table's copy.
+pub fn copy_totals(subid: i32, relid: u32) -> SpiResult<(u64, u64)> {
+    let (r, b) = Spi::get_two_with_args::<i64, i64>(
+        "SELECT pg_catalog.sum(rows)::pg_catalog.int8, pg_catalog.sum(bytes)::pg_catalog.int8 FROM livesync.copy_range \
+          WHERE subid OPERATOR(pg_catalog.=) $1 AND rrelid OPERATOR(pg_catalog.=) $2 AND lsn IS NOT NULL",
+        &[subid.into(), oid(relid)],
+    )?;
+    Ok((r.unwrap_or(0) as u64, b.unwrap_or(0) as u64))
+}
+
+/// The column (and its type) a table's copy was sliced on.
+pub fn copy_key(subid: i32, relid: u32) -> SpiResult<Option<(String, u32)>> {
+    let (k, t) = Spi::get_two_with_args::<String, pg_sys::Oid>(
+        "SELECT copy_key::pg_catalog.text, copy_key_type FROM livesync.sync_rel \
+          WHERE subid OPERATOR(pg_catalog.=) $1 AND rrelid OPERATOR(pg_catalog.=) $2",
+        &[subid.into(), oid(relid)],
+    )?;
+    Ok(k.zip(t).map(|(k, t)| (k, t.to_u32())))
 }

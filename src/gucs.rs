@@ -7,6 +7,8 @@ pub static REFRESH_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(10);
 pub static MAX_RETRY_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60);
 pub static APPLY_BATCH_ROWS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 pub static APPLY_BATCH_MS: GucSetting<i32> = GucSetting::<i32>::new(200);
+pub static MAX_COPY_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
+pub static COPY_SLICE_MB: GucSetting<i32> = GucSetting::<i32>::new(256);
 
 pub fn init() {
     GucRegistry::define_int_guc(
@@ -58,5 +60,25 @@ pub fn init() {
         10_000,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"livesync.max_copy_workers_per_table",
+        c"Maximum number of workers loading slices of one table's initial copy at once.",
+        c"They count towards livesync.max_sync_workers_per_subscription and max_worker_processes.",
+        &MAX_COPY_WORKERS,
+        1,
+        64,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"livesync.copy_slice_size",
+        c"A table larger than this is copied in slices of about this size, loaded in parallel.",
+        c"Slices are ranges of the source table's leading key column, each committed on its own.",
+        &COPY_SLICE_MB,
+        1,
+        1 << 20,
+        GucContext::Sighup,
+        GucFlags::UNIT_MB,
     );
 }

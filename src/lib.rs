@@ -36,6 +36,7 @@ pub mod pgver;
 pub mod relmap;
 pub mod remote;
 pub mod shmem;
+pub mod slices;
 pub mod source;
 pub mod state;
 pub mod worker;
@@ -101,10 +102,30 @@ CREATE TABLE livesync.sync_rel (
     approximate_size bigint,
     rows_copied      bigint,
     bytes_copied     bigint,
+    -- The source column (and its type) the last copy was sliced on (livesync.copy_range).
+    copy_key         name,
+    copy_key_type    oid,
     PRIMARY KEY (subid, rrelid)
 );
 
-REVOKE ALL ON livesync.sync, livesync.sync_rel FROM PUBLIC;
+-- The slices of each table's copy (see src/worker/tablesync.rs): ranges [lo, hi) of the
+-- source table's leading key column (NULL: unbounded; a table without a usable key has one
+-- slice). A row with lsn NULL is a slice's part still to load; every other row is a part
+-- a loader committed together with its rows, read under the source snapshot taken at lsn.
+CREATE TABLE livesync.copy_range (
+    subid    int NOT NULL,
+    rrelid   oid NOT NULL,
+    sliceno  int NOT NULL,
+    lo       text,
+    hi       text,
+    lsn      pg_lsn,
+    rows     bigint NOT NULL DEFAULT 0,
+    bytes    bigint NOT NULL DEFAULT 0,
+    done_at  timestamptz
+);
+CREATE INDEX ON livesync.copy_range (subid, rrelid, sliceno);
+
+REVOKE ALL ON livesync.sync, livesync.sync_rel, livesync.copy_range FROM PUBLIC;
 "#,
     name = "bootstrap",
     bootstrap
@@ -116,18 +137,30 @@ CREATE VIEW livesync.subscription_rel AS
 SELECT s.subname, r.schemaname, r.tablename, r.rrelid, r.state, r.lsn,
        r.last_error, r.last_error_time, r.sync_lsn,
        r.srcschema, r.srcname,
-       CASE WHEN r.state = 'd' THEN p.rows_copied ELSE r.rows_copied END AS rows_copied,
+       CASE WHEN r.state = 'd' THEN c.rows + coalesce(p.rows_copied, 0)
+            ELSE r.rows_copied END AS rows_copied,
        r.approximate_rows,
-       CASE WHEN r.state = 'd' THEN p.bytes_copied ELSE r.bytes_copied END AS bytes_copied,
+       CASE WHEN r.state = 'd' THEN c.bytes + coalesce(p.bytes_copied, 0)
+            ELSE r.bytes_copied END AS bytes_copied,
        r.approximate_size,
        r.copy_started_at,
        -- now + elapsed * rows to go / rows done, while a copy runs and the source's
        -- estimate is known.
-       CASE WHEN r.state = 'd' AND p.rows_copied > 0 AND r.approximate_rows > 0
+       CASE WHEN r.state = 'd' AND c.rows + coalesce(p.rows_copied, 0) > 0
+                 AND r.approximate_rows > 0
             THEN now() + (now() - r.copy_started_at)
-                 * (greatest(r.approximate_rows - p.rows_copied, 0)::float8 / p.rows_copied)
-       END AS copy_eta
+                 * (greatest(r.approximate_rows - c.rows - coalesce(p.rows_copied, 0), 0)::float8
+                    / (c.rows + coalesce(p.rows_copied, 0)))
+       END AS copy_eta,
+       c.slices_done, c.slices_total, coalesce(p.loaders, 0) AS copy_workers
   FROM livesync.sync s JOIN livesync.sync_rel r USING (subid)
+  LEFT JOIN LATERAL (
+       SELECT coalesce(sum(x.rows) FILTER (WHERE x.lsn IS NOT NULL), 0)::bigint AS rows,
+              coalesce(sum(x.bytes) FILTER (WHERE x.lsn IS NOT NULL), 0)::bigint AS bytes,
+              (count(DISTINCT x.sliceno) - count(*) FILTER (WHERE x.lsn IS NULL))::int AS slices_done,
+              count(DISTINCT x.sliceno)::int AS slices_total
+         FROM livesync.copy_range x
+        WHERE x.subid = r.subid AND x.rrelid = r.rrelid) c ON true
   LEFT JOIN livesync._copy_progress() p ON p.subid = r.subid AND p.rrelid = r.rrelid;
 
 CREATE VIEW _ts_live_sync.subscription_rel AS

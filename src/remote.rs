@@ -165,7 +165,7 @@ pub async fn create_main_slot(conn: &mut Connection, slot: &str) -> Result<u64> 
     } else {
         "SNAPSHOT 'nothing'"
     };
-    Ok(create_slot_with(conn, slot, options).await?.0)
+    Ok(create_slot_with(conn, slot, "", options).await?.0)
 }
 
 /// Make an existing main slot a failover slot (PostgreSQL 17+), for a source that was set up
@@ -198,7 +198,21 @@ pub async fn create_slot_exporting(conn: &mut Connection, slot: &str) -> Result<
     } else {
         "SNAPSHOT 'export'"
     };
-    let (lsn, snapshot) = create_slot_with(conn, slot, options).await?;
+    let (lsn, snapshot) = create_slot_with(conn, slot, "", options).await?;
+    let snapshot = snapshot.ok_or_else(|| {
+        SourceError::Protocol("CREATE_REPLICATION_SLOT exported no snapshot".into())
+    })?;
+    Ok((lsn, snapshot))
+}
+
+/// A TEMPORARY slot that exports its snapshot: a consistent point and the snapshot of
+/// exactly the transactions that committed before it, for a copy that resumes after its
+/// first snapshot is gone. It vanishes with the connection, and is never streamed.
+pub async fn create_temp_slot_exporting(
+    conn: &mut Connection,
+    slot: &str,
+) -> Result<(u64, String)> {
+    let (lsn, snapshot) = create_slot_with(conn, slot, "TEMPORARY ", "SNAPSHOT 'export'").await?;
     let snapshot = snapshot.ok_or_else(|| {
         SourceError::Protocol("CREATE_REPLICATION_SLOT exported no snapshot".into())
     })?;
@@ -210,10 +224,11 @@ pub async fn create_slot_exporting(conn: &mut Connection, slot: &str) -> Result<
 async fn create_slot_with(
     conn: &mut Connection,
     slot: &str,
+    temporary: &str,
     options: &str,
 ) -> Result<(u64, Option<String>)> {
     let sql = format!(
-        "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput ({options})",
+        "CREATE_REPLICATION_SLOT {} {temporary}LOGICAL pgoutput ({options})",
         quote_ident(slot)
     );
     let rows = match conn.simple_query(&sql).await {
@@ -398,6 +413,83 @@ pub async fn table_estimate(
             .and_then(|v| v.parse().ok())
     };
     Ok((get(0), get(1)))
+}
+
+/// The column a table's copy can be sliced on: the leading column of its replica identity
+/// index (its primary key for `REPLICA IDENTITY DEFAULT` or `FULL`), when its type is one
+/// of `crate::slices::SLICEABLE`. Every change then carries its value (in the key image or
+/// the new row). None: the table is copied as one slice.
+pub async fn slice_key(conn: &mut Connection, relid: u32) -> Result<Option<(String, u32)>> {
+    let types = crate::slices::SLICEABLE
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rows = conn
+        .simple_query(&format!(
+            "SELECT a.attname, a.atttypid::pg_catalog.int8 \
+               FROM pg_catalog.pg_class c \
+               JOIN pg_catalog.pg_index i ON i.indrelid OPERATOR(pg_catalog.=) c.oid \
+               JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) c.oid \
+                    AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0] \
+              WHERE c.oid OPERATOR(pg_catalog.=) {relid} AND i.indisvalid AND i.indimmediate \
+                AND CASE c.relreplident WHEN 'i' THEN i.indisreplident \
+                                        WHEN 'n' THEN false ELSE i.indisprimary END \
+                AND a.atttypid IN ({types})"
+        ))
+        .await?;
+    Ok(rows
+        .first()
+        .and_then(|r| Some((r.get(0)?.to_owned(), r.get(1)?.parse().ok()?))))
+}
+
+/// Where to split a table's copy into `n` slices of about equal key ranges: up to n - 1
+/// ascending, distinct values of `key` (of type `typid`) between its least and greatest
+/// value in the current snapshot (two index look-ups).
+pub async fn slice_bounds(
+    conn: &mut Connection,
+    from: &str,
+    key: &str,
+    typid: u32,
+    n: usize,
+) -> Result<Vec<String>> {
+    if n < 2 {
+        return Ok(Vec::new());
+    }
+    let k = quote_ident(key);
+    // The i-th of n points between mn and mx, in the key's type.
+    let point = match typid {
+        crate::slices::DATE => "mn OPERATOR(pg_catalog.+) ((mx OPERATOR(pg_catalog.-) mn)::pg_catalog.int8 OPERATOR(pg_catalog.*) g OPERATOR(pg_catalog./) n)::pg_catalog.int4",
+        crate::slices::TIME | crate::slices::TIMESTAMP | crate::slices::TIMESTAMPTZ => {
+            "mn OPERATOR(pg_catalog.+) (mx OPERATOR(pg_catalog.-) mn) OPERATOR(pg_catalog.*) (g::pg_catalog.float8 OPERATOR(pg_catalog./) n)"
+        }
+        _ => "(mn::pg_catalog.numeric OPERATOR(pg_catalog.+) (mx::pg_catalog.numeric OPERATOR(pg_catalog.-) mn::pg_catalog.numeric) OPERATOR(pg_catalog.*) g OPERATOR(pg_catalog./) n)::pg_catalog.int8",
+    };
+    // Infinite dates and timestamps stay out of the arithmetic (they land in the first or
+    // last slice).
+    let finite = if typid == crate::slices::DATE
+        || typid == crate::slices::TIMESTAMP
+        || typid == crate::slices::TIMESTAMPTZ
+    {
+        format!("WHERE {k} OPERATOR(pg_catalog.>) '-infinity' AND {k} OPERATOR(pg_catalog.<) 'infinity'")
+    } else {
+        String::new()
+    };
+    let rows = conn
+        .simple_query(&format!(
+            "WITH r AS (SELECT (SELECT {k} FROM {from} {finite} ORDER BY 1 LIMIT 1) AS mn, \
+                               (SELECT {k} FROM {from} {finite} ORDER BY 1 DESC LIMIT 1) AS mx, {n} AS n) \
+             SELECT DISTINCT p::pg_catalog.text, p FROM ( \
+                    SELECT ({point}) AS p \
+                      FROM r, pg_catalog.generate_series(1, {n} - 1) g \
+                     WHERE mx OPERATOR(pg_catalog.>) mn) x \
+              WHERE p OPERATOR(pg_catalog.>) (SELECT mn FROM r) ORDER BY 2",
+        ))
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| r.get(0).map(str::to_owned))
+        .collect())
 }
 
 /// What a publication publishes of one table (PostgreSQL 15+): its column list (all

@@ -54,8 +54,16 @@ pub struct TableWorkerSlot {
     pub subid: i32,
     pub relid: u32,
     pub pid: i32,
-    /// Rows and bytes (of the source's COPY data) loaded by the copy under way, not yet
-    /// committed: `livesync.subscription_rel` shows them while the table is in state d.
+    /// A copy worker helping the table's table-sync worker load slices (not the one that
+    /// owns the table's state).
+    pub helper: bool,
+    /// The slice this worker loads now (`slice` is valid while `loading`): no other worker
+    /// of the table may take it.
+    pub loading: bool,
+    pub slice: i32,
+    /// Rows and bytes (of the source's COPY data) loaded into the current slice and not yet
+    /// committed: `livesync.subscription_rel` adds them to the committed parts while the
+    /// table is in state d.
     pub rows_copied: u64,
     pub bytes_copied: u64,
 }
@@ -185,10 +193,33 @@ impl Registry {
         pids
     }
 
+    /// The table-sync worker of a table (not its helpers).
     pub fn table_worker(&self, dboid: u32, subid: i32, relid: u32) -> Option<&TableWorkerSlot> {
+        self.tables.iter().find(|t| {
+            t.in_use && !t.helper && t.dboid == dboid && t.subid == subid && t.relid == relid
+        })
+    }
+
+    /// Is a slice of this table being loaded by a live worker?
+    pub fn slice_taken(&self, dboid: u32, subid: i32, relid: u32, slice: i32) -> bool {
+        self.tables.iter().any(|t| {
+            t.in_use
+                && t.loading
+                && t.slice == slice
+                && t.dboid == dboid
+                && t.subid == subid
+                && t.relid == relid
+        })
+    }
+
+    /// Copy workers helping with this table now.
+    pub fn helpers_of(&self, dboid: u32, subid: i32, relid: u32) -> usize {
         self.tables
             .iter()
-            .find(|t| t.in_use && t.dboid == dboid && t.subid == subid && t.relid == relid)
+            .filter(|t| {
+                t.in_use && t.helper && t.dboid == dboid && t.subid == subid && t.relid == relid
+            })
+            .count()
     }
 
     pub fn table_workers_of(&self, dboid: u32, subid: i32) -> usize {

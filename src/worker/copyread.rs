@@ -10,9 +10,10 @@
 //!    the slot's consistent point follows, as `SNAPSHOT 'use'` would;
 //! 2. looks up the columns to copy and the publication's row filter and column list,
 //!    and hands them to the worker ([`CopyReader::meta`]);
-//! 3. runs the `COPY ... TO STDOUT` the worker then asks for, and hands the stream over
-//!    in chunks of about 1 MB through a bounded channel (at most [`AHEAD`] chunks read
-//!    ahead).
+//! 3. runs what the worker then asks for, in that one transaction: where to split the
+//!    table into slices ([`CopyReader::bounds`]), and each `COPY ... TO STDOUT`
+//!    ([`CopyReader::copy`]), whose stream it hands over in chunks of about 1 MB through a
+//!    bounded channel (at most [`AHEAD`] chunks read ahead).
 //!
 //! The thread makes no PostgreSQL calls (only the worker's main thread may) and blocks
 //! every signal, so PostgreSQL's handlers never run on it. It stops on its own when the
@@ -50,19 +51,35 @@ pub struct Meta {
     /// ANALYZE) and size in bytes (`pg_table_size`), partitions included.
     pub approximate_rows: Option<i64>,
     pub approximate_size: Option<i64>,
+    /// The column to slice the copy on, and its type (`remote::slice_key`).
+    pub key: Option<(String, u32)>,
 }
 
 enum Msg {
     Meta(Meta),
+    Bounds(Vec<String>),
     Chunk(Bytes),
     End,
     Failed(Error),
 }
 
+/// What the worker asks the reader for, after [`Meta`].
+enum Request {
+    /// `remote::slice_bounds(from, key, typid, n)`.
+    Bounds {
+        from: String,
+        key: String,
+        typid: u32,
+        n: usize,
+    },
+    /// A `COPY ... TO STDOUT`.
+    Copy(String),
+}
+
 /// The worker's end of a reader thread.
 pub struct CopyReader {
     rx: Receiver<Msg>,
-    sql: Option<SyncSender<String>>,
+    requests: SyncSender<Request>,
     cancel: Arc<AtomicBool>,
 }
 
@@ -95,7 +112,7 @@ impl CopyReader {
         .map_err(|e| Error::internal(format!("could not start the copy reader thread: {e}")))?;
         Ok(CopyReader {
             rx,
-            sql: Some(sql_tx),
+            requests: sql_tx,
             cancel,
         })
     }
@@ -123,14 +140,37 @@ impl CopyReader {
         }
     }
 
-    /// Run `sql` (a `COPY ... TO STDOUT`) under the snapshot.
-    pub fn copy(&mut self, sql: String) -> Result<()> {
-        let tx = self
-            .sql
-            .take()
-            .ok_or_else(|| Error::internal("copy started twice"))?;
-        tx.send(sql)
+    fn ask(&self, r: Request) -> Result<()> {
+        self.requests
+            .send(r)
             .map_err(|_| Error::internal("the copy reader thread ended unexpectedly"))
+    }
+
+    /// Where to split `from` into `n` slices on `key` (`remote::slice_bounds`), under the
+    /// snapshot.
+    pub fn bounds(
+        &mut self,
+        from: String,
+        key: String,
+        typid: u32,
+        n: usize,
+    ) -> Result<Vec<String>> {
+        self.ask(Request::Bounds {
+            from,
+            key,
+            typid,
+            n,
+        })?;
+        match self.recv()? {
+            Msg::Bounds(b) => Ok(b),
+            _ => Err(Error::internal("the copy reader answered out of turn")),
+        }
+    }
+
+    /// Run `sql` (a `COPY ... TO STDOUT`) under the snapshot; read its rows with
+    /// [`CopyReader::next_chunk`] to the end before asking for anything else.
+    pub fn copy(&mut self, sql: String) -> Result<()> {
+        self.ask(Request::Copy(sql))
     }
 
     /// The next chunk of COPY text (whole rows), `None` at the end of the copy.
@@ -138,9 +178,7 @@ impl CopyReader {
         match self.recv()? {
             Msg::Chunk(b) => Ok(Some(b)),
             Msg::End => Ok(None),
-            _ => Err(Error::internal(
-                "the copy reader sent the table's columns twice",
-            )),
+            _ => Err(Error::internal("the copy reader answered out of turn")),
         }
     }
 }
@@ -172,7 +210,7 @@ async fn unless_cancelled<T>(
 async fn read(
     src: &Source,
     tx: &SyncSender<Msg>,
-    sql_rx: &Receiver<String>,
+    sql_rx: &Receiver<Request>,
     stop: &AtomicBool,
 ) -> Result<()> {
     let Some(conn) = unless_cancelled(
@@ -185,9 +223,11 @@ async fn read(
     };
     let mut conn =
         conn.map_err(|e| Error::from_source("could not connect to the source to copy", e))?;
-    // The snapshot must be set before the transaction's first query.
+    // The snapshot must be set before the transaction's first query. Slices are read in
+    // key order: through the key's index, never a sort of the whole table.
     conn.simple_query(&format!(
-        "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
+        "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}; \
+         SET LOCAL enable_sort = off",
         remote::quote_literal(&src.snapshot)
     ))
     .await?;
@@ -196,6 +236,7 @@ async fn read(
     let filter =
         remote::publication_filter(&mut conn, &src.publication, &src.schema, &src.table).await?;
     let (approximate_rows, approximate_size) = remote::table_estimate(&mut conn, src.relid).await?;
+    let key = remote::slice_key(&mut conn, src.relid).await?;
     let meta = Meta {
         columns,
         generated,
@@ -203,43 +244,65 @@ async fn read(
         filter,
         approximate_rows,
         approximate_size,
+        key,
     };
     if tx.send(Msg::Meta(meta)).is_err() {
         return Ok(());
     }
-    let sql = loop {
-        match sql_rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(sql) => break sql,
-            Err(RecvTimeoutError::Timeout) if !stop.load(Ordering::Relaxed) => {}
-            Err(_) => return Ok(()),
-        }
-    };
-    let mut copy = conn.copy_out(&sql).await?;
-    let mut buf = BytesMut::with_capacity(CHUNK + (64 << 10));
     loop {
-        let Some(next) = unless_cancelled(stop, copy.next_chunk()).await else {
-            return Ok(());
-        };
-        match next? {
-            Some(row) => {
-                buf.extend_from_slice(&row);
-                if buf.len() >= CHUNK {
-                    let chunk = buf.split().freeze();
-                    buf.reserve(CHUNK + (64 << 10));
-                    if tx.send(Msg::Chunk(chunk)).is_err() {
-                        return Ok(());
-                    }
+        let request = loop {
+            match sql_rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(r) => break r,
+                Err(RecvTimeoutError::Timeout) if !stop.load(Ordering::Relaxed) => {}
+                // The worker is done with us (or gone).
+                Err(_) => {
+                    // Read-only: ending the transaction is a courtesy; closing does it too.
+                    let _ = conn.simple_query("COMMIT").await;
+                    conn.close().await;
+                    return Ok(());
                 }
             }
-            None => break,
+        };
+        let sql = match request {
+            Request::Bounds {
+                from,
+                key,
+                typid,
+                n,
+            } => {
+                let b = remote::slice_bounds(&mut conn, &from, &key, typid, n).await?;
+                if tx.send(Msg::Bounds(b)).is_err() {
+                    return Ok(());
+                }
+                continue;
+            }
+            Request::Copy(sql) => sql,
+        };
+        let mut copy = conn.copy_out(&sql).await?;
+        let mut buf = BytesMut::with_capacity(CHUNK + (64 << 10));
+        loop {
+            let Some(next) = unless_cancelled(stop, copy.next_chunk()).await else {
+                return Ok(());
+            };
+            match next? {
+                Some(row) => {
+                    buf.extend_from_slice(&row);
+                    if buf.len() >= CHUNK {
+                        let chunk = buf.split().freeze();
+                        buf.reserve(CHUNK + (64 << 10));
+                        if tx.send(Msg::Chunk(chunk)).is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+                None => break,
+            }
+        }
+        if !buf.is_empty() && tx.send(Msg::Chunk(buf.freeze())).is_err() {
+            return Ok(());
+        }
+        if tx.send(Msg::End).is_err() {
+            return Ok(());
         }
     }
-    if !buf.is_empty() && tx.send(Msg::Chunk(buf.freeze())).is_err() {
-        return Ok(());
-    }
-    // Read-only: ending the transaction is a courtesy; closing would do the same.
-    let _ = conn.simple_query("COMMIT").await;
-    conn.close().await;
-    let _ = tx.send(Msg::End);
-    Ok(())
 }

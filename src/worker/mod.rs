@@ -12,6 +12,7 @@
 pub mod apply;
 pub mod copyread;
 pub mod launcher;
+pub mod loader;
 pub mod spool;
 pub mod stream;
 pub mod tablesync;

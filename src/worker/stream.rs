@@ -13,8 +13,9 @@
 use super::spool::Spool;
 use crate::apply::Applier;
 use crate::error::{Error, Result};
-use crate::pgoutput::{Decoder, Lsn, Message, PgTimestamp, RelId, Xid};
+use crate::pgoutput::{Datum, Decoder, Lsn, Message, PgTimestamp, RelId, TupleData, Xid};
 use crate::remote::{quote_ident, quote_literal};
+use crate::slices::KeyFilter;
 use crate::source::{Connection, ReplMessage};
 use crate::worker;
 use pgrx::pg_sys;
@@ -28,6 +29,12 @@ const FEEDBACK_EVERY: Duration = Duration::from_secs(10);
 /// its transaction).
 pub trait Owner {
     fn owns(&self, rel: RelId, commit_lsn: Lsn) -> bool;
+
+    /// For a table whose copy was read under several snapshots: which of its rows a change
+    /// applies to (`crate::slices`). None: every row of a table it owns.
+    fn key_filter(&self, _rel: RelId) -> Option<&KeyFilter> {
+        None
+    }
 }
 
 /// How source transactions become target commits.
@@ -289,6 +296,23 @@ impl Stream {
         Ok(())
     }
 
+    /// Does a change of an owned table apply to this row ([`Owner::key_filter`])?
+    fn row_applies(&self, owner: &dyn Owner, rel: RelId, row: &TupleData) -> Result<bool> {
+        let Some(f) = owner.key_filter(rel) else {
+            return Ok(true);
+        };
+        let key = if f.needs_key() {
+            let i = self.applier.column_index(rel, &f.column);
+            match i.and_then(|i| row.0.get(i)) {
+                Some(Datum::Text(b)) => Some(&b[..]),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        f.applies(self.remote_final_lsn, key)
+    }
+
     fn apply(&mut self, msg: Message, owner: &dyn Owner) -> Result<bool> {
         match msg {
             Message::Begin { final_lsn, .. } => {
@@ -310,20 +334,40 @@ impl Stream {
                 self.applier.relation(rel)?;
             }
             Message::Insert { rel, new, .. } => {
-                if owner.owns(rel, self.remote_final_lsn) {
+                if owner.owns(rel, self.remote_final_lsn) && self.row_applies(owner, rel, &new)? {
                     self.applier.insert(rel, &new)?;
                     self.batch_changes += 1;
                 }
             }
             Message::Update { rel, old, new, .. } => {
                 if owner.owns(rel, self.remote_final_lsn) {
-                    self.applier
-                        .update(rel, old.as_ref().map(|(k, t)| (*k, t)), &new)?;
+                    let key = old.as_ref().map(|(_, t)| t).unwrap_or(&new);
+                    // A row that moves between parts of a copy read under different
+                    // snapshots is a DELETE in one and an INSERT in the other.
+                    match (
+                        self.row_applies(owner, rel, key)?,
+                        self.row_applies(owner, rel, &new)?,
+                    ) {
+                        (true, true) => {
+                            self.applier
+                                .update(rel, old.as_ref().map(|(k, t)| (*k, t)), &new)?
+                        }
+                        (true, false) => self.applier.delete(rel, key)?,
+                        (false, true) => {
+                            if new.0.contains(&Datum::UnchangedToast) {
+                                return Err(Error::NeedsResync {
+                                    msg: "an UPDATE moved a row with unchanged TOASTed values into a part of the copy read earlier".into(),
+                                });
+                            }
+                            self.applier.insert(rel, &new)?
+                        }
+                        (false, false) => return Ok(false),
+                    }
                     self.batch_changes += 1;
                 }
             }
             Message::Delete { rel, old, .. } => {
-                if owner.owns(rel, self.remote_final_lsn) {
+                if owner.owns(rel, self.remote_final_lsn) && self.row_applies(owner, rel, &old)? {
                     self.applier.delete(rel, &old)?;
                     self.batch_changes += 1;
                 }
@@ -333,10 +377,26 @@ impl Stream {
                 rels,
                 ..
             } => {
-                let mine: Vec<RelId> = rels
-                    .into_iter()
-                    .filter(|r| owner.owns(*r, self.remote_final_lsn))
-                    .collect();
+                let mut mine = Vec::new();
+                for r in rels {
+                    if !owner.owns(r, self.remote_final_lsn) {
+                        continue;
+                    }
+                    match owner
+                        .key_filter(r)
+                        .map(|f| f.truncate_applies(self.remote_final_lsn))
+                    {
+                        None | Some(Some(true)) => mine.push(r),
+                        Some(Some(false)) => {}
+                        Some(None) => {
+                            return Err(Error::NeedsResync {
+                                msg:
+                                    "a TRUNCATE came between the snapshots the copy was read under"
+                                        .into(),
+                            })
+                        }
+                    }
+                }
                 self.applier.truncate(&mine, restart_identity)?;
                 self.batch_changes += 1;
             }

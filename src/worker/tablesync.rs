@@ -1,63 +1,39 @@
 //! The table-sync worker: copies one table, catches up, hands it to the apply worker.
 //!
-//! As PostgreSQL's `tablesync.c`:
-//! 1. (i or d) Create a slot on the source that exports its snapshot; a reader thread
-//!    (`copyread`) imports it, so the COPY reads exactly the slot's consistent point L
-//!    (PostgreSQL uses `USE_SNAPSHOT` on the same connection; a second connection lets
-//!    reading overlap loading). Load the rows into the target in ONE transaction that
-//!    also sets the table's state to f and records L in the table's replication origin:
-//!    a copy that fails leaves nothing behind, and is redone from scratch.
-//! 2. (f) Wait for the apply worker to publish its position P (`catchup_lsn`) and stop.
+//! As PostgreSQL's `tablesync.c`, with the copy in slices (`crate::slices`):
+//! 1. (i) Create the table's slot on the source, exporting its snapshot at L. A reader
+//!    thread (`copyread`) imports it and plans the copy: a table larger than
+//!    `livesync.copy_slice_size` is split into key ranges, others are one slice. The plan,
+//!    state d, and the table's replication origin at L commit together.
+//! 2. (d) Load the slices (`loader`), with up to `livesync.max_copy_workers_per_table - 1`
+//!    copy workers importing the same snapshot; each part of a slice commits with its
+//!    rows. A worker that resumes a copy whose snapshot is gone takes a new one from a
+//!    temporary slot, and records its LSN with the parts it loads. Once every slice is
+//!    loaded, state f.
+//! 3. (f) Wait for the apply worker to publish its position P (`catchup_lsn`) and stop.
 //!    If L >= P, the copy already holds everything the apply worker skipped. Otherwise
 //!    stream this table's changes from the slot, from L up to P, committing each source
-//!    transaction with its position in the origin.
-//! 3. Set s with `sync_lsn` (everything of this table before it is here); the apply worker
+//!    transaction with its position in the origin; a part read under a later snapshot
+//!    skips what its snapshot already had (`slices::KeyFilter`).
+//! 4. Set s with `sync_lsn` (everything of this table before it is here); the apply worker
 //!    applies this table's transactions from `sync_lsn` on, and marks the table ready.
-//! 4. Drop the table's slot and origin.
+//! 5. Drop the table's slot and origin.
 
-use super::copyread::{self, CopyReader};
+use super::loader::{self, Loader};
 use super::stream::{self, Batching, Owner, Step, Stream};
 use crate::catalog::{self, RelRow, SyncRow};
-use crate::copytext::CopyParser;
 use crate::error::{Error, Result};
-use crate::pgoutput::{Column, Lsn, RelId, Relation, ReplicaIdentity};
-use crate::remote::{self, quote_ident};
-use crate::shmem::{TableWorkerSlot, REGISTRY};
+use crate::gucs;
+use crate::pgoutput::{Lsn, RelId};
+use crate::remote;
+use crate::shmem::REGISTRY;
+use crate::slices::KeyFilter;
 use crate::source::{ConnInfo, Connection};
 use crate::state::TableState;
 use crate::worker::{self, block_on};
-use bytes::Bytes;
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
 use std::time::Duration;
-
-static mut MY_SLOT: usize = usize::MAX;
-
-/// Publish the copy's progress (rows and bytes loaded so far) for the views.
-fn publish_progress(rows: u64, bytes: u64) {
-    // SAFETY: MY_SLOT is written once, at startup, before any copy.
-    let i = unsafe { MY_SLOT };
-    if i == usize::MAX {
-        return;
-    }
-    let mut reg = REGISTRY.exclusive();
-    let t = &mut reg.tables[i];
-    // SAFETY: reads our own pid.
-    if t.pid == unsafe { pg_sys::MyProcPid } {
-        t.rows_copied = rows;
-        t.bytes_copied = bytes;
-    }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn unregister(_code: i32, _arg: pg_sys::Datum) {
-    if MY_SLOT != usize::MAX {
-        let mut reg = REGISTRY.exclusive();
-        if reg.tables[MY_SLOT].pid == pg_sys::MyProcPid {
-            reg.tables[MY_SLOT] = TableWorkerSlot::default();
-        }
-    }
-}
 
 /// Entry point; bgw_extra is "dboid subid relid".
 #[pg_guard]
@@ -72,30 +48,8 @@ pub extern "C-unwind" fn livesync_tablesync_main(_arg: pg_sys::Datum) {
     };
     let (dboid, subid, relid) = (dboid as u32, subid as i32, relid as u32);
     worker::attach(dboid);
-    {
-        let mut reg = REGISTRY.exclusive();
-        let ok = reg
-            .sync(dboid, subid)
-            .is_some_and(|s| s.enabled && !s.stopping);
-        if !ok || reg.table_worker(dboid, subid, relid).is_some() {
-            return;
-        }
-        let Some(i) = reg.tables.iter().position(|t| !t.in_use) else {
-            return;
-        };
-        // SAFETY: our own pid; MY_SLOT is written once, before the exit callback exists.
-        unsafe {
-            reg.tables[i] = TableWorkerSlot {
-                in_use: true,
-                dboid,
-                subid,
-                relid,
-                pid: pg_sys::MyProcPid,
-                ..Default::default()
-            };
-            MY_SLOT = i;
-            pg_sys::before_shmem_exit(Some(unregister), pg_sys::Datum::from(0));
-        }
+    if !loader::register(dboid, subid, relid, false) {
+        return;
     }
     let mut w = TableSync {
         dboid,
@@ -123,11 +77,16 @@ struct TableSync {
     rt: tokio::runtime::Runtime,
 }
 
-struct OnlyTable(RelId);
+/// The catch-up owns one table, and of it what the copy's snapshots did not have.
+struct OnlyTable(RelId, KeyFilter);
 
 impl Owner for OnlyTable {
     fn owns(&self, rel: RelId, _commit_lsn: Lsn) -> bool {
         rel == self.0
+    }
+
+    fn key_filter(&self, rel: RelId) -> Option<&KeyFilter> {
+        (rel == self.0).then_some(&self.1)
     }
 }
 
@@ -181,189 +140,200 @@ impl TableSync {
         self.cleanup(&sub, &slot, &origin)
     }
 
-    /// Step 1: copy under the slot's snapshot, commit rows + state f + origin at L together.
+    /// Steps 1 and 2: plan the copy (or resume it), load every slice, state f.
     fn copy(&mut self, sub: &SyncRow, rel: &RelRow, slot: &str, origin: &str) -> Result<()> {
+        let ids = (self.dboid, self.subid, self.relid);
+        // The replication connection stays open until every slice is loaded: its
+        // exported snapshot is the one the copy workers import.
+        let mut conn = self.connect(sub, true)?;
+        let planned = rel.state == TableState::DataSync
+            && worker::xact(|| Ok(catalog::has_slices(self.subid, self.relid)?))?;
+        let resumable = planned
+            && block_on(&self.rt, remote::slot_state(&mut conn, slot))??
+                .is_some_and(|st| st.wal_status != "lost");
+        if planned && !resumable {
+            // Loaded parts without the slot their catch-up streams from: start over,
+            // emptying the table first.
+            let why = format!("replication slot \"{slot}\" of the interrupted copy is gone; the table is copied again");
+            warning!("livesync: table \"{}\": {why}", rel.qualified_target());
+            worker::xact(|| Ok(catalog::restart_rel_copy(self.subid, self.relid, &why)?))?;
+        }
+        let started = std::time::Instant::now();
+        let (lsn, snapshot) = if resumable {
+            // The first snapshot died with its session: the rest is read under a new one,
+            // from a temporary slot (its consistent point is recorded with every part).
+            let tmp = format!("{slot}_{}", unsafe { pg_sys::MyProcPid });
+            let (lsn, snap) = block_on(
+                &self.rt,
+                remote::create_temp_slot_exporting(&mut conn, &tmp),
+            )??;
+            log!(
+                "livesync: resuming the copy of \"{}\" under a new snapshot at {}",
+                rel.qualified_target(),
+                crate::lsn::format(lsn)
+            );
+            (lsn, snap)
+        } else {
+            worker::xact(|| {
+                Ok(catalog::set_rel_state(
+                    self.subid,
+                    self.relid,
+                    TableState::DataSync,
+                    None,
+                )?)
+            })?;
+            // A failed earlier attempt may have left its origin and slot.
+            stream::drop_origin(origin)?;
+            block_on(&self.rt, remote::drop_slot(&mut conn, slot))??;
+            block_on(&self.rt, remote::create_slot_exporting(&mut conn, slot))??
+        };
+        let mut reader = loader::start_reader(sub, rel, self.relid, snapshot.clone())?;
+        let meta = reader.meta()?;
+        if !resumable {
+            self.plan(rel, origin, lsn, &mut reader, &meta)?;
+        }
+        let mut own = Loader::new(ids, rel, lsn, reader, &meta)?;
+        self.start_helpers(rel, lsn, &snapshot)?;
+        // Load slices, then wait for the copy workers; take over a slice whose worker died.
+        loop {
+            own.run()?;
+            let left = worker::xact(|| Ok(catalog::pending_slices(self.subid, self.relid)?))?;
+            if left.is_empty() {
+                break;
+            }
+            worker::wait_latch(200)?;
+        }
+        block_on(&self.rt, conn.close())?;
+        let first_lsn = worker::xact(|| {
+            let (rows, bytes) = catalog::copy_totals(self.subid, self.relid)?;
+            catalog::set_rel_state(self.subid, self.relid, TableState::FinishedCopy, None)?;
+            catalog::set_copy_done(self.subid, self.relid, rows, bytes)?;
+            Ok(catalog::rel(self.subid, self.relid)?.and_then(|r| r.lsn))
+        })?;
+        let (rows, bytes) = (own.rows, own.bytes);
+        let secs = started.elapsed().as_secs_f64().max(0.001);
+        log!(
+            "livesync: copied \"{}\" ({}): this worker loaded {rows} rows ({:.1} MB) in {secs:.1} s; consistent at {}",
+            rel.qualified_target(),
+            own.method(),
+            bytes as f64 / 1e6,
+            crate::lsn::format(first_lsn.unwrap_or(lsn))
+        );
+        Ok(())
+    }
+
+    /// A new copy: its slices, state d, and the table's origin at the slot's consistent
+    /// point `lsn`, in one transaction.
+    fn plan(
+        &mut self,
+        rel: &RelRow,
+        origin: &str,
+        lsn: Lsn,
+        reader: &mut super::copyread::CopyReader,
+        meta: &super::copyread::Meta,
+    ) -> Result<()> {
+        let (columns, _) = loader::copied_columns(meta);
+        let slice_bytes = i64::from(gucs::COPY_SLICE_MB.get().max(1)) << 20;
+        let size = meta.approximate_size.unwrap_or(0);
+        let key = loader::usable_key(meta, &columns);
+        let bounds = match &key {
+            Some((k, typid, _)) if size > slice_bytes => {
+                let workers = gucs::MAX_COPY_WORKERS.get().max(1) as i64;
+                let n = ((size + slice_bytes - 1) / slice_bytes).max(2 * workers);
+                let from = format!(
+                    "{}{}",
+                    if meta.partitioned { "" } else { "ONLY " },
+                    loader::source_table(rel)
+                );
+                reader.bounds(from, k.clone(), *typid, n.min(4096) as usize)?
+            }
+            _ => Vec::new(),
+        };
         worker::xact(|| {
-            Ok(catalog::set_rel_state(
+            // Rows the sync already wrote through a partition or root that left the
+            // publication as this table joined it come again with this copy: remove them
+            // (and what an interrupted copy left).
+            for t in catalog::rel_replaces(self.subid, self.relid)? {
+                Spi::run(&format!("DELETE FROM {t}"))?;
+                log!(
+                    "livesync: emptied {t}: its rows come again with the copy of \"{}\"",
+                    rel.qualified_target()
+                );
+            }
+            catalog::plan_slices(
                 self.subid,
                 self.relid,
-                TableState::DataSync,
-                None,
-            )?)
-        })?;
-        // A failed earlier attempt may have left its origin and slot.
-        stream::drop_origin(origin)?;
-        let mut conn = self.connect(sub, true)?;
-        block_on(&self.rt, remote::drop_slot(&mut conn, slot))??;
-        // The slot's snapshot goes to a reader thread with a connection of its own, which
-        // reads the table while this thread loads it (see `copyread`).
-        let (lsn, snapshot) = block_on(&self.rt, remote::create_slot_exporting(&mut conn, slot))??;
-        let (info, application_name) = self.source(sub)?;
-        let mut reader = CopyReader::start(copyread::Source {
-            info,
-            application_name,
-            snapshot,
-            relid: self.relid,
-            publication: sub.publication.clone(),
-            schema: rel.srcschema.clone(),
-            table: rel.srcname.clone(),
-        })?;
-        let meta = reader.meta()?;
-        // The snapshot is imported: the exporting connection is no longer needed.
-        block_on(&self.rt, conn.close())?;
-        publish_progress(0, 0);
-        worker::xact(|| {
-            Ok(catalog::set_copy_started(
+                &bounds,
+                key.as_ref().map(|k| (k.0.as_str(), k.1)),
+            )?;
+            Spi::run_with_args(
+                "SELECT pg_catalog.pg_replication_origin_create($1)",
+                &[origin.into()],
+            )?;
+            Spi::run_with_args(
+                "SELECT pg_catalog.pg_replication_origin_advance($1, $2::pg_catalog.pg_lsn)",
+                &[origin.into(), crate::lsn::format(lsn).into()],
+            )?;
+            catalog::set_rel_state(self.subid, self.relid, TableState::DataSync, Some(lsn))?;
+            catalog::set_copy_started(
                 self.subid,
                 self.relid,
                 meta.approximate_rows,
                 meta.approximate_size,
-            )?)
+            )?;
+            Ok(())
         })?;
-        let (mut columns, partitioned) = (meta.columns, meta.partitioned);
-        // As native tablesync: copy only what the publication publishes (PostgreSQL 15
-        // column lists and row filters, 18 generated columns); changes are filtered by
-        // pgoutput the same way.
-        let mut row_filter = None;
-        if let Some((published, rf)) = meta.filter {
-            if !published.is_empty() {
-                columns.retain(|c| published.contains(c));
-            }
-            row_filter = rf;
-        }
-        // `COPY t (generated) TO` is refused: published generated columns need a SELECT.
-        let select = partitioned || columns.iter().any(|c| meta.generated.contains(c));
-        let relation = Relation {
-            id: self.relid,
-            namespace: rel.srcschema.clone(),
-            name: rel.srcname.clone(),
-            replica_identity: ReplicaIdentity::Default,
-            columns: columns
-                .iter()
-                .map(|c| Column {
-                    flags: 0,
-                    name: c.clone(),
-                    type_oid: 0,
-                    type_mod: -1,
-                })
-                .collect(),
-        };
-        let table = format!(
-            "{}.{}",
-            quote_ident(&rel.srcschema),
-            quote_ident(&rel.srcname)
-        );
-        let collist = columns
-            .iter()
-            .map(|c| quote_ident(c))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let only = if partitioned { "" } else { "ONLY " };
-        let sql = match (&row_filter, select, columns.is_empty()) {
-            (Some(f), _, _) => {
-                format!("COPY (SELECT {collist} FROM {only}{table} WHERE {f}) TO STDOUT")
-            }
-            (None, true, _) => format!("COPY (SELECT {collist} FROM {only}{table}) TO STDOUT"),
-            (None, false, true) => format!("COPY {table} TO STDOUT"),
-            (None, false, false) => format!("COPY {table} ({collist}) TO STDOUT"),
-        };
-        let no_columns = columns.is_empty();
-
-        let started = std::time::Instant::now();
-        worker::begin();
-        // Rows the sync already wrote through a partition or root that left the publication
-        // as this table joined it come again with this copy: remove them in the same
-        // transaction (DELETE, not TRUNCATE, so readers keep seeing the old rows meanwhile).
-        for t in catalog::rel_replaces(self.subid, self.relid)? {
-            Spi::run(&format!("DELETE FROM {t}"))?;
+        if !bounds.is_empty() {
             log!(
-                "livesync: emptied {t}: its rows come again with the copy of \"{}\"",
-                rel.qualified_target()
+                "livesync: copying \"{}\" in {} slices",
+                rel.qualified_target(),
+                bounds.len() + 1
             );
         }
-        let mut applier = crate::apply::Applier::new();
-        applier.relation(relation)?;
-        let target = applier.mapping(self.relid)?;
-        let mut count: u64 = 0;
-        let mut bytes: u64 = 0;
-        // As the table's owner (see apply::as_owner). TimescaleDB's COPY reads staged
-        // files, which an owner without pg_read_server_files may not: such hypertables are
-        // loaded through batched INSERTs (slower, as the owner all the same).
-        let copyable = !no_columns
-            && target.cols.iter().all(Option::is_some)
-            && (!target.hypertable || crate::apply::owner_reads_server_files(&target));
-        let method = match (copyable, target.hypertable) {
-            (true, false) => "COPY",
-            (true, true) => "TimescaleDB COPY",
-            (false, _) => "batched INSERT",
+        Ok(())
+    }
+
+    /// Copy workers for the slices this worker cannot load at once, within
+    /// `livesync.max_copy_workers_per_table` and the sync's share of workers.
+    fn start_helpers(&mut self, rel: &RelRow, lsn: Lsn, snapshot: &str) -> Result<()> {
+        let pending = worker::xact(|| Ok(catalog::pending_slices(self.subid, self.relid)?))?.len();
+        let (room, running) = {
+            let reg = REGISTRY.share();
+            let max = gucs::MAX_SYNC_WORKERS.get().max(1) as usize;
+            (
+                max.saturating_sub(reg.table_workers_of(self.dboid, self.subid)),
+                reg.helpers_of(self.dboid, self.subid, self.relid),
+            )
         };
-        reader.copy(sql)?;
-        if copyable {
-            // Rows counted as they go by for the progress columns: one line per row in COPY
-            // text (newlines inside values are escaped).
-            let mut rows_seen: u64 = 0;
-            let next = || {
-                let chunk = reader.next_chunk()?;
-                if let Some(c) = &chunk {
-                    bytes += c.len() as u64;
-                    rows_seen += c.iter().filter(|&&b| b == b'\n').count() as u64;
-                    publish_progress(rows_seen, bytes);
-                }
-                Ok(chunk)
-            };
-            count = if target.hypertable {
-                // TimescaleDB's COPY, which routes rows into chunks.
-                let tag = format!("{}_{}_{}", self.dboid, self.subid, self.relid);
-                crate::apply::as_owner(&target, || {
-                    crate::copyin::copy_into_hypertable(&target, &tag, next)
-                })?
-            } else {
-                // Every column maps: PostgreSQL's own COPY FROM.
-                crate::apply::as_owner(&target, || crate::copyin::copy_into(&target, next))?
-            };
-        } else {
-            // Targets that skip a source column, and tables without columns: batched
-            // INSERTs.
-            let mut parser = CopyParser::new();
-            let mut rows = Vec::new();
-            while let Some(chunk) = reader.next_chunk()? {
-                bytes += chunk.len() as u64;
-                parser.push(&chunk, &mut rows).map_err(copy_error)?;
-                for row in rows.drain(..) {
-                    // A table without columns sends an empty line per row.
-                    let row = if no_columns { Vec::new() } else { row };
-                    applier.push_row(
-                        self.relid,
-                        row.into_iter().map(|v| v.map(Bytes::from)).collect(),
-                    )?;
-                    count += 1;
-                }
-                publish_progress(count, bytes);
-            }
-            parser.finish().map_err(copy_error)?;
-        }
-        applier.flush()?;
-        // The origin is created and advanced to L by the same commit as the rows.
-        Spi::run_with_args(
-            "SELECT pg_catalog.pg_replication_origin_create($1)",
-            &[origin.into()],
-        )?;
-        Spi::run_with_args(
-            "SELECT pg_catalog.pg_replication_origin_advance($1, $2::pg_catalog.pg_lsn)",
-            &[origin.into(), crate::lsn::format(lsn).into()],
-        )?;
-        catalog::set_rel_state(self.subid, self.relid, TableState::FinishedCopy, Some(lsn))?;
-        catalog::set_copy_done(self.subid, self.relid, count, bytes)?;
-        worker::commit();
-        let secs = started.elapsed().as_secs_f64().max(0.001);
-        log!(
-            "livesync: copied {count} rows ({:.1} MB) of \"{}\" in {secs:.1} s ({:.1} MB/s, {}), consistent at {}",
-            bytes as f64 / 1e6,
-            rel.qualified_target(),
-            bytes as f64 / 1e6 / secs,
-            method,
+        let want = (gucs::MAX_COPY_WORKERS.get().max(1) as usize - 1)
+            .min(pending.saturating_sub(1))
+            .saturating_sub(running)
+            .min(room);
+        let extra = format!(
+            "{} {} {} {} {snapshot}",
+            self.dboid,
+            self.subid,
+            self.relid,
             crate::lsn::format(lsn)
         );
+        for _ in 0..want {
+            let name = format!(
+                "livesync copy worker for table \"{}\"",
+                rel.qualified_target()
+            );
+            if worker::launch(
+                &name,
+                "livesync copy worker",
+                "livesync_copy_main",
+                0,
+                &extra,
+            )
+            .is_none()
+            {
+                // No background worker slot: this worker loads the rest itself.
+                break;
+            }
+        }
         Ok(())
     }
 
@@ -371,6 +341,15 @@ impl TableSync {
     fn catch_up(&mut self, sub: &SyncRow, slot: &str, origin: &str) -> Result<()> {
         let mut pos = stream::setup_origin(origin)?;
         let mut stream: Option<Stream> = None;
+        let owner = OnlyTable(self.relid, self.key_filter(pos)?);
+        let restart = |why: String, rel: &RelRow| -> Result<()> {
+            // The changes between the copy and the hand-off are gone with the slot (or
+            // cannot be placed): copy the table again (emptied first); the apply worker
+            // starts a new table sync, and `cleanup` drops the slot's remains and origin.
+            let why = format!("{why}; the table is copied again");
+            warning!("livesync: table \"{}\": {why}", rel.qualified_target());
+            worker::xact(|| Ok(catalog::restart_rel_copy(self.subid, self.relid, &why)?))
+        };
         loop {
             worker::check_interrupts()?;
             let Some((_, rel)) = self.load()? else {
@@ -405,35 +384,29 @@ impl TableSync {
                     let tag = format!("{}_{}_{}", self.dboid, self.subid, self.relid);
                     match Stream::start(&self.rt, conn, slot, pos, &sub.publication, &tag) {
                         Ok(s) => stream = Some(s),
-                        Err(Error::NeedsResync { msg }) => {
-                            // The changes between the copy and the hand-off are gone with
-                            // the slot: copy the table again (emptied first, in the copy's
-                            // transaction); the apply worker starts a new table sync.
-                            let why = format!("{msg}; the table is copied again");
-                            warning!("livesync: table \"{}\": {why}", rel.qualified_target());
-                            worker::xact(|| {
-                                Ok(catalog::restart_rel_copy(self.subid, self.relid, &why)?)
-                            })?;
-                            // `cleanup` drops the slot's remains and the origin.
-                            return Ok(());
-                        }
+                        Err(Error::NeedsResync { msg }) => return restart(msg, &rel),
                         Err(e) => return Err(e),
                     }
                 }
                 let s = stream.as_mut().unwrap();
-                let owner = OnlyTable(self.relid);
                 // Read for a while, then look at the catalog again (the apply worker may
                 // move `catchup_lsn`). Never in the middle of a source transaction: a
                 // target transaction is open then, and only its commit may end the round,
                 // however long the transaction (one that was not streamed arrives whole).
                 let deadline = std::time::Instant::now() + Duration::from_millis(500);
                 loop {
-                    let step = s.step(
+                    let step = match s.step(
                         &self.rt,
                         &owner,
                         Duration::from_millis(20),
                         Batching::EachTransaction,
-                    )?;
+                    ) {
+                        Err(Error::NeedsResync { msg }) => {
+                            s.abort();
+                            return restart(msg, &rel);
+                        }
+                        other => other?,
+                    };
                     if step == Step::Idle {
                         s.advance_idle()?;
                         break;
@@ -458,7 +431,21 @@ impl TableSync {
         }
     }
 
-    /// Step 4: the slot and origin are no longer needed.
+    /// What the catch-up from `from` applies of this table: everything, unless parts of
+    /// the copy were read under later snapshots (`slices::KeyFilter`).
+    fn key_filter(&self, from: Lsn) -> Result<KeyFilter> {
+        worker::xact(|| {
+            let done = catalog::done_ranges(self.subid, self.relid)?;
+            match catalog::copy_key(self.subid, self.relid)? {
+                Some((column, typid)) if !done.is_empty() => KeyFilter::new(column, typid, &done),
+                _ => Ok(KeyFilter::whole(
+                    done.iter().map(|d| d.lsn).max().unwrap_or(from),
+                )),
+            }
+        })
+    }
+
+    /// Step 5: the slot and origin are no longer needed.
     fn cleanup(&mut self, sub: &SyncRow, slot: &str, origin: &str) -> Result<()> {
         let mut conn = self.connect(sub, true)?;
         block_on(&self.rt, remote::drop_slot(&mut conn, slot))??;
@@ -493,11 +480,4 @@ fn explain_copy_error(e: Error) -> Error {
         }
         other => other,
     }
-}
-
-fn copy_error(e: crate::copytext::CopyError) -> Error {
-    Error::user(
-        pgrx::PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION,
-        e.to_string(),
-    )
 }

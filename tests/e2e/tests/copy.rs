@@ -117,3 +117,256 @@ fn progress_columns_move_during_a_copy() {
     assert_eq!(done.eta_in_future, None, "{done:?}");
     assert_tables_equal(&src, &tgt, "t");
 }
+
+/// A private target with PostgreSQL's defaults for what sizes the lock table and the
+/// worker pool, and livesync's copy settings for this test.
+fn copy_target(name: &str, settings: &[&str]) -> Cluster {
+    let mut spec = ClusterSpec::new(Kind::Target, name)
+        .conf("max_connections = 100")
+        .conf("max_worker_processes = 8")
+        .conf("max_wal_senders = 10")
+        .conf("max_locks_per_transaction = 64");
+    for s in settings {
+        spec = spec.conf(s);
+    }
+    Cluster::new_private_with(spec)
+}
+
+/// The kv table on both sides, filled with `n` rows on the source, published as `p`; the
+/// target's loads pause 10 ms every `pause_every` rows so that a copy can be watched.
+fn kv_pair(src: &Db, tgt: &Db, n: i64, pause_every: i64) {
+    src.exec(&format!(
+        "{}; {}; ANALYZE t; CREATE PUBLICATION p FOR TABLE t",
+        kv_table_ddl("t"),
+        kv_fill_sql("t", n)
+    ));
+    tgt.exec(&format!(
+        "{}; \
+         CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF NEW.id % {pause_every} = 0 THEN PERFORM pg_sleep(0.01); END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER slow BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION slow(); \
+         ALTER TABLE t ENABLE ALWAYS TRIGGER slow",
+        kv_table_ddl("t")
+    ));
+}
+
+/// Moves rows to other keys on the source, down (negative, the first slice) and up (past
+/// every key, the last slice), so that rows cross slices while they are copied.
+fn key_mover(src: &Db, n: i64) -> BackgroundWriter {
+    let mut rng: u64 = 0x2545_F491_4F6C_DD1D;
+    BackgroundWriter::spawn(src, "key mover on t", move |c, i| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let id = 1 + (rng % n as u64) as i64;
+        let sql = if i % 2 == 0 {
+            "UPDATE t SET id = -id WHERE id = $1"
+        } else {
+            "UPDATE t SET id = id + 100000000 WHERE id = $1"
+        };
+        c.execute(sql, &[&id])?;
+        Ok(())
+    })
+}
+
+/// One loaded part of a copy, as `livesync.copy_range` records it.
+#[derive(Debug, Clone, PartialEq)]
+struct Part {
+    sliceno: i32,
+    lo: Option<String>,
+    hi: Option<String>,
+    lsn: String,
+    rows: i64,
+    done_at: String,
+}
+
+fn parts(tgt: &Db) -> Vec<Part> {
+    tgt.client()
+        .query(
+            "SELECT sliceno, lo, hi, lsn::text, rows, done_at::text FROM livesync.copy_range \
+              WHERE lsn IS NOT NULL ORDER BY sliceno, done_at",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| Part {
+            sliceno: r.get(0),
+            lo: r.get(1),
+            hi: r.get(2),
+            lsn: r.get(3),
+            rows: r.get(4),
+            done_at: r.get(5),
+        })
+        .collect()
+}
+
+/// A table larger than `livesync.copy_slice_size` is copied in slices by several workers
+/// at once, while the source keeps inserting, updating, deleting and moving rows between
+/// slices; the target ends equal to the source.
+#[test]
+fn sliced_copy_in_parallel_under_concurrent_writes() {
+    let tc = copy_target(
+        "slices_tgt",
+        &[
+            "livesync.copy_slice_size = 1",
+            "livesync.max_copy_workers_per_table = 3",
+        ],
+    );
+    let src = Db::fresh(source(), "slices_src");
+    let tgt = Db::fresh(&tc, "slices_tgt");
+    let n = 200_000;
+    kv_pair(&src, &tgt, n, 200);
+    let writer = BackgroundWriter::kv(&src, "t", n + 1);
+    let mover = key_mover(&src, n);
+    let sub = "slices";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    let (mut most_workers, mut done_seen) = (0, Vec::new());
+    let mut total = 0;
+    wait_until(SYNC_TIMEOUT, "the sliced copy to finish", || {
+        let rows = tgt
+            .client()
+            .query(
+                "SELECT state::text, coalesce(slices_done, 0), coalesce(slices_total, 0), copy_workers \
+                   FROM livesync.subscription_rel WHERE subname = $1",
+                &[&sub],
+            )
+            .unwrap();
+        // None until the sync lists the table.
+        let Some(r) = rows.first() else {
+            return false;
+        };
+        let state: String = r.get(0);
+        if state == "d" {
+            most_workers = most_workers.max(r.get::<_, i32>(3));
+            done_seen.push(r.get::<_, i32>(1));
+            total = r.get::<_, i32>(2);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        matches!(state.as_str(), "f" | "s" | "r")
+    });
+    assert!(
+        total >= 6,
+        "{total} slices for a table of ~20 MB in 1 MB slices"
+    );
+    assert!(
+        most_workers >= 2,
+        "at most {most_workers} worker(s) loaded the table at once"
+    );
+    assert!(
+        done_seen.first() < done_seen.last(),
+        "slices_done must grow during the copy: {done_seen:?}"
+    );
+    wait_for_sync_state(&tgt, sub, 'r');
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    eprintln!("[e2e] writers: {:?} {:?}", writer.stop(), mover.stop());
+    assert_synced(&src, &tgt, sub, &["t"]);
+    let done: (i32, i32) = {
+        let r = tgt
+            .client()
+            .query_one(
+                "SELECT slices_done, slices_total FROM livesync.subscription_rel WHERE subname = $1",
+                &[&sub],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(done, (total, total));
+}
+
+/// A kill -9 of a loader in the middle of a sliced copy, then an immediate restart of the
+/// target: the parts committed before stay as they are (same rows, same snapshot, same
+/// time), only what was not loaded is read again (under a new snapshot), and the target
+/// ends equal to the source, which kept writing throughout.
+#[test]
+fn a_killed_loader_and_a_restart_redo_only_unfinished_slices() {
+    let tc = copy_target(
+        "resume_tgt",
+        &[
+            "livesync.copy_slice_size = 1",
+            "livesync.max_copy_workers_per_table = 2",
+        ],
+    );
+    let src = Db::fresh(source(), "resume_src");
+    let tgt = Db::fresh(&tc, "resume_tgt");
+    let n = 300_000;
+    kv_pair(&src, &tgt, n, 100);
+    let writer = BackgroundWriter::kv(&src, "t", n + 1);
+    let mover = key_mover(&src, n);
+    let sub = "resume";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    let mut before = Vec::new();
+    wait_until(SYNC_TIMEOUT, "parts of the copy to be committed", || {
+        before = parts(&tgt);
+        let pending: i64 =
+            tgt.query_one("SELECT count(*) FROM livesync.copy_range WHERE lsn IS NULL");
+        assert!(
+            pending > 0 || before.len() < 3,
+            "the copy ended before the test could kill a loader"
+        );
+        before.len() >= 3
+    });
+    let loader: i32 = tgt.query_one(
+        "SELECT pid FROM pg_stat_activity \
+          WHERE backend_type IN ('livesync copy worker', 'livesync table sync worker') \
+          ORDER BY backend_type LIMIT 1",
+    );
+    let before = parts(&tgt);
+    kill9(loader);
+    tc.restart(StopMode::Immediate);
+    wait_for_sync_state(&tgt, sub, 'r');
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    eprintln!("[e2e] writers: {:?} {:?}", writer.stop(), mover.stop());
+    assert_synced(&src, &tgt, sub, &["t"]);
+
+    let after = parts(&tgt);
+    for p in &before {
+        assert!(
+            after.contains(p),
+            "part {p:?}, committed before the kill, was redone or changed: {after:?}"
+        );
+    }
+    let first_lsn = &before[0].lsn;
+    let redone: Vec<&Part> = after.iter().filter(|p| !before.contains(p)).collect();
+    assert!(!redone.is_empty(), "nothing was loaded after the restart");
+    assert!(
+        redone.iter().all(|p| p.lsn != *first_lsn),
+        "parts loaded after the restart must be read under a new snapshot: {redone:?}"
+    );
+    let rows_before: i64 = before.iter().map(|p| p.rows).sum();
+    let rows_all: i64 = after.iter().map(|p| p.rows).sum();
+    let copied: i64 = tgt.query_one(&format!(
+        "SELECT rows_copied FROM livesync.subscription_rel WHERE subname = '{sub}'"
+    ));
+    assert_eq!(rows_all, copied, "rows_copied is the sum of the parts");
+    assert!(
+        rows_before > 0 && rows_all - rows_before < n,
+        "after the restart {} rows were loaded again, {rows_before} before",
+        rows_all - rows_before
+    );
+}
+
+/// A copy into ~3 000 hypertable chunks on PostgreSQL's default lock table: a table with a
+/// key is committed in parts that each lock a bounded number of chunks.
+#[test]
+fn a_copy_into_3000_chunks_fits_the_default_lock_table() {
+    let tc = copy_target("chunks_tgt", &[]);
+    let src = Db::fresh(source(), "chunks_src");
+    let tgt = Db::fresh(&tc, "chunks_tgt");
+    src.exec(
+        "CREATE TABLE m (id bigint PRIMARY KEY, ts timestamptz NOT NULL, v int); \
+         INSERT INTO m SELECT g, '2000-01-01'::timestamptz + (g / 10) * interval '1 day', g \
+           FROM generate_series(0, 29999) g; \
+         CREATE PUBLICATION p FOR TABLE m",
+    );
+    tgt.exec(
+        "CREATE TABLE m (id bigint NOT NULL, ts timestamptz NOT NULL, v int, PRIMARY KEY (id, ts)); \
+         SELECT create_hypertable('m', 'ts', chunk_time_interval => interval '1 day')",
+    );
+    let sub = "chunks";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    wait_for_sync_state(&tgt, sub, 'r');
+    assert_eq!(chunk_count(&tgt, "m"), 3000);
+    assert_synced(&src, &tgt, sub, &["m"]);
+    let parts: i64 = tgt.query_one("SELECT count(*) FROM livesync.copy_range");
+    assert!(parts > 1, "the copy committed in {parts} part(s)");
+}
