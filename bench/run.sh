@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # livesync benchmark: livesync versus PostgreSQL's native logical replication, in one run.
 #
-#   bench/run.sh                    # default sizes: 500 MB initial copy, 200000-txn backlog
+#   bench/run.sh                    # default sizes: 1100 MB initial copy, 200000-txn backlog
 #   BENCH_QUICK=1 bench/run.sh      # smoke test: 50 MB, 20000 txns
 #
 # Environment:
-#   BENCH_COPY_MB   size of the source table `big` (pg_total_relation_size), default 500
+#   BENCH_COPY_MB   heap size of the source table `big` (pg_relation_size), default 1100
+#   BENCH_WORKERS   livesync.max_copy_workers_per_table values to copy with, default "1 2 4"
 #   BENCH_TXNS      single-row INSERT transactions in the apply backlog, default 200000
 #   BENCH_QUICK=1   BENCH_COPY_MB=50, BENCH_TXNS=20000 (unless set explicitly)
 #   BENCH_DIR       where clusters live, default /tmp/livesync-bench (wiped at start)
@@ -16,11 +17,13 @@
 #
 # What it does (same source, same table definitions, same row counts on both sides):
 #   SOURCE cluster (wal_level=logical) and TARGET cluster (timescaledb,livesync preloaded).
-#   1. Initial copy of table `big` (publication p_big) into three target databases:
+#   1. Initial copy of table `big` (publication p_big):
 #        native   CREATE SUBSCRIPTION ... WITH (copy_data = true)     -> plain table
+#        pipe     psql -c 'COPY big TO STDOUT' | psql -c 'COPY big FROM STDIN' -> plain, hypertable
 #        ls_plain livesync_start(..., 'p_big', 'bench_copy')          -> plain table
 #        ls_hyper livesync_start(..., 'p_big', 'bench_copy_ht')       -> hypertable (1 day chunks)
-#      timed from CREATE/livesync_start to the table's state 'r' (polled every 100 ms).
+#      livesync once per livesync.max_copy_workers_per_table in BENCH_WORKERS; timed from
+#      CREATE/livesync_start to the table's state 'r' (polled every 100 ms), the pipe to its end.
 #   2. Apply of a backlog: the three consumers of publication p_ev are created, caught up and
 #      stopped (ALTER SUBSCRIPTION ... DISABLE / livesync_stop); pgbench then writes BENCH_TXNS
 #      single-row INSERT transactions into `ev` on the source, so every slot holds the same
@@ -38,7 +41,7 @@ if [ "${BENCH_QUICK:-0}" = 1 ]; then
   BENCH_COPY_MB=${BENCH_COPY_MB:-50}
   BENCH_TXNS=${BENCH_TXNS:-20000}
 else
-  BENCH_COPY_MB=${BENCH_COPY_MB:-500}
+  BENCH_COPY_MB=${BENCH_COPY_MB:-1100}
   BENCH_TXNS=${BENCH_TXNS:-200000}
 fi
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-1800}
@@ -231,7 +234,7 @@ FILL="INSERT INTO big SELECT i, timestamptz '2024-01-01 00:00:00+00' + i * inter
         (i %% 1000)::int, (i %% 100003) / 7.0, md5(i::text) || md5((i * 7)::text)
       FROM generate_series(%s, %s) i"
 src -c "$(printf "$FILL" 1 100000)"
-per_row=$(src -c "SELECT pg_total_relation_size('big') / 100000.0")
+per_row=$(src -c "SELECT pg_relation_size('big') / 100000.0")
 BIG_ROWS=$(awk -v mb="$BENCH_COPY_MB" -v r="$per_row" 'BEGIN { printf "%d", mb * 1048576 / r }')
 [ "$BIG_ROWS" -gt 100000 ] && src -c "$(printf "$FILL" 100001 "$BIG_ROWS")"
 src -c "VACUUM (FREEZE, ANALYZE) big" -c "CHECKPOINT"
@@ -278,9 +281,11 @@ check_big native native
 tgt native -c "DROP SUBSCRIPTION bench_copy_native"
 log "copy native: ${COPY_S[native]} s"
 
-livesync_copy() {  # db label subname ddl
-  local db=$1 label=$2 sub=$3 ddl=$4
-  log "copy: livesync -> $label"
+livesync_copy() {  # db label subname ddl workers
+  local db=$1 label=$2 sub=$3 ddl=$4 workers=$5
+  log "copy: livesync -> $label ($workers worker(s) per table)"
+  tgt postgres -c "ALTER SYSTEM SET livesync.max_copy_workers_per_table = $workers" -c "SELECT pg_reload_conf()" >/dev/null
+  tgt "$db" -c "DROP TABLE IF EXISTS big" >/dev/null
   tgt "$db" -c "$ddl" >/dev/null
   tgt "$db" -c "CHECKPOINT"; src -c "CHECKPOINT"
   start_sampler "$BENCH_DIR/rss-copy-$label.tsv"
@@ -297,8 +302,31 @@ livesync_copy() {  # db label subname ddl
   tgt "$db" -c "SELECT livesync_drop('$sub')" >/dev/null
   log "copy $label: ${COPY_S[$label]} s"
 }
-livesync_copy ls_plain livesync_plain bench_copy "$BIG_DDL_PLAIN"
-livesync_copy ls_hyper livesync_hyper bench_copy_ht "$BIG_DDL_HYPER"
+
+pipe_copy() {  # db label ddl
+  local db=$1 label=$2 ddl=$3
+  log "copy: psql COPY | psql COPY -> $label"
+  tgt "$db" -c "DROP TABLE IF EXISTS big" >/dev/null
+  tgt "$db" -c "$ddl" >/dev/null
+  tgt "$db" -c "CHECKPOINT"; src -c "CHECKPOINT"
+  t0=$(now)
+  src -c "COPY big TO STDOUT" | tgt "$db" -c "COPY big FROM STDIN"
+  t1=$(now)
+  COPY_S[$label]=$(elapsed "$t0" "$t1")
+  COPY_RSS[$label]=-
+  check_big "$db" "$label"
+  log "copy $label: ${COPY_S[$label]} s"
+}
+BENCH_WORKERS=${BENCH_WORKERS:-1 2 4}
+pipe_copy ls_plain pipe_plain "$BIG_DDL_PLAIN"
+pipe_copy ls_hyper pipe_hyper "$BIG_DDL_HYPER"
+COPY_KEYS="native pipe_plain pipe_hyper"
+for w in $BENCH_WORKERS; do
+  livesync_copy ls_plain "livesync_plain_$w" bench_copy "$BIG_DDL_PLAIN" "$w"
+  livesync_copy ls_hyper "livesync_hyper_$w" bench_copy_ht "$BIG_DDL_HYPER" "$w"
+  COPY_KEYS="$COPY_KEYS livesync_plain_$w livesync_hyper_$w"
+done
+tgt postgres -c "ALTER SYSTEM RESET livesync.max_copy_workers_per_table" -c "SELECT pg_reload_conf()" >/dev/null
 HYPER_CHUNKS=$(tgt ls_hyper -c "SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'big'")
 HYPER_ROOT_ROWS=$(tgt ls_hyper -c "SELECT count(*) FROM ONLY big")
 [ "$(src -c "SELECT count(*) FROM pg_replication_slots")" = 0 ] || log "WARNING: slots left on the source after the copy runs: $(src -c "SELECT string_agg(slot_name, ',') FROM pg_replication_slots")"
@@ -420,12 +448,19 @@ TOTAL_S=$(( $(date +%s) - RUN_START ))
   echo
   echo "1. INITIAL COPY of big: $BIG_ROWS rows, heap $BIG_HEAP_MB MB (pg_relation_size), $BIG_TOTAL_MB MB with PK index"
   echo "   timed from CREATE SUBSCRIPTION / livesync_start to state 'r'; MB/s = source heap MB / s"
-  printf '   %-34s %9s %9s %12s  %-22s %s\n' "" "seconds" "MB/s" "rows/s" "worker RssAnon MB*" "check"
-  for k in native livesync_plain livesync_hyper; do
-    case $k in native) n="native subscription -> plain";; livesync_plain) n="livesync -> plain table";; livesync_hyper) n="livesync -> hypertable (1 day)";; esac
-    printf '   %-34s %9s %9s %12s  %-22s %s\n' "$n" "${COPY_S[$k]}" "$(div "$BIG_HEAP_MB" "${COPY_S[$k]}")" \
-      "$(div "$BIG_ROWS" "${COPY_S[$k]}" %.0f)" "${COPY_RSS[$k]}" "${STATUS[copy_$k]}"
+  printf '   %-38s %9s %9s %12s %9s  %-22s %s\n' "" "seconds" "MB/s" "rows/s" "ratio**" "worker RssAnon MB*" "check"
+  for k in $COPY_KEYS; do
+    case $k in
+      native) n="native subscription -> plain"; base=native;;
+      pipe_plain) n="psql COPY pipe -> plain table"; base=native;;
+      pipe_hyper) n="psql COPY pipe -> hypertable"; base=pipe_hyper;;
+      livesync_plain_*) n="livesync -> plain, ${k##*_} worker(s)"; base=native;;
+      livesync_hyper_*) n="livesync -> hypertable, ${k##*_} worker(s)"; base=pipe_hyper;;
+    esac
+    printf '   %-38s %9s %9s %12s %9s  %-22s %s\n' "$n" "${COPY_S[$k]}" "$(div "$BIG_HEAP_MB" "${COPY_S[$k]}")" \
+      "$(div "$BIG_ROWS" "${COPY_S[$k]}" %.0f)" "$(div "${COPY_S[$k]}" "${COPY_S[$base]}" %.2f)" "${COPY_RSS[$k]}" "${STATUS[copy_$k]}"
   done
+  echo "   ** time / time of native tablesync (plain rows) or of the psql COPY pipe into the same hypertable"
   echo "   hypertable: $HYPER_CHUNKS chunks, $HYPER_ROOT_ROWS rows in the root table (must be 0)"
   echo
   echo "2. APPLY OF A BACKLOG: $BENCH_TXNS single-row INSERT transactions into ev, $(div "$BACKLOG_WAL" 1048576) MB of WAL"

@@ -443,47 +443,32 @@ pub async fn slice_key(conn: &mut Connection, relid: u32) -> Result<Option<(Stri
         .and_then(|r| Some((r.get(0)?.to_owned(), r.get(1)?.parse().ok()?))))
 }
 
-/// Where to split a table's copy into `n` slices of about equal key ranges: up to n - 1
-/// ascending, distinct values of `key` (of type `typid`) between its least and greatest
-/// value in the current snapshot (two index look-ups).
+/// Where to split a table's copy into `n` slices of about equal row counts: up to n - 1
+/// ascending, distinct values of `key`, the quantiles of a sample of the table's blocks
+/// (`TABLESAMPLE SYSTEM`, about 4 000 blocks, read in the current snapshot). Quantiles,
+/// not an even split of the key's range: keys moved far away (or sparse ranges) would make
+/// one slice hold nearly every row.
 pub async fn slice_bounds(
     conn: &mut Connection,
     from: &str,
     key: &str,
-    typid: u32,
+    size: i64,
     n: usize,
 ) -> Result<Vec<String>> {
     if n < 2 {
         return Ok(Vec::new());
     }
     let k = quote_ident(key);
-    // The i-th of n points between mn and mx, in the key's type.
-    let point = match typid {
-        crate::slices::DATE => "mn OPERATOR(pg_catalog.+) ((mx OPERATOR(pg_catalog.-) mn)::pg_catalog.int8 OPERATOR(pg_catalog.*) g OPERATOR(pg_catalog./) n)::pg_catalog.int4",
-        crate::slices::TIME | crate::slices::TIMESTAMP | crate::slices::TIMESTAMPTZ => {
-            "mn OPERATOR(pg_catalog.+) (mx OPERATOR(pg_catalog.-) mn) OPERATOR(pg_catalog.*) (g::pg_catalog.float8 OPERATOR(pg_catalog./) n)"
-        }
-        _ => "(mn::pg_catalog.numeric OPERATOR(pg_catalog.+) (mx::pg_catalog.numeric OPERATOR(pg_catalog.-) mn::pg_catalog.numeric) OPERATOR(pg_catalog.*) g OPERATOR(pg_catalog./) n)::pg_catalog.int8",
-    };
-    // Infinite dates and timestamps stay out of the arithmetic (they land in the first or
-    // last slice).
-    let finite = if typid == crate::slices::DATE
-        || typid == crate::slices::TIMESTAMP
-        || typid == crate::slices::TIMESTAMPTZ
-    {
-        format!("WHERE {k} OPERATOR(pg_catalog.>) '-infinity' AND {k} OPERATOR(pg_catalog.<) 'infinity'")
-    } else {
-        String::new()
-    };
+    let blocks = (size / 8192).max(1);
+    let pct = (4000.0 * 100.0 / blocks as f64).min(100.0);
     let rows = conn
         .simple_query(&format!(
-            "WITH r AS (SELECT (SELECT {k} FROM {from} {finite} ORDER BY 1 LIMIT 1) AS mn, \
-                               (SELECT {k} FROM {from} {finite} ORDER BY 1 DESC LIMIT 1) AS mx, {n} AS n) \
-             SELECT DISTINCT p::pg_catalog.text, p FROM ( \
-                    SELECT ({point}) AS p \
-                      FROM r, pg_catalog.generate_series(1, {n} - 1) g \
-                     WHERE mx OPERATOR(pg_catalog.>) mn) x \
-              WHERE p OPERATOR(pg_catalog.>) (SELECT mn FROM r) ORDER BY 2",
+            "SELECT DISTINCT b::pg_catalog.text, b FROM pg_catalog.unnest(( \
+                    SELECT pg_catalog.percentile_disc(ARRAY(SELECT g::pg_catalog.float8 OPERATOR(pg_catalog./) {n} \
+                                                              FROM pg_catalog.generate_series(1, {n} - 1) g)) \
+                           WITHIN GROUP (ORDER BY {k}) \
+                      FROM {from} TABLESAMPLE SYSTEM ({pct}))) b \
+              WHERE b IS NOT NULL ORDER BY 2"
         ))
         .await?;
     Ok(rows

@@ -65,11 +65,11 @@ enum Msg {
 
 /// What the worker asks the reader for, after [`Meta`].
 enum Request {
-    /// `remote::slice_bounds(from, key, typid, n)`.
+    /// `remote::slice_bounds(from, key, size, n)`.
     Bounds {
         from: String,
         key: String,
-        typid: u32,
+        size: i64,
         n: usize,
     },
     /// A `COPY ... TO STDOUT`.
@@ -152,15 +152,10 @@ impl CopyReader {
         &mut self,
         from: String,
         key: String,
-        typid: u32,
+        size: i64,
         n: usize,
     ) -> Result<Vec<String>> {
-        self.ask(Request::Bounds {
-            from,
-            key,
-            typid,
-            n,
-        })?;
+        self.ask(Request::Bounds { from, key, size, n })?;
         match self.recv()? {
             Msg::Bounds(b) => Ok(b),
             _ => Err(Error::internal("the copy reader answered out of turn")),
@@ -264,13 +259,8 @@ async fn read(
             }
         };
         let sql = match request {
-            Request::Bounds {
-                from,
-                key,
-                typid,
-                n,
-            } => {
-                let b = remote::slice_bounds(&mut conn, &from, &key, typid, n).await?;
+            Request::Bounds { from, key, size, n } => {
+                let b = remote::slice_bounds(&mut conn, &from, &key, size, n).await?;
                 if tx.send(Msg::Bounds(b)).is_err() {
                     return Ok(());
                 }

@@ -237,7 +237,7 @@ impl TableSync {
         let size = meta.approximate_size.unwrap_or(0);
         let key = loader::usable_key(meta, &columns);
         let bounds = match &key {
-            Some((k, typid, _)) if size > slice_bytes => {
+            Some((k, _, _)) if size > slice_bytes => {
                 let workers = gucs::MAX_COPY_WORKERS.get().max(1) as i64;
                 let n = ((size + slice_bytes - 1) / slice_bytes).max(2 * workers);
                 let from = format!(
@@ -245,7 +245,7 @@ impl TableSync {
                     if meta.partitioned { "" } else { "ONLY " },
                     loader::source_table(rel)
                 );
-                reader.bounds(from, k.clone(), *typid, n.min(4096) as usize)?
+                reader.bounds(from, k.clone(), size, n.min(4096) as usize)?
             }
             _ => Vec::new(),
         };

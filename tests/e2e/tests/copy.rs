@@ -250,7 +250,8 @@ fn sliced_copy_in_parallel_under_concurrent_writes() {
     );
     assert!(
         most_workers >= 2,
-        "at most {most_workers} worker(s) loaded the table at once"
+        "at most {most_workers} worker(s) loaded the table at once; target log:\n{}",
+        tc.log_tail(60)
     );
     assert!(
         done_seen.first() < done_seen.last(),
