@@ -666,3 +666,21 @@ pub fn copy_key(subid: i32, relid: u32) -> SpiResult<Option<(String, u32)>> {
     )?;
     Ok(k.zip(t).map(|(k, t)| (k, t.to_u32())))
 }
+
+/// The consistent LSN of a table's copy in progress (state d), its row locked against
+/// changes until the transaction ends; None when no copy is in progress.
+pub fn copy_plan_lsn(subid: i32, relid: u32) -> SpiResult<Option<u64>> {
+    Spi::connect_mut(|client| {
+        let mut rows = client.update(
+            "SELECT lsn::pg_catalog.text FROM livesync.sync_rel \
+              WHERE subid OPERATOR(pg_catalog.=) $1 AND rrelid OPERATOR(pg_catalog.=) $2 \
+                AND state OPERATOR(pg_catalog.=) 'd' FOR SHARE",
+            None,
+            &[subid.into(), oid(relid)],
+        )?;
+        match rows.next() {
+            Some(row) => Ok(row.get::<String>(1)?.as_deref().and_then(lsn::parse)),
+            None => Ok(None),
+        }
+    })
+}

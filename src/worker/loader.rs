@@ -242,6 +242,16 @@ impl Loader {
         }
     }
 
+    /// The key a slice is read in the order of, so that a loader may commit in the middle
+    /// of it: a slice of a sliced table, or the whole table when its target locks more as
+    /// it loads (a hypertable's chunks, a partitioned table's partitions). A plain table
+    /// copied as one slice is read in the source's physical order, in one transaction.
+    fn order_key(&self, s: &PendingSlice) -> Option<&(String, u32, usize)> {
+        self.key.as_ref().filter(|_| {
+            s.lo.is_some() || s.hi.is_some() || self.target.hypertable || self.target.partitioned
+        })
+    }
+
     /// The `COPY ... TO STDOUT` that reads one slice (or what is left of it).
     fn slice_sql(&self, s: &PendingSlice) -> String {
         let collist = self
@@ -252,7 +262,7 @@ impl Loader {
             .join(", ");
         let (table, only) = (&self.table, self.only);
         let mut conds: Vec<String> = self.row_filter.iter().map(|f| format!("({f})")).collect();
-        let Some((key, typid, _)) = &self.key else {
+        let Some((key, typid, _)) = self.order_key(s) else {
             return match (conds.pop(), self.select, self.columns.is_empty()) {
                 (Some(f), _, _) => {
                     format!("COPY (SELECT {collist} FROM {only}{table} WHERE {f}) TO STDOUT")
@@ -288,7 +298,12 @@ impl Loader {
 
     /// Claim a slice no live worker of this table loads, still pending as of now.
     fn claim(&self) -> Result<Option<PendingSlice>> {
-        let pending = worker::xact(|| Ok(catalog::pending_slices(self.subid, self.relid)?))?;
+        let pending = worker::xact(|| {
+            if !self.plan_current()? {
+                return Ok(Vec::new());
+            }
+            Ok(catalog::pending_slices(self.subid, self.relid)?)
+        })?;
         for s in pending {
             let got = {
                 let mut reg = REGISTRY.exclusive();
@@ -317,6 +332,15 @@ impl Loader {
         Ok(None)
     }
 
+    /// Is this loader's snapshot one the table's current copy may use? A copy that was
+    /// started over (its slot was lost) has a new plan, whose catch-up starts at a later
+    /// LSN: a copy worker of the old plan, still running with its older snapshot, must not
+    /// load its slices. Locks the table's row until the transaction ends, so that the plan
+    /// cannot change before a part commits.
+    fn plan_current(&self) -> Result<bool> {
+        Ok(catalog::copy_plan_lsn(self.subid, self.relid)?.is_some_and(|l| self.lsn >= l))
+    }
+
     /// Load slices until none is left that no one loads. Returns how many it loaded.
     pub fn run(&mut self) -> Result<usize> {
         let mut n = 0;
@@ -333,7 +357,7 @@ impl Loader {
     fn load_slice(&mut self, s: &PendingSlice) -> Result<()> {
         let sql = self.slice_sql(s);
         self.reader.copy(sql)?;
-        let key_col = self.key.as_ref().map(|k| k.2);
+        let key_col = self.order_key(s).map(|k| k.2);
         let mut lo = s.lo.clone();
         let (mut part_rows, mut part_bytes) = (0u64, 0u64);
         let mut carry: Vec<Bytes> = Vec::new();
@@ -417,6 +441,11 @@ impl Loader {
         rows: u64,
         bytes: u64,
     ) -> Result<()> {
+        if !self.plan_current()? {
+            return Err(Error::internal(
+                "the table's copy was started over: this worker's snapshot is too old for it",
+            ));
+        }
         if !catalog::commit_slice_part(
             self.subid, self.relid, s.sliceno, lo, cut, self.lsn, rows, bytes,
         )? {

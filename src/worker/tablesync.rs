@@ -159,49 +159,59 @@ impl TableSync {
             worker::xact(|| Ok(catalog::restart_rel_copy(self.subid, self.relid, &why)?))?;
         }
         let started = std::time::Instant::now();
-        let (lsn, snapshot) = if resumable {
-            // The first snapshot died with its session: the rest is read under a new one,
-            // from a temporary slot (its consistent point is recorded with every part).
-            let tmp = format!("{slot}_{}", unsafe { pg_sys::MyProcPid });
-            let (lsn, snap) = block_on(
-                &self.rt,
-                remote::create_temp_slot_exporting(&mut conn, &tmp),
-            )??;
-            log!(
-                "livesync: resuming the copy of \"{}\" under a new snapshot at {}",
-                rel.qualified_target(),
-                crate::lsn::format(lsn)
-            );
-            (lsn, snap)
-        } else {
-            worker::xact(|| {
-                Ok(catalog::set_rel_state(
-                    self.subid,
-                    self.relid,
-                    TableState::DataSync,
-                    None,
-                )?)
-            })?;
-            // A failed earlier attempt may have left its origin and slot.
-            stream::drop_origin(origin)?;
-            block_on(&self.rt, remote::drop_slot(&mut conn, slot))??;
-            block_on(&self.rt, remote::create_slot_exporting(&mut conn, slot))??
-        };
-        let mut reader = loader::start_reader(sub, rel, self.relid, snapshot.clone())?;
-        let meta = reader.meta()?;
-        if !resumable {
-            self.plan(rel, origin, lsn, &mut reader, &meta)?;
-        }
-        let mut own = Loader::new(ids, rel, lsn, reader, &meta)?;
-        self.start_helpers(rel, lsn, &snapshot)?;
-        // Load slices, then wait for the copy workers; take over a slice whose worker died.
-        loop {
-            own.run()?;
-            let left = worker::xact(|| Ok(catalog::pending_slices(self.subid, self.relid)?))?;
-            if left.is_empty() {
-                break;
+        // Interrupted after its last part committed: only state f is left to set.
+        let all_loaded = resumable
+            && worker::xact(|| Ok(catalog::pending_slices(self.subid, self.relid)?))?.is_empty();
+        let (mut rows, mut bytes, mut method) = (0, 0, "nothing left to load");
+        if !all_loaded {
+            let (lsn, snapshot) = if resumable {
+                // The first snapshot died with its session: the rest is read under a new
+                // one, from a temporary slot (its consistent point is recorded with every
+                // part).
+                // SAFETY: reads our own pid.
+                let tmp = format!("{slot}_{}", unsafe { pg_sys::MyProcPid });
+                let (lsn, snap) = block_on(
+                    &self.rt,
+                    remote::create_temp_slot_exporting(&mut conn, &tmp),
+                )??;
+                log!(
+                    "livesync: resuming the copy of \"{}\" under a new snapshot at {}",
+                    rel.qualified_target(),
+                    crate::lsn::format(lsn)
+                );
+                (lsn, snap)
+            } else {
+                worker::xact(|| {
+                    Ok(catalog::set_rel_state(
+                        self.subid,
+                        self.relid,
+                        TableState::DataSync,
+                        None,
+                    )?)
+                })?;
+                // A failed earlier attempt may have left its origin and slot.
+                stream::drop_origin(origin)?;
+                block_on(&self.rt, remote::drop_slot(&mut conn, slot))??;
+                block_on(&self.rt, remote::create_slot_exporting(&mut conn, slot))??
+            };
+            let mut reader = loader::start_reader(sub, rel, self.relid, snapshot.clone())?;
+            let meta = reader.meta()?;
+            if !resumable {
+                self.plan(rel, origin, lsn, &mut reader, &meta)?;
             }
-            worker::wait_latch(200)?;
+            let mut own = Loader::new(ids, rel, lsn, reader, &meta)?;
+            self.start_helpers(rel, lsn, &snapshot)?;
+            // Load slices, then wait for the copy workers; take over a slice whose worker
+            // died.
+            loop {
+                own.run()?;
+                let left = worker::xact(|| Ok(catalog::pending_slices(self.subid, self.relid)?))?;
+                if left.is_empty() {
+                    break;
+                }
+                worker::wait_latch(200)?;
+            }
+            (rows, bytes, method) = (own.rows, own.bytes, own.method());
         }
         block_on(&self.rt, conn.close())?;
         let first_lsn = worker::xact(|| {
@@ -210,14 +220,12 @@ impl TableSync {
             catalog::set_copy_done(self.subid, self.relid, rows, bytes)?;
             Ok(catalog::rel(self.subid, self.relid)?.and_then(|r| r.lsn))
         })?;
-        let (rows, bytes) = (own.rows, own.bytes);
         let secs = started.elapsed().as_secs_f64().max(0.001);
         log!(
-            "livesync: copied \"{}\" ({}): this worker loaded {rows} rows ({:.1} MB) in {secs:.1} s; consistent at {}",
+            "livesync: copied \"{}\" ({method}): this worker loaded {rows} rows ({:.1} MB) in {secs:.1} s; consistent at {}",
             rel.qualified_target(),
-            own.method(),
             bytes as f64 / 1e6,
-            crate::lsn::format(first_lsn.unwrap_or(lsn))
+            crate::lsn::format(first_lsn.unwrap_or(0))
         );
         Ok(())
     }
