@@ -317,6 +317,36 @@ pipe_copy() {  # db label ddl
   check_big "$db" "$label"
   log "copy $label: ${COPY_S[$label]} s"
 }
+# Where a copy's time goes, measured with psql alone: reading the source (COPY TO, into
+# /dev/null), the load in text and in binary format, and a hypertable loaded without its
+# secondary index, which is built afterwards (as pg_restore does).
+declare -A PART_S
+timed() {  # label command...
+  local label=$1; shift
+  local t0; t0=$(now)
+  "$@"
+  PART_S[$label]=$(elapsed "$t0" "$(now)")
+  log "time: $label ${PART_S[$label]} s"
+}
+read_text() { src -c "COPY big TO STDOUT" >/dev/null; }
+read_binary() { src -c "COPY big TO STDOUT (FORMAT binary)" >/dev/null; }
+pipe_binary() { src -c "COPY big TO STDOUT (FORMAT binary)" | tgt ls_plain -c "COPY big FROM STDIN (FORMAT binary)"; }
+pipe_hyper_noindex() { src -c "COPY big TO STDOUT" | tgt ls_hyper -c "COPY big FROM STDIN"; }
+index_after() { tgt ls_hyper -c "CREATE INDEX big_ts_idx ON big (ts DESC)"; }
+timed read_text read_text
+timed read_binary read_binary
+tgt ls_plain -c "DROP TABLE IF EXISTS big" -c "$BIG_DDL_PLAIN" -c "CHECKPOINT"
+timed pipe_binary_plain pipe_binary
+check_big ls_plain pipe_binary_plain
+tgt ls_hyper -c "DROP TABLE IF EXISTS big" >/dev/null
+tgt ls_hyper -c "CREATE TABLE big (id bigint, ts timestamptz NOT NULL, device int,
+                                   value double precision, payload text, PRIMARY KEY (id, ts));
+                 SELECT create_hypertable('big', 'ts', chunk_time_interval => interval '1 day', create_default_indexes => false)" >/dev/null
+tgt ls_hyper -c "CHECKPOINT"
+timed pipe_hyper_noindex pipe_hyper_noindex
+timed index_after index_after
+check_big ls_hyper pipe_hyper_noindex
+
 BENCH_WORKERS=${BENCH_WORKERS:-1 2 4}
 pipe_copy ls_plain pipe_plain "$BIG_DDL_PLAIN"
 pipe_copy ls_hyper pipe_hyper "$BIG_DDL_HYPER"
@@ -461,6 +491,10 @@ TOTAL_S=$(( $(date +%s) - RUN_START ))
       "$(div "$BIG_ROWS" "${COPY_S[$k]}" %.0f)" "$(div "${COPY_S[$k]}" "${COPY_S[$base]}" %.2f)" "${COPY_RSS[$k]}" "${STATUS[copy_$k]}"
   done
   echo "   ** time / time of native tablesync (plain rows) or of the psql COPY pipe into the same hypertable"
+  echo "   where the time goes (psql alone, same tables):"
+  echo "     source COPY TO /dev/null: text ${PART_S[read_text]} s, binary ${PART_S[read_binary]} s"
+  echo "     pipe -> plain: text ${COPY_S[pipe_plain]} s, binary ${PART_S[pipe_binary_plain]} s"
+  echo "     pipe -> hypertable: with its ts index ${COPY_S[pipe_hyper]} s; without it ${PART_S[pipe_hyper_noindex]} s + CREATE INDEX afterwards ${PART_S[index_after]} s"
   echo "   hypertable: $HYPER_CHUNKS chunks, $HYPER_ROOT_ROWS rows in the root table (must be 0)"
   echo
   echo "2. APPLY OF A BACKLOG: $BENCH_TXNS single-row INSERT transactions into ev, $(div "$BACKLOG_WAL" 1048576) MB of WAL"

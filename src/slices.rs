@@ -101,6 +101,12 @@ impl KeyFilter {
         }
     }
 
+    /// The latest snapshot a part was read under: the catch-up must reach it before the
+    /// apply worker may take the table over (it applies everything from there on).
+    pub fn latest(&self) -> Lsn {
+        self.parts.iter().map(|p| p.2).max().unwrap_or(0)
+    }
+
     /// Does the filter need the key's value (parts were read under different snapshots)?
     pub fn needs_key(&self) -> bool {
         self.uniform.is_none()
@@ -112,11 +118,13 @@ impl KeyFilter {
         if let Some(l) = self.uniform {
             return Ok(commit_lsn >= l);
         }
-        let key = key.ok_or_else(|| {
-            Error::internal(format!(
-                "a change of the table being copied lacks its key column \"{}\"",
+        // The source's replica identity no longer includes the column (changed since the
+        // copy): the parts cannot be told apart, so the copy starts over.
+        let key = key.ok_or_else(|| Error::NeedsResync {
+            msg: format!(
+                "a change of the table lacks the column \"{}\" its copy was sliced on",
                 self.column
-            ))
+            ),
         })?;
         let k = key_value(self.typid, key)?;
         match self.part_of(k) {
@@ -153,44 +161,65 @@ pub fn field(line: &[u8], col: usize) -> Option<&[u8]> {
     line.split(|&b| b == b'\t').nth(col)
 }
 
-/// Where a loader may commit in `buf` (whole COPY text lines, sorted by the key in field
-/// `col`): before the run of lines at the end that share the last line's key, because the
-/// rows with that key may go on in the next buffer. Returns the offset of that run's first
-/// line and its key (where the committed part ends, exclusive), or None when every line of
-/// `buf` has the same key.
-pub fn cut_point(buf: &[u8], col: usize) -> Option<(usize, Vec<u8>)> {
-    let body = buf.strip_suffix(b"\n")?;
-    let line_start = |end: usize| body[..end].iter().rposition(|&b| b == b'\n').map(|i| i + 1);
-    let last_start = line_start(body.len()).unwrap_or(0);
-    let last_key = field(&body[last_start..], col)?;
-    let mut start = last_start;
-    while start > 0 {
-        let prev_end = start - 1;
-        let prev_start = line_start(prev_end).unwrap_or(0);
-        if field(&body[prev_start..prev_end], col)? != last_key {
-            return Some((start, last_key.to_vec()));
+/// The first line of `chunks` (whole COPY text lines, sorted by the key in field `col`)
+/// whose key differs from `key`: (chunk index, offset of the line, its key). A loader
+/// commits just before it: the part then ends at that key, exclusive.
+pub fn first_other_key(
+    chunks: &[bytes::Bytes],
+    col: usize,
+    key: &[u8],
+) -> Option<(usize, usize, Vec<u8>)> {
+    for (i, c) in chunks.iter().enumerate() {
+        let mut start = 0;
+        while start < c.len() {
+            let end = c[start..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(c.len(), |p| start + p);
+            let k = field(&c[start..end], col)?;
+            if k != key {
+                return Some((i, start, k.to_vec()));
+            }
+            start = end + 1;
         }
-        start = prev_start;
     }
     None
+}
+
+/// The key (field `col`) of the last line of `chunks`.
+pub fn last_key(chunks: &[bytes::Bytes], col: usize) -> Option<&[u8]> {
+    let c = chunks.iter().rev().find(|c| !c.is_empty())?;
+    let body = c.strip_suffix(b"\n").unwrap_or(c);
+    let start = body.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    field(&body[start..], col)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn chunks(parts: &[&str]) -> Vec<bytes::Bytes> {
+        parts
+            .iter()
+            .map(|p| bytes::Bytes::copy_from_slice(p.as_bytes()))
+            .collect()
+    }
+
     #[test]
-    fn cut_point_splits_before_the_last_key_run() {
-        let buf = b"1\ta\n2\tb\n2\tc\n";
-        assert_eq!(cut_point(buf, 0), Some((4, b"2".to_vec())));
-        assert_eq!(cut_point(b"1\ta\n2\tb\n", 0), Some((4, b"2".to_vec())));
-        assert_eq!(cut_point(b"x\t7\ny\t7\n", 1), None);
-        assert_eq!(cut_point(b"x\t7\n", 1), None);
-        assert_eq!(cut_point(b"", 0), None);
-        assert_eq!(
-            cut_point(b"5\t1\n6\t1\n7\t2\n", 1),
-            Some((8, b"2".to_vec()))
-        );
+    fn first_other_key_finds_where_a_part_may_end() {
+        let c = chunks(&["2\ta\n2\tb\n", "2\tc\n3\td\n"]);
+        assert_eq!(first_other_key(&c, 0, b"2"), Some((1, 4, b"3".to_vec())));
+        assert_eq!(first_other_key(&c, 0, b"1"), Some((0, 0, b"2".to_vec())));
+        assert_eq!(first_other_key(&c, 1, b"a"), Some((0, 4, b"b".to_vec())));
+        assert_eq!(first_other_key(&chunks(&["5\tx\n5\ty\n"]), 0, b"5"), None);
+        assert_eq!(first_other_key(&chunks(&[""]), 0, b"5"), None);
+    }
+
+    #[test]
+    fn last_key_reads_the_last_line() {
+        assert_eq!(last_key(&chunks(&["1\ta\n2\tb\n", ""]), 0), Some(&b"2"[..]));
+        assert_eq!(last_key(&chunks(&["1\ta\n"]), 1), Some(&b"a"[..]));
+        assert_eq!(last_key(&chunks(&[]), 0), None);
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! A loader takes a slice no other live worker of the table is loading (claims live in
 //! shared memory, so they end with their process), reads it from the source in key order
 //! under the copy's snapshot (`copyread`), and loads it into the target in portions of a
-//! few MB. After a portion that ends before a new key value it may commit: when it has
-//! loaded [`COMMIT_BYTES`] since its last commit, or holds as many locks as
-//! `max_locks_per_transaction` (a hypertable copy locks every chunk it writes). Each commit
+//! few MB. A commit is due once it has loaded [`COMMIT_BYTES`] since the last one, or holds
+//! as many locks as `max_locks_per_transaction` (a hypertable copy locks every chunk it
+//! writes); it happens before the next row whose key differs from the last loaded one (rows
+//! that share a key are never split between parts). Each commit
 //! records, in the same transaction as the rows, the part of the slice it loaded and the
 //! snapshot's LSN (`catalog::commit_slice_part`): nothing is loaded twice and nothing is
 //! lost, however the worker ends.
@@ -153,6 +154,8 @@ pub struct Loader {
     relid: u32,
     /// The LSN of the snapshot the reader reads under.
     lsn: Lsn,
+    /// That snapshot is not the plan's: the copy resumed after an interruption.
+    resumed: bool,
     reader: CopyReader,
     table: String,
     only: &'static str,
@@ -179,7 +182,25 @@ impl Loader {
     ) -> Result<Loader> {
         let (dboid, subid, relid) = ids;
         let (columns, row_filter) = copied_columns(meta);
+        // The slices are ranges of the column the plan chose. If the source no longer
+        // offers that column as the key of what is copied (its replica identity, column
+        // list or type changed since), the ranges mean nothing now: start over.
         let key = usable_key(meta, &columns);
+        let (planned, plan_lsn) = worker::xact(|| {
+            Ok((
+                catalog::copy_key(subid, relid)?,
+                catalog::copy_plan_lsn(subid, relid)?,
+            ))
+        })?;
+        if planned.is_some() && planned != key.as_ref().map(|k| (k.0.clone(), k.1)) {
+            return Err(Error::NeedsResync {
+                msg: format!(
+                    "the column the copy was sliced on ({:?}) is no longer the key of what is copied",
+                    planned.map(|k| k.0)
+                ),
+            });
+        }
+        let key = key.filter(|_| planned.is_some());
         let relation = Relation {
             id: relid,
             namespace: rel.srcschema.clone(),
@@ -217,6 +238,7 @@ impl Loader {
             subid,
             relid,
             lsn,
+            resumed: plan_lsn != Some(lsn),
             reader,
             table: source_table(rel),
             only: if meta.partitioned { "" } else { "ONLY " },
@@ -263,6 +285,10 @@ impl Loader {
         let (table, only) = (&self.table, self.only);
         let mut conds: Vec<String> = self.row_filter.iter().map(|f| format!("({f})")).collect();
         let Some((key, typid, _)) = self.order_key(s) else {
+            debug_assert!(
+                s.lo.is_none() && s.hi.is_none(),
+                "a bounded slice without a key"
+            );
             return match (conds.pop(), self.select, self.columns.is_empty()) {
                 (Some(f), _, _) => {
                     format!("COPY (SELECT {collist} FROM {only}{table} WHERE {f}) TO STDOUT")
@@ -353,8 +379,13 @@ impl Loader {
         Ok(n)
     }
 
-    /// Load one slice (see the module header).
+    /// Load one slice (see the module header). A part may end only between two rows with
+    /// different keys: once a commit is due, the loader goes on loading the rows that
+    /// share the last loaded row's key, and commits before the first row with another.
     fn load_slice(&mut self, s: &PendingSlice) -> Result<()> {
+        if (s.lo.is_some() || s.hi.is_some()) && self.key.is_none() {
+            return Err(Error::internal("a bounded slice of a copy without a key"));
+        }
         let sql = self.slice_sql(s);
         self.reader.copy(sql)?;
         let key_col = self.order_key(s).map(|k| k.2);
@@ -362,72 +393,65 @@ impl Loader {
         let (mut part_rows, mut part_bytes) = (0u64, 0u64);
         let mut carry: Vec<Bytes> = Vec::new();
         let mut eof = false;
+        // The key of the last row loaded since the last commit; a commit is due.
+        let mut last_key: Option<Vec<u8>> = None;
+        let mut commit_due = false;
         publish_progress(0, 0);
         worker::begin();
         loop {
             // A portion: chunks until it is big enough or the slice ends.
             let mut portion = std::mem::take(&mut carry);
-            let mut size: usize = portion.iter().map(Bytes::len).sum();
             let mut rows: usize = portion.iter().map(|c| count_rows(c)).sum();
-            let cut = loop {
-                let full = size >= PORTION_BYTES || rows >= PORTION_ROWS;
-                if !eof && !full {
-                    match self.reader.next_chunk()? {
-                        Some(mut c) => {
-                            // A chunk of small rows is cut at PORTION_ROWS (a hypertable
-                            // copy may lock a chunk per few rows).
-                            let n = count_rows(&c);
-                            if rows + n > PORTION_ROWS && key_col.is_some() {
-                                let off = after_rows(&c, PORTION_ROWS - rows);
-                                carry.push(c.split_off(off));
-                            }
-                            size += c.len();
-                            rows += count_rows(&c);
-                            portion.push(c);
-                            continue;
-                        }
-                        None => eof = true,
-                    }
-                }
-                let Some(col) = key_col.filter(|_| !eof) else {
-                    break None;
-                };
-                // End the portion before the rows of its last key (they may go on).
-                let last = portion.last().expect("a portion that is full has a chunk");
-                if let Some((off, k)) = slices::cut_point(last, col) {
-                    let tail = last.slice(off..);
-                    let head = last.slice(..off);
-                    *portion.last_mut().unwrap() = head;
-                    carry.insert(0, tail);
-                    break Some(String::from_utf8_lossy(&k).into_owned());
-                }
-                // One key all along: take another chunk.
-                if !carry.is_empty() {
-                    portion.append(&mut carry);
-                    continue;
-                }
+            let mut size: usize = portion.iter().map(Bytes::len).sum();
+            while !eof && size < PORTION_BYTES && rows < PORTION_ROWS {
                 match self.reader.next_chunk()? {
-                    Some(c) => {
+                    Some(mut c) => {
+                        // A chunk of small rows is cut at PORTION_ROWS (a hypertable copy
+                        // may lock a chunk per few rows).
+                        let n = count_rows(&c);
+                        if rows + n > PORTION_ROWS && key_col.is_some() {
+                            let off = after_rows(&c, PORTION_ROWS - rows);
+                            carry.push(c.split_off(off));
+                        }
                         size += c.len();
                         rows += count_rows(&c);
                         portion.push(c);
                     }
                     None => eof = true,
                 }
-            };
-            self.load_portion(portion, &mut part_rows, &mut part_bytes)?;
-            if eof {
-                self.commit_part(s, lo.as_deref(), None, part_rows, part_bytes)?;
-                return Ok(());
             }
-            if let Some(cut) = cut {
-                if part_bytes >= COMMIT_BYTES || locks_held()? >= max_locks() {
+            // A commit is due: load up to the first row with another key than the last
+            // loaded one, and commit there.
+            if let (true, Some(col), Some(last)) = (commit_due, key_col, last_key.as_deref()) {
+                if let Some((i, off, cut)) = slices::first_other_key(&portion, col, last) {
+                    let mut rest: Vec<Bytes> = portion.split_off(i);
+                    let first = rest[0].clone();
+                    portion.push(first.slice(..off));
+                    rest[0] = first.slice(off..);
+                    rest.append(&mut carry);
+                    carry = rest;
+                    self.load(portion, &mut part_rows, &mut part_bytes)?;
+                    let cut = String::from_utf8_lossy(&cut).into_owned();
                     self.commit_part(s, lo.as_deref(), Some(&cut), part_rows, part_bytes)?;
                     worker::begin();
                     lo = Some(cut);
                     (part_rows, part_bytes) = (0, 0);
-                    publish_progress(0, 0);
+                    (last_key, commit_due) = (None, false);
+                    continue;
                 }
+            }
+            if let Some(col) = key_col {
+                if let Some(k) = slices::last_key(&portion, col) {
+                    last_key = Some(k.to_vec());
+                }
+            }
+            self.load(portion, &mut part_rows, &mut part_bytes)?;
+            if eof && carry.is_empty() {
+                self.commit_part(s, lo.as_deref(), None, part_rows, part_bytes)?;
+                return Ok(());
+            }
+            if key_col.is_some() && !commit_due {
+                commit_due = part_bytes >= COMMIT_BYTES || locks_held()? >= max_locks();
             }
         }
     }
@@ -459,6 +483,23 @@ impl Loader {
         self.bytes += bytes;
         publish_progress(0, 0);
         Ok(())
+    }
+
+    /// [`Loader::load_portion`], with the ERROR it may raise as an error. Parts read under
+    /// different snapshots can hold one value of a unique column in two rows for a while
+    /// (it moved between them on the source): such a copy is started over, under one
+    /// snapshot.
+    fn load(&mut self, portion: Vec<Bytes>, rows: &mut u64, bytes: &mut u64) -> Result<()> {
+        match worker::catch(|| self.load_portion(portion, rows, bytes)) {
+            Err(Error::User { code, msg, .. })
+                if self.resumed && code == pgrx::PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION =>
+            {
+                Err(Error::NeedsResync {
+                    msg: format!("{msg}, loading a part of a resumed copy"),
+                })
+            }
+            other => other,
+        }
     }
 
     /// Load whole COPY text rows into the target, in the open transaction.

@@ -11,10 +11,10 @@
 //!    temporary slot, and records its LSN with the parts it loads. Once every slice is
 //!    loaded, state f.
 //! 3. (f) Wait for the apply worker to publish its position P (`catchup_lsn`) and stop.
-//!    If L >= P, the copy already holds everything the apply worker skipped. Otherwise
-//!    stream this table's changes from the slot, from L up to P, committing each source
-//!    transaction with its position in the origin; a part read under a later snapshot
-//!    skips what its snapshot already had (`slices::KeyFilter`).
+//!    Stream this table's changes from the slot, from L up to P and up to the latest
+//!    snapshot any part was read under (nothing to stream when L is past both), committing
+//!    each source transaction with its position in the origin; a part read under a later
+//!    snapshot skips what its snapshot already had (`slices::KeyFilter`).
 //! 4. Set s with `sync_lsn` (everything of this table before it is here); the apply worker
 //!    applies this table's transactions from `sync_lsn` on, and marks the table ready.
 //! 5. Drop the table's slot and origin.
@@ -131,7 +131,18 @@ impl TableSync {
         let slot = catalog::tablesync_slot_name(&sub.subname, self.relid);
         match rel.state {
             TableState::Init | TableState::DataSync => {
-                self.copy(&sub, &rel, &slot, &origin)?;
+                match self.copy(&sub, &rel, &slot, &origin) {
+                    Err(Error::NeedsResync { msg }) => {
+                        // The copy's parts cannot be completed consistently: start over.
+                        worker::abort();
+                        let why = format!("{msg}; the table is copied again");
+                        warning!("livesync: table \"{}\": {why}", rel.qualified_target());
+                        worker::xact(|| {
+                            Ok(catalog::restart_rel_copy(self.subid, self.relid, &why)?)
+                        })?;
+                    }
+                    other => other?,
+                }
                 self.catch_up(&sub, &slot, &origin)?;
             }
             TableState::FinishedCopy => self.catch_up(&sub, &slot, &origin)?,
@@ -148,9 +159,12 @@ impl TableSync {
         let mut conn = self.connect(sub, true)?;
         let planned = rel.state == TableState::DataSync
             && worker::xact(|| Ok(catalog::has_slices(self.subid, self.relid)?))?;
+        // The slot the parts' catch-up streams from: still at the plan's consistent point
+        // (nothing streams it before state f).
         let resumable = planned
-            && block_on(&self.rt, remote::slot_state(&mut conn, slot))??
-                .is_some_and(|st| st.wal_status != "lost");
+            && block_on(&self.rt, remote::slot_state(&mut conn, slot))??.is_some_and(|st| {
+                st.wal_status != "lost" && rel.lsn.is_some_and(|l| st.confirmed_flush == l)
+            });
         if planned && !resumable {
             // Loaded parts without the slot their catch-up streams from: start over,
             // emptying the table first.
@@ -169,7 +183,8 @@ impl TableSync {
                 // one, from a temporary slot (its consistent point is recorded with every
                 // part).
                 // SAFETY: reads our own pid.
-                let tmp = format!("{slot}_{}", unsafe { pg_sys::MyProcPid });
+                // (At most 40 + 6 + 10 + 4 characters: within NAMEDATALEN.)
+                let tmp = format!("{slot}_{}", unsafe { pg_sys::MyProcPid } % 1000);
                 let (lsn, snap) = block_on(
                     &self.rt,
                     remote::create_temp_slot_exporting(&mut conn, &tmp),
@@ -366,11 +381,14 @@ impl TableSync {
             if rel.state != TableState::FinishedCopy {
                 return Ok(());
             }
-            if let Some(catchup) = rel.catchup_lsn {
+            if let Some(apply_at) = rel.catchup_lsn {
+                // Past the apply worker's position, and past every part's snapshot: the
+                // apply worker applies everything of the table after the hand-off.
+                let catchup = apply_at.max(owner.1.latest());
                 if pos >= catchup {
                     if worker::xact(|| {
                         Ok(catalog::set_rel_syncdone(
-                            self.subid, self.relid, pos, catchup,
+                            self.subid, self.relid, pos, apply_at,
                         )?)
                     })? {
                         log!(
@@ -403,15 +421,27 @@ impl TableSync {
                 // however long the transaction (one that was not streamed arrives whole).
                 let deadline = std::time::Instant::now() + Duration::from_millis(500);
                 loop {
-                    let step = match s.step(
-                        &self.rt,
-                        &owner,
-                        Duration::from_millis(20),
-                        Batching::EachTransaction,
-                    ) {
+                    let step = match worker::catch(|| {
+                        s.step(
+                            &self.rt,
+                            &owner,
+                            Duration::from_millis(20),
+                            Batching::EachTransaction,
+                        )
+                    }) {
                         Err(Error::NeedsResync { msg }) => {
                             s.abort();
                             return restart(msg, &rel);
+                        }
+                        // Parts read under different snapshots may hold one value of a
+                        // unique column in two rows until the catch-up passes the later
+                        // snapshot (it moved between them on the source).
+                        Err(Error::User { code, msg, .. })
+                            if owner.1.needs_key()
+                                && code == pgrx::PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION =>
+                        {
+                            s.abort();
+                            return restart(format!("{msg}, catching up a resumed copy"), &rel);
                         }
                         other => other?,
                     };

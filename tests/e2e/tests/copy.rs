@@ -371,3 +371,87 @@ fn a_copy_into_3000_chunks_fits_the_default_lock_table() {
     let parts: i64 = tgt.query_one("SELECT count(*) FROM livesync.copy_range");
     assert!(parts > 1, "the copy committed in {parts} part(s)");
 }
+
+/// A copy resumed under a later snapshot (L2) while the apply worker lags behind it (at
+/// P < L2, working through a slow backlog): the table is handed over only past L2, or the
+/// apply worker would apply again what the parts read at L2 already hold (the source's
+/// inserts between P and L2 would come twice).
+#[test]
+fn a_resumed_copy_is_handed_over_past_its_latest_snapshot() {
+    let tc = copy_target(
+        "handover_tgt",
+        &[
+            "livesync.copy_slice_size = 1",
+            "livesync.max_copy_workers_per_table = 2",
+            // One source transaction per target commit: the apply worker hands tables over
+            // between the backlog's transactions, instead of after all of them.
+            "livesync.apply_batch_rows = 1",
+        ],
+    );
+    let src = Db::fresh(source(), "handover_src");
+    let tgt = Db::fresh(&tc, "handover_tgt");
+    let n = 200_000;
+    kv_pair(&src, &tgt, n, 100);
+    let u = "CREATE TABLE u (id int PRIMARY KEY, note text)";
+    src.exec(&format!("{u}; ALTER PUBLICATION p ADD TABLE u"));
+    tgt.exec(u);
+    let writer = BackgroundWriter::kv(&src, "t", n + 1);
+    let sub = "handover";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    wait_until(SYNC_TIMEOUT, "u ready and parts of t committed", || {
+        let u_ready: bool = tgt.query_one(&format!(
+            "SELECT coalesce(bool_or(state = 'r'), false) FROM livesync.subscription_rel \
+              WHERE subname = '{sub}' AND tablename = 'u'"
+        ));
+        u_ready && parts(&tgt).len() >= 2
+    });
+    livesync_stop(&tgt, sub);
+    let pending: i64 = tgt.query_one("SELECT count(*) FROM livesync.copy_range WHERE lsn IS NULL");
+    assert!(
+        pending > 0,
+        "the copy finished before it could be interrupted"
+    );
+    // A backlog for the apply worker, slow to apply: it lags behind the source while the
+    // copy resumes under a snapshot taken after the backlog.
+    tgt.exec(
+        "CREATE FUNCTION slow_u() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN PERFORM pg_sleep(0.2); RETURN NEW; END $$; \
+         CREATE TRIGGER slow_u BEFORE INSERT ON u FOR EACH ROW EXECUTE FUNCTION slow_u(); \
+         ALTER TABLE u ENABLE ALWAYS TRIGGER slow_u",
+    );
+    for i in 1..=150 {
+        src.exec(&format!("INSERT INTO u VALUES ({i}, 'backlog')"));
+    }
+    let p: String = src.query_one("SELECT pg_current_wal_lsn()::text");
+    let _g2 = start_sync(&tgt, &src.uri(), "p", sub);
+    let mut handed_over_behind = false;
+    wait_until(SYNC_TIMEOUT, "the resumed copy to be handed over", || {
+        let r = tgt
+            .client()
+            .query_one(
+                "SELECT r.state::text, r.catchup_lsn < (SELECT max(lsn) FROM livesync.copy_range) \
+                   FROM livesync.sync_rel r JOIN livesync.sync s USING (subid) \
+                  WHERE s.subname = $1 AND r.tablename = 't'",
+                &[&sub],
+            )
+            .unwrap();
+        handed_over_behind |= r.get::<_, Option<bool>>(1) == Some(true);
+        matches!(r.get::<_, String>(0).as_str(), "s" | "r")
+    });
+    wait_for_sync_state(&tgt, sub, 'r');
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    eprintln!("[e2e] writer: {:?}", writer.stop());
+    assert_synced(&src, &tgt, sub, &["t", "u"]);
+    // The case this test is about did happen.
+    let later: bool = tgt.query_one(&format!(
+        "SELECT bool_or(lsn > '{p}'::pg_lsn) FROM livesync.copy_range"
+    ));
+    assert!(
+        later,
+        "no part was read under a snapshot later than the backlog"
+    );
+    assert!(
+        handed_over_behind,
+        "the apply worker never waited at a position behind the copy's latest snapshot"
+    );
+}
