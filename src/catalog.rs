@@ -2,7 +2,9 @@
 //!
 //! `livesync.sync` holds one row per sync (its source connection string, publication and
 //! whether it is enabled); `livesync.sync_rel` one row per published table with its state
-//! (see [`crate::state`]). Every function here runs inside the caller's transaction, so a
+//! (see [`crate::state`]) and the column its copy is sliced on; `livesync.copy_range` the
+//! slices of each table's copy and the parts of them that are loaded, with the snapshot
+//! each was read under (see [`crate::slices`]). Every function here runs inside the caller's transaction, so a
 //! state change commits together with whatever data the caller wrote.
 
 use crate::lsn;
@@ -346,7 +348,7 @@ pub fn restart_rel_copy(subid: i32, relid: u32, why: &str) -> SpiResult<()> {
                  OPERATOR(pg_catalog.||) pg_catalog.quote_ident(r.tablename))::pg_catalog.oid)) AS u(o) \
                WHERE o IS NOT NULL), \
            last_error = $3, last_error_time = pg_catalog.now() \
-         WHERE subid OPERATOR(pg_catalog.=) $1 AND rrelid OPERATOR(pg_catalog.=) $2 AND state IN ('d', 'f')",
+         WHERE subid OPERATOR(pg_catalog.=) $1 AND rrelid OPERATOR(pg_catalog.=) $2 AND (state OPERATOR(pg_catalog.=) 'd' OR state OPERATOR(pg_catalog.=) 'f')",
         &[subid.into(), oid(relid), why.into()],
     )?;
     clear_slices(subid, relid)
@@ -614,7 +616,7 @@ pub fn commit_slice_part(
             "UPDATE livesync.copy_range SET lsn = $5::pg_catalog.pg_lsn, rows = $6, bytes = $7, \
                     done_at = pg_catalog.clock_timestamp() \
               WHERE subid OPERATOR(pg_catalog.=) $1 AND rrelid OPERATOR(pg_catalog.=) $2 \
-                AND sliceno OPERATOR(pg_catalog.=) $3 AND lsn IS NULL AND lo IS NOT DISTINCT FROM $4",
+                AND sliceno OPERATOR(pg_catalog.=) $3 AND lsn IS NULL AND (lo OPERATOR(pg_catalog.=) $4 OR (lo IS NULL AND $4 IS NULL))",
             &args(vec![
                 lsn::format(lsn).into(),
                 (rows as i64).into(),
@@ -626,7 +628,7 @@ pub fn commit_slice_part(
             let n = run(
                 "UPDATE livesync.copy_range SET lo = $5 \
                   WHERE subid OPERATOR(pg_catalog.=) $1 AND rrelid OPERATOR(pg_catalog.=) $2 \
-                    AND sliceno OPERATOR(pg_catalog.=) $3 AND lsn IS NULL AND lo IS NOT DISTINCT FROM $4",
+                    AND sliceno OPERATOR(pg_catalog.=) $3 AND lsn IS NULL AND (lo OPERATOR(pg_catalog.=) $4 OR (lo IS NULL AND $4 IS NULL))",
                 &args(vec![cut.to_owned().into()]),
             )?;
             if n == 1 {

@@ -1,5 +1,7 @@
-//! What livesync asks of the source, over a [`source::Connection`]: checks, slots and the
-//! publication's table list. Async and free of pgrx, so both the SQL functions and the
+//! What livesync asks of the source, over a [`source::Connection`]: checks, slots (the
+//! sync's, each table copy's, and the temporary ones a resumed copy reads under), the
+//! publication's table list, and how to slice a table's copy (`slice_key`,
+//! `slice_bounds`). Source-side SQL runs with an empty `search_path`. Async and free of pgrx, so both the SQL functions and the
 //! workers can drive it from their own runtime.
 
 use crate::error::{Error, Result};
@@ -465,7 +467,7 @@ pub async fn slice_bounds(
         .simple_query(&format!(
             "SELECT DISTINCT b::pg_catalog.text, b FROM pg_catalog.unnest(( \
                     SELECT pg_catalog.percentile_disc(ARRAY(SELECT g::pg_catalog.float8 OPERATOR(pg_catalog./) {n} \
-                                                              FROM pg_catalog.generate_series(1, {n} - 1) g)) \
+                                                              FROM pg_catalog.generate_series(1, {n} OPERATOR(pg_catalog.-) 1) g)) \
                            WITHIN GROUP (ORDER BY {k}) \
                       FROM {from} TABLESAMPLE SYSTEM ({pct}))) b \
               WHERE b IS NOT NULL ORDER BY 2"

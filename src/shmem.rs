@@ -1,4 +1,5 @@
-//! Shared memory: which syncs should run, which livesync processes are alive, and live
+//! Shared memory: which syncs should run, which livesync processes are alive (apply,
+//! table-sync and copy workers), which slice of a copy each loader has claimed, and live
 //! progress for the views.
 //!
 //! This is livesync's equivalent of PostgreSQL's `LogicalRepCtx`. The durable truth is the

@@ -4,8 +4,9 @@
 //! PostgreSQL's tablesync reads and loads in one process and lets the TCP buffers absorb
 //! the difference. livesync's hypertable copy loads staged files with TimescaleDB's COPY
 //! and would stop reading the source for a whole file at a time. So the table-sync worker
-//! creates its slot with `SNAPSHOT 'export'`, and a reader thread with its own connection
-//! and its own tokio runtime:
+//! creates its slot with `SNAPSHOT 'export'` (or, resuming a copy, a temporary slot), and
+//! every loader of the table (the table-sync worker and its copy workers) has a reader
+//! thread with its own connection and its own tokio runtime:
 //! 1. imports that snapshot (`SET TRANSACTION SNAPSHOT`), so it sees exactly the rows
 //!    the slot's consistent point follows, as `SNAPSHOT 'use'` would;
 //! 2. looks up the columns to copy and the publication's row filter and column list,

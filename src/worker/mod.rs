@@ -2,7 +2,10 @@
 //!
 //! - [`launcher`]: one per server; starts each enabled sync's apply worker, with backoff.
 //! - [`apply`]: one per sync; streams the main slot and applies changes.
-//! - [`tablesync`]: one per table being copied; copies, catches up, hands over.
+//! - [`tablesync`]: one per table being copied; plans and loads the copy, catches up, hands
+//!   over.
+//! - copy workers ([`loader`]): up to `livesync.max_copy_workers_per_table - 1` per table
+//!   being copied; load slices of its copy next to the table-sync worker.
 //!
 //! This module owns the bridge between PostgreSQL's single-threaded backend and the tokio
 //! runtime that drives the source connection: every Postgres call stays on the backend's

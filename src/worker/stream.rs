@@ -4,8 +4,9 @@
 //! target transaction) and by a table-sync worker catching up (one table, up to a given
 //! LSN). Both drive it with the same loop body, [`Stream::step`], as PostgreSQL's
 //! `LogicalRepApplyLoop` serves both; each supplies only what differs: which relations it
-//! owns ([`Owner`]), how it groups transactions ([`Batching`]), and what it does between
-//! steps, never inside a source transaction. Progress is recorded the way PostgreSQL's apply worker does it: the source commit's
+//! owns ([`Owner`]: which relations, and for a copy read under several snapshots which rows
+//! of them, `slices::KeyFilter`), how it groups transactions ([`Batching`]), and what it
+//! does between steps, never inside a source transaction. Progress is recorded the way PostgreSQL's apply worker does it: the source commit's
 //! end LSN is stored in the session's replication origin by the same target commit that
 //! holds the data, so a crash at any point loses and doubles nothing; on restart we ask the
 //! slot to resume from the origin's position.
