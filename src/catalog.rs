@@ -686,3 +686,11 @@ pub fn copy_plan_lsn(subid: i32, relid: u32) -> SpiResult<Option<u64>> {
         }
     })
 }
+
+/// A sync and one of its tables, as a worker of that table loads them at its start.
+pub fn sync_and_rel(subid: i32, relid: u32) -> SpiResult<Option<(SyncRow, RelRow)>> {
+    let Some(sub) = sync_by_id(subid)? else {
+        return Ok(None);
+    };
+    Ok(rel(subid, relid)?.map(|r| (sub, r)))
+}

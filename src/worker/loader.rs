@@ -644,13 +644,7 @@ pub extern "C-unwind" fn livesync_copy_main(_arg: pg_sys::Datum) {
 }
 
 fn help(dboid: u32, subid: i32, relid: u32, lsn: Lsn, snapshot: &str) -> Result<()> {
-    let Some((sub, rel)) = worker::xact(|| {
-        let Some(sub) = catalog::sync_by_id(subid)? else {
-            return Ok(None);
-        };
-        Ok(catalog::rel(subid, relid)?.map(|r| (sub, r)))
-    })?
-    else {
+    let Some((sub, rel)) = worker::xact(|| Ok(catalog::sync_and_rel(subid, relid)?))? else {
         return Ok(());
     };
     if !sub.enabled {

@@ -92,12 +92,7 @@ impl Owner for OnlyTable {
 
 impl TableSync {
     fn load(&self) -> Result<Option<(SyncRow, RelRow)>> {
-        worker::xact(|| {
-            let Some(sub) = catalog::sync_by_id(self.subid)? else {
-                return Ok(None);
-            };
-            Ok(catalog::rel(self.subid, self.relid)?.map(|r| (sub, r)))
-        })
+        worker::xact(|| Ok(catalog::sync_and_rel(self.subid, self.relid)?))
     }
 
     /// The source's connection parameters, and the application_name this table's

@@ -132,9 +132,12 @@ fn copy_target(name: &str, settings: &[&str]) -> Cluster {
     Cluster::new_private_with(spec)
 }
 
-/// The kv table on both sides, filled with `n` rows on the source, published as `p`; the
-/// target's loads pause 10 ms every `pause_every` rows so that a copy can be watched.
-fn kv_pair(src: &Db, tgt: &Db, n: i64, pause_every: i64) {
+/// Fresh databases `<name>_src` on the shared source and `<name>_tgt` on `tc`, with the kv
+/// table on both sides, filled with `n` rows on the source, published as `p`; the target's
+/// loads pause 10 ms every `pause_every` rows so that a copy can be watched.
+fn kv_pair<'a>(tc: &'a Cluster, name: &str, n: i64, pause_every: i64) -> (Db<'static>, Db<'a>) {
+    let src = Db::fresh(source(), &format!("{name}_src"));
+    let tgt = Db::fresh(tc, &format!("{name}_tgt"));
     src.exec(&format!(
         "{}; {}; ANALYZE t; CREATE PUBLICATION p FOR TABLE t",
         kv_table_ddl("t"),
@@ -148,6 +151,7 @@ fn kv_pair(src: &Db, tgt: &Db, n: i64, pause_every: i64) {
          ALTER TABLE t ENABLE ALWAYS TRIGGER slow",
         kv_table_ddl("t")
     ));
+    (src, tgt)
 }
 
 /// Moves rows to other keys on the source, down (negative, the first slice) and up (past
@@ -212,10 +216,8 @@ fn sliced_copy_in_parallel_under_concurrent_writes() {
             "livesync.max_copy_workers_per_table = 3",
         ],
     );
-    let src = Db::fresh(source(), "slices_src");
-    let tgt = Db::fresh(&tc, "slices_tgt");
     let n = 200_000;
-    kv_pair(&src, &tgt, n, 200);
+    let (src, tgt) = kv_pair(&tc, "slices", n, 200);
     let writer = BackgroundWriter::kv(&src, "t", n + 1);
     let mover = key_mover(&src, n);
     let sub = "slices";
@@ -287,10 +289,8 @@ fn a_killed_loader_and_a_restart_redo_only_unfinished_slices() {
             "livesync.max_copy_workers_per_table = 2",
         ],
     );
-    let src = Db::fresh(source(), "resume_src");
-    let tgt = Db::fresh(&tc, "resume_tgt");
     let n = 300_000;
-    kv_pair(&src, &tgt, n, 100);
+    let (src, tgt) = kv_pair(&tc, "resume", n, 100);
     let writer = BackgroundWriter::kv(&src, "t", n + 1);
     let mover = key_mover(&src, n);
     let sub = "resume";
@@ -388,10 +388,8 @@ fn a_resumed_copy_is_handed_over_past_its_latest_snapshot() {
             "livesync.apply_batch_rows = 1",
         ],
     );
-    let src = Db::fresh(source(), "handover_src");
-    let tgt = Db::fresh(&tc, "handover_tgt");
     let n = 200_000;
-    kv_pair(&src, &tgt, n, 100);
+    let (src, tgt) = kv_pair(&tc, "handover", n, 100);
     let u = "CREATE TABLE u (id int PRIMARY KEY, note text)";
     src.exec(&format!("{u}; ALTER PUBLICATION p ADD TABLE u"));
     tgt.exec(u);
@@ -488,10 +486,8 @@ fn a_value_moved_between_parts_starts_the_copy_over() {
             "livesync.max_copy_workers_per_table = 2",
         ],
     );
-    let src = Db::fresh(source(), "moved_src");
-    let tgt = Db::fresh(&tc, "moved_tgt");
     let n = 200_000;
-    kv_pair(&src, &tgt, n, 100);
+    let (src, tgt) = kv_pair(&tc, "moved", n, 100);
     for db in [&src, &tgt] {
         db.exec("CREATE UNIQUE INDEX t_payload ON t (payload)");
     }
@@ -523,10 +519,8 @@ fn a_copy_whose_key_changed_while_interrupted_starts_over() {
             "livesync.max_copy_workers_per_table = 2",
         ],
     );
-    let src = Db::fresh(source(), "rekey_src");
-    let tgt = Db::fresh(&tc, "rekey_tgt");
     let n = 200_000;
-    kv_pair(&src, &tgt, n, 100);
+    let (src, tgt) = kv_pair(&tc, "rekey", n, 100);
     let sub = "rekey";
     let _g = interrupted_copy(&src, &tgt, sub);
     src.exec("ALTER TABLE t REPLICA IDENTITY FULL; ALTER TABLE t DROP CONSTRAINT t_pkey");
