@@ -281,10 +281,11 @@ check_big native native
 tgt native -c "DROP SUBSCRIPTION bench_copy_native"
 log "copy native: ${COPY_S[native]} s"
 
-livesync_copy() {  # db label subname ddl workers
-  local db=$1 label=$2 sub=$3 ddl=$4 workers=$5
-  log "copy: livesync -> $label ($workers worker(s) per table)"
-  tgt postgres -c "ALTER SYSTEM SET livesync.max_copy_workers_per_table = $workers" -c "SELECT pg_reload_conf()" >/dev/null
+livesync_copy() {  # db label subname ddl workers [binary_copy]
+  local db=$1 label=$2 sub=$3 ddl=$4 workers=$5 binary=${6:-on}
+  log "copy: livesync -> $label ($workers worker(s) per table, binary_copy $binary)"
+  tgt postgres -c "ALTER SYSTEM SET livesync.max_copy_workers_per_table = $workers" \
+               -c "ALTER SYSTEM SET livesync.binary_copy = $binary" -c "SELECT pg_reload_conf()" >/dev/null
   tgt "$db" -c "DROP TABLE IF EXISTS big" >/dev/null
   tgt "$db" -c "$ddl" >/dev/null
   tgt "$db" -c "CHECKPOINT"; src -c "CHECKPOINT"
@@ -356,7 +357,12 @@ for w in $BENCH_WORKERS; do
   livesync_copy ls_hyper "livesync_hyper_$w" bench_copy_ht "$BIG_DDL_HYPER" "$w"
   COPY_KEYS="$COPY_KEYS livesync_plain_$w livesync_hyper_$w"
 done
-tgt postgres -c "ALTER SYSTEM RESET livesync.max_copy_workers_per_table" -c "SELECT pg_reload_conf()" >/dev/null
+# The same with the text format (livesync.binary_copy = off), with the default 2 workers.
+livesync_copy ls_plain livesync_plain_text bench_copy "$BIG_DDL_PLAIN" 2 off
+livesync_copy ls_hyper livesync_hyper_text bench_copy_ht "$BIG_DDL_HYPER" 2 off
+COPY_KEYS="$COPY_KEYS livesync_plain_text livesync_hyper_text"
+tgt postgres -c "ALTER SYSTEM RESET livesync.max_copy_workers_per_table" \
+             -c "ALTER SYSTEM RESET livesync.binary_copy" -c "SELECT pg_reload_conf()" >/dev/null
 HYPER_CHUNKS=$(tgt ls_hyper -c "SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'big'")
 HYPER_ROOT_ROWS=$(tgt ls_hyper -c "SELECT count(*) FROM ONLY big")
 [ "$(src -c "SELECT count(*) FROM pg_replication_slots")" = 0 ] || log "WARNING: slots left on the source after the copy runs: $(src -c "SELECT string_agg(slot_name, ',') FROM pg_replication_slots")"
@@ -484,6 +490,8 @@ TOTAL_S=$(( $(date +%s) - RUN_START ))
       native) n="native subscription -> plain"; base=native;;
       pipe_plain) n="psql COPY pipe -> plain table"; base=native;;
       pipe_hyper) n="psql COPY pipe -> hypertable"; base=pipe_hyper;;
+      livesync_plain_text) n="livesync -> plain, 2 workers, text"; base=native;;
+      livesync_hyper_text) n="livesync -> hypertable, 2 workers, text"; base=pipe_hyper;;
       livesync_plain_*) n="livesync -> plain, ${k##*_} worker(s)"; base=native;;
       livesync_hyper_*) n="livesync -> hypertable, ${k##*_} worker(s)"; base=pipe_hyper;;
     esac

@@ -85,9 +85,25 @@ unsafe extern "C-unwind" fn read_source(
     written as c_int
 }
 
-/// COPY the stream `next` yields (COPY text format, the mapped columns in the source's
-/// order) into the target table of `m`. Runs in the caller's transaction; returns rows.
-pub fn copy_into(m: &Mapping, mut next: impl FnMut() -> Result<Option<Bytes>>) -> Result<u64> {
+/// The header of COPY's binary format: signature, flags, no extension. `copyread` strips
+/// the source's; each COPY FROM here gets its own.
+pub const BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+
+/// COPY the stream `next` yields (COPY text format, or binary rows without header and
+/// trailer when `binary`; the mapped columns in the source's order) into the target table
+/// of `m`. Runs in the caller's transaction; returns rows.
+pub fn copy_into(
+    m: &Mapping,
+    binary: bool,
+    mut next: impl FnMut() -> Result<Option<Bytes>>,
+) -> Result<u64> {
+    let mut header = binary;
+    let mut next = move || {
+        if std::mem::take(&mut header) {
+            return Ok(Some(Bytes::from_static(BINARY_HEADER)));
+        }
+        next()
+    };
     let names: Vec<CString> = m
         .cols
         .iter()
@@ -127,6 +143,12 @@ pub fn copy_into(m: &Mapping, mut next: impl FnMut() -> Result<Option<Bytes>>) -
                 let s = pg_sys::makeString(pg_sys::pstrdup(n.as_ptr()));
                 attnames = pg_sys::lappend(attnames, s as *mut c_void);
             }
+            let mut options: *mut pg_sys::List = null_mut();
+            if binary {
+                let arg = pg_sys::makeString(pg_sys::pstrdup(c"binary".as_ptr()));
+                let opt = pg_sys::makeDefElem(pg_sys::pstrdup(c"format".as_ptr()), arg.cast(), -1);
+                options = pg_sys::lappend(options, opt as *mut c_void);
+            }
             let cstate = pg_sys::BeginCopyFrom(
                 pstate,
                 rel,
@@ -135,7 +157,7 @@ pub fn copy_into(m: &Mapping, mut next: impl FnMut() -> Result<Option<Bytes>>) -
                 false,
                 Some(read_source),
                 attnames,
-                null_mut(),
+                options,
             );
             let rows = pg_sys::CopyFrom(cstate);
             pg_sys::EndCopyFrom(cstate);
@@ -175,8 +197,14 @@ impl Drop for RemoveOnDrop {
 pub fn copy_into_hypertable(
     m: &Mapping,
     tag: &str,
+    binary: bool,
     mut next: impl FnMut() -> Result<Option<Bytes>>,
 ) -> Result<u64> {
+    let format = if binary {
+        crate::slices::Format::Binary
+    } else {
+        crate::slices::Format::Text
+    };
     use std::io::Write;
     let path =
         std::path::PathBuf::from("base/pgsql_tmp").join(format!("pgsql_tmp_livesync_copy_{tag}"));
@@ -190,15 +218,19 @@ pub fn copy_into_hypertable(
         .collect::<Vec<_>>()
         .join(", ");
     let sql = format!(
-        "COPY {} ({cols}) FROM {}",
+        "COPY {} ({cols}) FROM {}{}",
         m.qualified,
-        crate::remote::quote_literal(&path.to_string_lossy())
+        crate::remote::quote_literal(&path.to_string_lossy()),
+        if binary { " WITH (FORMAT binary)" } else { "" }
     );
     let mut rows: u64 = 0;
     let mut eof = false;
     let (mut waiting, mut loading) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
     while !eof {
         let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path)?);
+        if binary {
+            file.write_all(BINARY_HEADER)?;
+        }
         let mut staged = 0usize;
         while staged < STAGE_BYTES {
             let t = std::time::Instant::now();
@@ -206,8 +238,7 @@ pub fn copy_into_hypertable(
             waiting += t.elapsed();
             match chunk {
                 Some(chunk) => {
-                    // COPY text escapes newlines inside values: one per row.
-                    rows += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+                    rows += format.count_rows(&chunk) as u64;
                     staged += chunk.len();
                     file.write_all(&chunk)?;
                 }

@@ -9,6 +9,7 @@ pub static APPLY_BATCH_ROWS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 pub static APPLY_BATCH_MS: GucSetting<i32> = GucSetting::<i32>::new(200);
 pub static MAX_COPY_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
 pub static COPY_SLICE_MB: GucSetting<i32> = GucSetting::<i32>::new(256);
+pub static BINARY_COPY: GucSetting<bool> = GucSetting::<bool>::new(true);
 
 pub fn init() {
     GucRegistry::define_int_guc(
@@ -80,5 +81,13 @@ pub fn init() {
         1 << 20,
         GucContext::Sighup,
         GucFlags::UNIT_MB,
+    );
+    GucRegistry::define_bool_guc(
+        c"livesync.binary_copy",
+        c"Copy tables in COPY's binary format where both sides have the same built-in type for every column.",
+        c"Off: always the text format.",
+        &BINARY_COPY,
+        GucContext::Sighup,
+        GucFlags::default(),
     );
 }

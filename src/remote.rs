@@ -373,6 +373,21 @@ pub async fn copy_columns(conn: &mut Connection, relid: u32) -> Result<(Vec<Stri
     Ok((all, gen))
 }
 
+/// Every column of a table and its type (on the source).
+pub async fn column_types(conn: &mut Connection, relid: u32) -> Result<Vec<(String, u32)>> {
+    let rows = conn
+        .simple_query(&format!(
+            "SELECT attname, atttypid::pg_catalog.int8 FROM pg_catalog.pg_attribute \
+              WHERE attrelid OPERATOR(pg_catalog.=) {relid} AND attnum OPERATOR(pg_catalog.>) 0 \
+                AND NOT attisdropped"
+        ))
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| Some((r.get(0)?.to_owned(), r.get(1)?.parse().ok()?)))
+        .collect())
+}
+
 /// [`copy_columns`], and whether the table is partitioned (its rows are then in its
 /// partitions: COPY needs a SELECT).
 pub async fn copy_columns_and_kind(

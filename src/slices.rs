@@ -156,42 +156,119 @@ impl KeyFilter {
     }
 }
 
-/// The text of field `col` of one COPY text line (no line end).
-pub fn field(line: &[u8], col: usize) -> Option<&[u8]> {
-    line.split(|&b| b == b'\t').nth(col)
+/// How COPY rows are framed: text lines, or binary tuples (an int16 field count, then per
+/// field an int32 length, -1 for NULL, and the bytes). Binary data here has no header and
+/// no trailer (`copyread` strips them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Binary,
 }
 
-/// The first line of `chunks` (whole COPY text lines, sorted by the key in field `col`)
-/// whose key differs from `key`: (chunk index, offset of the line, its key). A loader
-/// commits just before it: the part then ends at that key, exclusive.
+impl Format {
+    /// The length of the row that `c` starts with (None: `c` holds no whole row).
+    fn row_len(self, c: &[u8]) -> Option<usize> {
+        match self {
+            Format::Text => c.iter().position(|&b| b == b'\n').map(|p| p + 1),
+            Format::Binary => {
+                let n = i16::from_be_bytes(c.get(..2)?.try_into().ok()?);
+                let mut at = 2usize;
+                for _ in 0..n.max(0) {
+                    let len = i32::from_be_bytes(c.get(at..at + 4)?.try_into().ok()?);
+                    at += 4 + len.max(0) as usize;
+                }
+                (at <= c.len()).then_some(at)
+            }
+        }
+    }
+
+    /// The offsets where each whole row of `c` starts.
+    pub fn row_starts(self, c: &[u8]) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < c.len() {
+            let Some(len) = self.row_len(&c[at..]) else {
+                break;
+            };
+            out.push(at);
+            at += len;
+        }
+        out
+    }
+
+    /// Rows in `c` (whole rows).
+    pub fn count_rows(self, c: &[u8]) -> usize {
+        match self {
+            // Newlines inside values are escaped in COPY text: one per row.
+            Format::Text => c.iter().filter(|&&b| b == b'\n').count(),
+            Format::Binary => self.row_starts(c).len(),
+        }
+    }
+
+    /// The offset just after the `n`-th row of `c` (n >= 1), or its end.
+    pub fn after_rows(self, c: &[u8], n: usize) -> usize {
+        self.row_starts(c).get(n.max(1)).copied().unwrap_or(c.len())
+    }
+
+    /// Field `col` of the row `c` starts with.
+    pub fn field(self, c: &[u8], col: usize) -> Option<&[u8]> {
+        match self {
+            Format::Text => {
+                let end = c.iter().position(|&b| b == b'\n').unwrap_or(c.len());
+                c[..end].split(|&b| b == b'\t').nth(col)
+            }
+            Format::Binary => {
+                let mut at = 2usize;
+                for i in 0..=col {
+                    let len = i32::from_be_bytes(c.get(at..at + 4)?.try_into().ok()?);
+                    at += 4;
+                    if i == col {
+                        return c.get(at..at + len.max(0) as usize);
+                    }
+                    at += len.max(0) as usize;
+                }
+                None
+            }
+        }
+    }
+
+    /// A key's value as the source reads it back in SQL: COPY text as is; a binary integer
+    /// (int2, int4, int8: the only key types copied in binary) in decimal.
+    pub fn key_text(self, k: &[u8]) -> String {
+        match (self, k.len()) {
+            (Format::Binary, 2) => i16::from_be_bytes([k[0], k[1]]).to_string(),
+            (Format::Binary, 4) => i32::from_be_bytes(k.try_into().unwrap()).to_string(),
+            (Format::Binary, 8) => i64::from_be_bytes(k.try_into().unwrap()).to_string(),
+            _ => String::from_utf8_lossy(k).into_owned(),
+        }
+    }
+}
+
+/// The first row of `chunks` (whole rows, sorted by the key in field `col`) whose key
+/// differs from `key`: (chunk index, offset of the row, its key). A loader commits just
+/// before it: the part then ends at that key, exclusive.
 pub fn first_other_key(
+    f: Format,
     chunks: &[bytes::Bytes],
     col: usize,
     key: &[u8],
 ) -> Option<(usize, usize, Vec<u8>)> {
     for (i, c) in chunks.iter().enumerate() {
-        let mut start = 0;
-        while start < c.len() {
-            let end = c[start..]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(c.len(), |p| start + p);
-            let k = field(&c[start..end], col)?;
+        for start in f.row_starts(c) {
+            let k = f.field(&c[start..], col)?;
             if k != key {
                 return Some((i, start, k.to_vec()));
             }
-            start = end + 1;
         }
     }
     None
 }
 
-/// The key (field `col`) of the last line of `chunks`.
-pub fn last_key(chunks: &[bytes::Bytes], col: usize) -> Option<&[u8]> {
+/// The key (field `col`) of the last row of `chunks`.
+pub fn last_key(f: Format, chunks: &[bytes::Bytes], col: usize) -> Option<&[u8]> {
     let c = chunks.iter().rev().find(|c| !c.is_empty())?;
-    let body = c.strip_suffix(b"\n").unwrap_or(c);
-    let start = body.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    field(&body[start..], col)
+    let start = *f.row_starts(c).last()?;
+    f.field(&c[start..], col)
 }
 
 #[cfg(test)]
@@ -208,23 +285,83 @@ mod tests {
     #[test]
     fn first_other_key_finds_where_a_part_may_end() {
         let c = chunks(&["2\ta\n2\tb\n", "2\tc\n3\td\n"]);
-        assert_eq!(first_other_key(&c, 0, b"2"), Some((1, 4, b"3".to_vec())));
-        assert_eq!(first_other_key(&c, 0, b"1"), Some((0, 0, b"2".to_vec())));
-        assert_eq!(first_other_key(&c, 1, b"a"), Some((0, 4, b"b".to_vec())));
-        assert_eq!(first_other_key(&chunks(&["5\tx\n5\ty\n"]), 0, b"5"), None);
-        assert_eq!(first_other_key(&chunks(&[""]), 0, b"5"), None);
+        assert_eq!(
+            first_other_key(Format::Text, &c, 0, b"2"),
+            Some((1, 4, b"3".to_vec()))
+        );
+        assert_eq!(
+            first_other_key(Format::Text, &c, 0, b"1"),
+            Some((0, 0, b"2".to_vec()))
+        );
+        assert_eq!(
+            first_other_key(Format::Text, &c, 1, b"a"),
+            Some((0, 4, b"b".to_vec()))
+        );
+        assert_eq!(
+            first_other_key(Format::Text, &chunks(&["5\tx\n5\ty\n"]), 0, b"5"),
+            None
+        );
+        assert_eq!(first_other_key(Format::Text, &chunks(&[""]), 0, b"5"), None);
     }
 
     #[test]
     fn last_key_reads_the_last_line() {
-        assert_eq!(last_key(&chunks(&["1\ta\n2\tb\n", ""]), 0), Some(&b"2"[..]));
-        assert_eq!(last_key(&chunks(&["1\ta\n"]), 1), Some(&b"a"[..]));
-        assert_eq!(last_key(&chunks(&[]), 0), None);
+        assert_eq!(
+            last_key(Format::Text, &chunks(&["1\ta\n2\tb\n", ""]), 0),
+            Some(&b"2"[..])
+        );
+        assert_eq!(
+            last_key(Format::Text, &chunks(&["1\ta\n"]), 1),
+            Some(&b"a"[..])
+        );
+        assert_eq!(last_key(Format::Text, &chunks(&[]), 0), None);
     }
 
     #[test]
     fn field_picks_a_column() {
-        assert_eq!(field(b"a\tbb\tc", 1), Some(&b"bb"[..]));
-        assert_eq!(field(b"a", 1), None);
+        assert_eq!(Format::Text.field(b"a\tbb\tc\n", 1), Some(&b"bb"[..]));
+        assert_eq!(Format::Text.field(b"a", 1), None);
+    }
+
+    /// A binary COPY row: the given fields (None: NULL).
+    fn binary_row(fields: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut r = (fields.len() as i16).to_be_bytes().to_vec();
+        for f in fields {
+            match f {
+                Some(v) => {
+                    r.extend((v.len() as i32).to_be_bytes());
+                    r.extend(*v);
+                }
+                None => r.extend((-1i32).to_be_bytes()),
+            }
+        }
+        r
+    }
+
+    #[test]
+    fn binary_rows_are_framed_and_keyed() {
+        let one = 1i64.to_be_bytes();
+        let two = 2i64.to_be_bytes();
+        let mut c = binary_row(&[Some(&one), None, Some(b"x")]);
+        let second = c.len();
+        c.extend(binary_row(&[Some(&one), Some(b"yy"), Some(b"")]));
+        let third = c.len();
+        c.extend(binary_row(&[Some(&two), None, None]));
+        let f = Format::Binary;
+        assert_eq!(f.row_starts(&c), vec![0, second, third]);
+        assert_eq!(f.count_rows(&c), 3);
+        assert_eq!(f.after_rows(&c, 2), third);
+        assert_eq!(f.after_rows(&c, 5), c.len());
+        assert_eq!(f.field(&c[second..], 1), Some(&b"yy"[..]));
+        let chunks = vec![bytes::Bytes::from(c)];
+        assert_eq!(
+            first_other_key(f, &chunks, 0, &one),
+            Some((0, third, two.to_vec()))
+        );
+        assert_eq!(last_key(f, &chunks, 0), Some(&two[..]));
+        assert_eq!(f.key_text(&two), "2");
+        assert_eq!(f.key_text(&(-7i32).to_be_bytes()), "-7");
+        // A partial row is not a row.
+        assert_eq!(f.count_rows(&chunks[0][..third + 3]), 2);
     }
 }

@@ -54,6 +54,8 @@ pub struct Meta {
     pub approximate_size: Option<i64>,
     /// The column to slice the copy on, and its type (`remote::slice_key`).
     pub key: Option<(String, u32)>,
+    /// Every column's type on the source.
+    pub types: Vec<(String, u32)>,
 }
 
 enum Msg {
@@ -73,8 +75,8 @@ enum Request {
         size: i64,
         n: usize,
     },
-    /// A `COPY ... TO STDOUT`.
-    Copy(String),
+    /// A `COPY ... TO STDOUT`, binary or not.
+    Copy(String, bool),
 }
 
 /// The worker's end of a reader thread.
@@ -163,10 +165,11 @@ impl CopyReader {
         }
     }
 
-    /// Run `sql` (a `COPY ... TO STDOUT`) under the snapshot; read its rows with
-    /// [`CopyReader::next_chunk`] to the end before asking for anything else.
-    pub fn copy(&mut self, sql: String) -> Result<()> {
-        self.ask(Request::Copy(sql))
+    /// Run `sql` (a `COPY ... TO STDOUT`, with `(FORMAT binary)` when `binary`) under the
+    /// snapshot; read its rows with [`CopyReader::next_chunk`] to the end before asking for
+    /// anything else. Binary rows come without the format's header and trailer.
+    pub fn copy(&mut self, sql: String, binary: bool) -> Result<()> {
+        self.ask(Request::Copy(sql, binary))
     }
 
     /// The next chunk of COPY text (whole rows), `None` at the end of the copy.
@@ -233,7 +236,9 @@ async fn read(
         remote::publication_filter(&mut conn, &src.publication, &src.schema, &src.table).await?;
     let (approximate_rows, approximate_size) = remote::table_estimate(&mut conn, src.relid).await?;
     let key = remote::slice_key(&mut conn, src.relid).await?;
+    let types = remote::column_types(&mut conn, src.relid).await?;
     let meta = Meta {
+        types,
         columns,
         generated,
         partitioned,
@@ -267,8 +272,11 @@ async fn read(
                 }
                 continue;
             }
-            Request::Copy(sql) => sql,
+            Request::Copy(sql, binary) => (sql, binary),
         };
+        let (sql, binary) = sql;
+        // Binary COPY: the header comes with the first row, the trailer (-1) alone last.
+        let mut header = binary;
         let mut copy = conn.copy_out(&sql).await?;
         let mut buf = BytesMut::with_capacity(CHUNK + (64 << 10));
         loop {
@@ -276,7 +284,14 @@ async fn read(
                 return Ok(());
             };
             match next? {
-                Some(row) => {
+                Some(mut row) => {
+                    if header {
+                        header = false;
+                        row = strip_binary_header(row)?;
+                    }
+                    if binary && row[..] == [0xff, 0xff] {
+                        continue;
+                    }
                     buf.extend_from_slice(&row);
                     if buf.len() >= CHUNK {
                         let chunk = buf.split().freeze();
@@ -296,4 +311,19 @@ async fn read(
             return Ok(());
         }
     }
+}
+
+/// The rest of the first CopyData message of a binary COPY after the format's header
+/// (signature, flags, header extension), or an error if it is not one.
+fn strip_binary_header(msg: Bytes) -> Result<Bytes> {
+    const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+    let bad = || Error::internal("the source's binary COPY data has no valid header");
+    if msg.len() < 19 || &msg[..11] != SIGNATURE {
+        return Err(bad());
+    }
+    let ext = u32::from_be_bytes([msg[15], msg[16], msg[17], msg[18]]) as usize;
+    if msg.len() < 19 + ext {
+        return Err(bad());
+    }
+    Ok(msg.slice(19 + ext..))
 }

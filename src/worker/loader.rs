@@ -23,7 +23,7 @@ use crate::pgoutput::{Column, Lsn, Relation, ReplicaIdentity};
 use crate::relmap::Mapping;
 use crate::remote::{quote_ident, quote_literal};
 use crate::shmem::{TableWorkerSlot, REGISTRY};
-use crate::slices;
+use crate::slices::{self, Format};
 use crate::source::ConnInfo;
 use crate::worker;
 use bytes::Bytes;
@@ -163,6 +163,9 @@ pub struct Loader {
     row_filter: Option<String>,
     select: bool,
     key: Option<(String, u32, usize)>,
+    /// COPY's binary format when both sides have the same built-in type for every column
+    /// (and the key, if any, is an integer), its text format otherwise.
+    format: Format,
     applier: Applier,
     target: Rc<Mapping>,
     method: Method,
@@ -233,6 +236,17 @@ impl Loader {
             };
             Ok((target, method))
         })?;
+        let format = if method != Method::Insert
+            && crate::gucs::BINARY_COPY.get()
+            && key
+                .as_ref()
+                .is_none_or(|k| matches!(k.1, slices::INT2 | slices::INT4 | slices::INT8))
+            && worker::xact(|| same_builtin_types(&target, &columns, &meta.types))?
+        {
+            Format::Binary
+        } else {
+            Format::Text
+        };
         Ok(Loader {
             dboid,
             subid,
@@ -248,6 +262,7 @@ impl Loader {
             columns,
             row_filter,
             key,
+            format,
             applier,
             target,
             method,
@@ -257,10 +272,12 @@ impl Loader {
     }
 
     pub fn method(&self) -> &'static str {
-        match self.method {
-            Method::Copy => "COPY",
-            Method::HypertableCopy => "TimescaleDB COPY",
-            Method::Insert => "batched INSERT",
+        match (self.method, self.format) {
+            (Method::Copy, Format::Binary) => "binary COPY",
+            (Method::Copy, Format::Text) => "COPY",
+            (Method::HypertableCopy, Format::Binary) => "TimescaleDB binary COPY",
+            (Method::HypertableCopy, Format::Text) => "TimescaleDB COPY",
+            (Method::Insert, _) => "batched INSERT",
         }
     }
 
@@ -289,7 +306,7 @@ impl Loader {
                 s.lo.is_none() && s.hi.is_none(),
                 "a bounded slice without a key"
             );
-            return match (conds.pop(), self.select, self.columns.is_empty()) {
+            let sql = match (conds.pop(), self.select, self.columns.is_empty()) {
                 (Some(f), _, _) => {
                     format!("COPY (SELECT {collist} FROM {only}{table} WHERE {f}) TO STDOUT")
                 }
@@ -299,6 +316,7 @@ impl Loader {
                 (None, false, true) => format!("COPY {table} TO STDOUT"),
                 (None, false, false) => format!("COPY {table} ({collist}) TO STDOUT"),
             };
+            return format!("{sql}{}", self.format_option());
         };
         let k = quote_ident(key);
         let ty = type_name(*typid);
@@ -319,7 +337,17 @@ impl Loader {
         } else {
             format!(" WHERE {}", conds.join(" AND "))
         };
-        format!("COPY (SELECT {collist} FROM {only}{table}{wh} ORDER BY {k}) TO STDOUT")
+        format!(
+            "COPY (SELECT {collist} FROM {only}{table}{wh} ORDER BY {k}) TO STDOUT{}",
+            self.format_option()
+        )
+    }
+
+    fn format_option(&self) -> &'static str {
+        match self.format {
+            Format::Binary => " (FORMAT binary)",
+            Format::Text => "",
+        }
     }
 
     /// Claim a slice no live worker of this table loads, still pending as of now.
@@ -387,7 +415,8 @@ impl Loader {
             return Err(Error::internal("a bounded slice of a copy without a key"));
         }
         let sql = self.slice_sql(s);
-        self.reader.copy(sql)?;
+        let fmt = self.format;
+        self.reader.copy(sql, fmt == Format::Binary)?;
         let key_col = self.order_key(s).map(|k| k.2);
         let mut lo = s.lo.clone();
         let (mut part_rows, mut part_bytes) = (0u64, 0u64);
@@ -401,20 +430,20 @@ impl Loader {
         loop {
             // A portion: chunks until it is big enough or the slice ends.
             let mut portion = std::mem::take(&mut carry);
-            let mut rows: usize = portion.iter().map(|c| count_rows(c)).sum();
+            let mut rows: usize = portion.iter().map(|c| fmt.count_rows(c)).sum();
             let mut size: usize = portion.iter().map(Bytes::len).sum();
             while !eof && size < PORTION_BYTES && rows < PORTION_ROWS {
                 match self.reader.next_chunk()? {
                     Some(mut c) => {
                         // A chunk of small rows is cut at PORTION_ROWS (a hypertable copy
                         // may lock a chunk per few rows).
-                        let n = count_rows(&c);
+                        let n = fmt.count_rows(&c);
                         if rows + n > PORTION_ROWS && key_col.is_some() {
-                            let off = after_rows(&c, PORTION_ROWS - rows);
+                            let off = fmt.after_rows(&c, PORTION_ROWS - rows);
                             carry.push(c.split_off(off));
                         }
                         size += c.len();
-                        rows += count_rows(&c);
+                        rows += fmt.count_rows(&c);
                         portion.push(c);
                     }
                     None => eof = true,
@@ -423,7 +452,7 @@ impl Loader {
             // A commit is due: load up to the first row with another key than the last
             // loaded one, and commit there.
             if let (true, Some(col), Some(last)) = (commit_due, key_col, last_key.as_deref()) {
-                if let Some((i, off, cut)) = slices::first_other_key(&portion, col, last) {
+                if let Some((i, off, cut)) = slices::first_other_key(fmt, &portion, col, last) {
                     let mut rest: Vec<Bytes> = portion.split_off(i);
                     let first = rest[0].clone();
                     portion.push(first.slice(..off));
@@ -431,7 +460,7 @@ impl Loader {
                     rest.append(&mut carry);
                     carry = rest;
                     self.load(portion, &mut part_rows, &mut part_bytes)?;
-                    let cut = String::from_utf8_lossy(&cut).into_owned();
+                    let cut = fmt.key_text(&cut);
                     self.commit_part(s, lo.as_deref(), Some(&cut), part_rows, part_bytes)?;
                     worker::begin();
                     lo = Some(cut);
@@ -441,7 +470,7 @@ impl Loader {
                 }
             }
             if let Some(col) = key_col {
-                if let Some(k) = slices::last_key(&portion, col) {
+                if let Some(k) = slices::last_key(fmt, &portion, col) {
                     last_key = Some(k.to_vec());
                 }
             }
@@ -514,7 +543,7 @@ impl Loader {
             let c = chunks.next();
             if let Some(c) = &c {
                 *part_bytes += c.len() as u64;
-                *part_rows += count_rows(c) as u64;
+                *part_rows += self.format.count_rows(c) as u64;
                 publish_progress(*part_rows, *part_bytes);
             }
             Ok(c)
@@ -522,7 +551,10 @@ impl Loader {
         let target = self.target.clone();
         match self.method {
             Method::Copy => {
-                crate::apply::as_owner(&target, || crate::copyin::copy_into(&target, next))?;
+                let binary = self.format == Format::Binary;
+                crate::apply::as_owner(&target, || {
+                    crate::copyin::copy_into(&target, binary, next)
+                })?;
             }
             Method::HypertableCopy => {
                 let tag = format!(
@@ -534,7 +566,12 @@ impl Loader {
                     unsafe { pg_sys::MyProcPid }
                 );
                 crate::apply::as_owner(&target, || {
-                    crate::copyin::copy_into_hypertable(&target, &tag, next)
+                    crate::copyin::copy_into_hypertable(
+                        &target,
+                        &tag,
+                        self.format == Format::Binary,
+                        next,
+                    )
                 })?;
             }
             Method::Insert => {
@@ -562,20 +599,6 @@ impl Loader {
 
 fn release_claim() {
     with_my_slot(|t| t.loading = false);
-}
-
-/// The offset just after the `n`-th line of `c` (n >= 1), or its end.
-fn after_rows(c: &[u8], n: usize) -> usize {
-    c.iter()
-        .enumerate()
-        .filter(|(_, &b)| b == b'\n')
-        .nth(n.max(1) - 1)
-        .map_or(c.len(), |(i, _)| i + 1)
-}
-
-/// Rows in whole COPY text lines (newlines inside values are escaped).
-fn count_rows(c: &[u8]) -> usize {
-    c.iter().filter(|&&b| b == b'\n').count()
 }
 
 /// Locks this transaction holds in the shared lock table (fast-path ones take no room).
@@ -689,4 +712,38 @@ pub fn start_reader(
         schema: rel.srcschema.clone(),
         table: rel.srcname.clone(),
     })
+}
+
+/// Does every copied column have the same built-in type on both sides (so that COPY's
+/// binary format, whose values are the types' send/recv forms, means the same there)?
+/// In a transaction.
+fn same_builtin_types(m: &Mapping, columns: &[String], source: &[(String, u32)]) -> Result<bool> {
+    let target: Vec<(String, pg_sys::Oid)> = Spi::connect(|c| {
+        let mut out = Vec::new();
+        for r in c.select(
+            "SELECT attname::pg_catalog.text, atttypid FROM pg_catalog.pg_attribute \
+              WHERE attrelid OPERATOR(pg_catalog.=) $1 AND attnum OPERATOR(pg_catalog.>) 0 \
+                AND NOT attisdropped",
+            None,
+            &[m.local_oid.into()],
+        )? {
+            out.push((
+                r.get(1)?.unwrap_or_default(),
+                r.get(2)?.unwrap_or(pg_sys::Oid::INVALID),
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })?;
+    Ok(!columns.is_empty()
+        && columns.iter().zip(&m.cols).all(|(name, t)| {
+            let src = source.iter().find(|(n, _)| n == name).map(|(_, t)| *t);
+            let tgt = t.as_ref().and_then(|t| {
+                target
+                    .iter()
+                    .find(|(n, _)| *n == t.name)
+                    .map(|(_, o)| o.to_u32())
+            });
+            // Built-in: below FirstGenbkiObjectId, the same OID on every server.
+            matches!((src, tgt), (Some(s), Some(t)) if s == t && s < 10_000)
+        }))
 }

@@ -373,9 +373,9 @@ fn a_copy_into_3000_chunks_fits_the_default_lock_table() {
 }
 
 /// A copy resumed under a later snapshot (L2) while the apply worker lags behind it (at
-/// P < L2, working through a slow backlog): the table is handed over only past L2, or the
-/// apply worker would apply again what the parts read at L2 already hold (the source's
-/// inserts between P and L2 would come twice).
+/// P < L2, held up in a backlog): the table is handed over only past L2, or the apply
+/// worker would apply again what the parts read at L2 already hold (the source's inserts
+/// between P and L2 would come twice).
 #[test]
 fn a_resumed_copy_is_handed_over_past_its_latest_snapshot() {
     let tc = copy_target(
@@ -409,38 +409,29 @@ fn a_resumed_copy_is_handed_over_past_its_latest_snapshot() {
         pending > 0,
         "the copy finished before it could be interrupted"
     );
-    // A backlog for the apply worker, slow to apply: it lags behind the source while the
-    // copy resumes under a snapshot taken after the backlog.
+    // A backlog for the apply worker, written while the sync is stopped, whose second row
+    // waits for a lock this test holds: the apply worker applies the first row (and starts
+    // the copy's table-sync worker after that commit), then stays behind the backlog while
+    // the copy resumes under a snapshot taken after it.
+    let mut holder = tgt.client();
+    holder.execute("SELECT pg_advisory_lock(42)", &[]).unwrap();
     tgt.exec(
-        "CREATE FUNCTION slow_u() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN PERFORM pg_sleep(0.2); RETURN NEW; END $$; \
-         CREATE TRIGGER slow_u BEFORE INSERT ON u FOR EACH ROW EXECUTE FUNCTION slow_u(); \
-         ALTER TABLE u ENABLE ALWAYS TRIGGER slow_u",
+        "CREATE FUNCTION wait_u() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF NEW.id >= 2 THEN PERFORM pg_advisory_xact_lock(42); END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER wait_u BEFORE INSERT ON u FOR EACH ROW EXECUTE FUNCTION wait_u(); \
+         ALTER TABLE u ENABLE ALWAYS TRIGGER wait_u",
     );
-    for i in 1..=150 {
+    for i in 1..=20 {
         src.exec(&format!("INSERT INTO u VALUES ({i}, 'backlog')"));
     }
     let p: String = src.query_one("SELECT pg_current_wal_lsn()::text");
     let _g2 = start_sync(&tgt, &src.uri(), "p", sub);
-    let mut handed_over_behind = false;
-    wait_until(SYNC_TIMEOUT, "the resumed copy to be handed over", || {
-        let r = tgt
-            .client()
-            .query_one(
-                "SELECT r.state::text, r.catchup_lsn < (SELECT max(lsn) FROM livesync.copy_range) \
-                   FROM livesync.sync_rel r JOIN livesync.sync s USING (subid) \
-                  WHERE s.subname = $1 AND r.tablename = 't'",
-                &[&sub],
-            )
-            .unwrap();
-        handed_over_behind |= r.get::<_, Option<bool>>(1) == Some(true);
-        matches!(r.get::<_, String>(0).as_str(), "s" | "r")
+    // The copy finishes while the apply worker waits (behind p) ...
+    wait_until(SYNC_TIMEOUT, "the resumed copy to finish", || {
+        tgt.query_one::<String>(&format!(
+            "SELECT state::text FROM livesync.subscription_rel WHERE subname = '{sub}' AND tablename = 't'"
+        )) == "f"
     });
-    wait_for_sync_state(&tgt, sub, 'r');
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    eprintln!("[e2e] writer: {:?}", writer.stop());
-    assert_synced(&src, &tgt, sub, &["t", "u"]);
-    // The case this test is about did happen.
     let later: bool = tgt.query_one(&format!(
         "SELECT bool_or(lsn > '{p}'::pg_lsn) FROM livesync.copy_range"
     ));
@@ -448,10 +439,19 @@ fn a_resumed_copy_is_handed_over_past_its_latest_snapshot() {
         later,
         "no part was read under a snapshot later than the backlog"
     );
-    assert!(
-        handed_over_behind,
-        "the apply worker never waited at a position behind the copy's latest snapshot"
+    let applied: i64 = tgt.query_one("SELECT count(*) FROM u");
+    assert_eq!(
+        applied, 1,
+        "the apply worker must still be held up in the backlog"
     );
+    // ... and hands it over from there, at its next commit.
+    holder
+        .execute("SELECT pg_advisory_unlock(42)", &[])
+        .unwrap();
+    wait_for_sync_state(&tgt, sub, 'r');
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    eprintln!("[e2e] writer: {:?}", writer.stop());
+    assert_synced(&src, &tgt, sub, &["t", "u"]);
 }
 
 /// Start a sync of `t` (see [`kv_pair`]) and stop it once its copy has committed a part
@@ -533,4 +533,55 @@ fn a_copy_whose_key_changed_while_interrupted_starts_over() {
     let total: i32 =
         tgt.query_one("SELECT slices_total FROM livesync.subscription_rel WHERE tablename = 't'");
     assert_eq!(total, 1, "copied again as one slice, without a key");
+}
+
+/// Columns of many built-in types, with NULLs and text that needs escaping in COPY's text
+/// format.
+const TYPES_DDL: &str = "(id bigint PRIMARY KEY, i2 int2, i4 int4, n numeric(12,3), f4 real, \
+    f8 double precision, b bool, t text, vc varchar(20), ch char(3), by bytea, d date, \
+    ts timestamp, tz timestamptz, tm time, iv interval, u uuid, j jsonb, js json, ip inet, \
+    arr int[], tarr text[], bits varbit(8))";
+
+/// A table copied in COPY's binary format (the same built-in types on both sides) and one
+/// in its text format (a column of another type on the target) arrive equal to the source,
+/// values that need escaping and NULLs included.
+#[test]
+fn binary_and_text_copies_agree_on_every_type() {
+    let src = Db::fresh(source(), "formats_src");
+    let tgt = Db::fresh(target(), "formats_tgt");
+    let fill = "INSERT INTO {t} SELECT g, g::int2, -g, g * 1.5, g / 3.0, -g / 7.0, g % 2 = 0, \
+        E'tab\\there\\nnew line \\\\ back ' || g || ' é', 'v' || g, 'c' || (g % 10), \
+        decode(md5(g::text), 'hex'), date '2000-01-01' + g, timestamp '2000-01-01' + g * interval '1 min', \
+        timestamptz '2000-01-01 00:00+02' + g * interval '1 s', time '00:00' + g * interval '1 s', \
+        g * interval '1 h 1 s', md5(g::text)::uuid, jsonb_build_object('g', g, 's', E'q\"\\\\'), \
+        json_build_array(g, 'x'), ('10.0.' || (g % 256) || '.1')::inet, ARRAY[g, NULL, -g], \
+        ARRAY['a b', NULL, E'c\\td'], (g % 256)::bit(8)::varbit \
+        FROM generate_series(1, 2000) g; \
+        INSERT INTO {t} (id) VALUES (0)";
+    for t in ["as_is", "other_type"] {
+        src.exec(&format!("CREATE TABLE {t} {TYPES_DDL}"));
+        src.exec(&fill.replace("{t}", t));
+    }
+    src.exec("CREATE PUBLICATION p FOR TABLE as_is, other_type");
+    tgt.exec(&format!("CREATE TABLE as_is {TYPES_DDL}"));
+    tgt.exec(&format!(
+        "CREATE TABLE other_type {}",
+        TYPES_DDL.replace("t text,", "t varchar(200),")
+    ));
+    let sub = "formats";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    wait_for_sync_state(&tgt, sub, 'r');
+    assert_synced(&src, &tgt, sub, &["as_is", "other_type"]);
+    let log = std::fs::read_to_string(target().logfile()).unwrap();
+    let method = |table: &str| -> String {
+        log.lines()
+            .rev()
+            .find(|l| l.contains(&format!("copied \"public.{table}\" (")))
+            .and_then(|l| l.split(&format!("copied \"public.{table}\" (")).nth(1))
+            .and_then(|r| r.split(')').next())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(method("as_is"), "binary COPY");
+    assert_eq!(method("other_type"), "COPY");
 }
