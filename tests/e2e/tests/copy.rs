@@ -132,6 +132,15 @@ fn copy_target(name: &str, settings: &[&str]) -> Cluster {
     Cluster::new_private_with(spec)
 }
 
+/// A private target (see [`copy_target`]) that copies in 1 MB slices with `workers` workers
+/// per table, and `settings`.
+fn sliced_target(name: &str, workers: u32, settings: &[&str]) -> Cluster {
+    let workers = format!("livesync.max_copy_workers_per_table = {workers}");
+    let mut all = vec!["livesync.copy_slice_size = 1", workers.as_str()];
+    all.extend(settings);
+    copy_target(name, &all)
+}
+
 /// Fresh databases `<name>_src` on the shared source and `<name>_tgt` on `tc`, with the kv
 /// table on both sides, filled with `n` rows on the source, published as `p`; the target's
 /// loads pause 10 ms every `pause_every` rows so that a copy can be watched.
@@ -209,13 +218,7 @@ fn parts(tgt: &Db) -> Vec<Part> {
 /// slices; the target ends equal to the source.
 #[test]
 fn sliced_copy_in_parallel_under_concurrent_writes() {
-    let tc = copy_target(
-        "slices_tgt",
-        &[
-            "livesync.copy_slice_size = 1",
-            "livesync.max_copy_workers_per_table = 3",
-        ],
-    );
+    let tc = sliced_target("slices_tgt", 3, &[]);
     let n = 200_000;
     let (src, tgt) = kv_pair(&tc, "slices", n, 200);
     let writer = BackgroundWriter::kv(&src, "t", n + 1);
@@ -282,13 +285,7 @@ fn sliced_copy_in_parallel_under_concurrent_writes() {
 /// ends equal to the source, which kept writing throughout.
 #[test]
 fn a_killed_loader_and_a_restart_redo_only_unfinished_slices() {
-    let tc = copy_target(
-        "resume_tgt",
-        &[
-            "livesync.copy_slice_size = 1",
-            "livesync.max_copy_workers_per_table = 2",
-        ],
-    );
+    let tc = sliced_target("resume_tgt", 2, &[]);
     let n = 300_000;
     let (src, tgt) = kv_pair(&tc, "resume", n, 100);
     let writer = BackgroundWriter::kv(&src, "t", n + 1);
@@ -378,13 +375,13 @@ fn a_copy_into_3000_chunks_fits_the_default_lock_table() {
 /// between P and L2 would come twice).
 #[test]
 fn a_resumed_copy_is_handed_over_past_its_latest_snapshot() {
-    let tc = copy_target(
+    let tc = sliced_target(
         "handover_tgt",
+        2,
         &[
-            "livesync.copy_slice_size = 1",
-            "livesync.max_copy_workers_per_table = 2",
-            // One source transaction per target commit: the apply worker hands tables over
-            // between the backlog's transactions, instead of after all of them.
+            // One source transaction per target commit: the apply worker commits the
+            // backlog's first row alone (and starts the copy's worker after that commit)
+            // before the second row waits.
             "livesync.apply_batch_rows = 1",
         ],
     );
@@ -479,13 +476,7 @@ fn interrupted_copy(src: &Db, tgt: &Db, sub: &str) -> SyncGuard {
 /// old parts, so the copy starts over (before: the same unique violation forever).
 #[test]
 fn a_value_moved_between_parts_starts_the_copy_over() {
-    let tc = copy_target(
-        "moved_tgt",
-        &[
-            "livesync.copy_slice_size = 1",
-            "livesync.max_copy_workers_per_table = 2",
-        ],
-    );
+    let tc = sliced_target("moved_tgt", 2, &[]);
     let n = 200_000;
     let (src, tgt) = kv_pair(&tc, "moved", n, 100);
     for db in [&src, &tgt] {
@@ -512,13 +503,7 @@ fn a_value_moved_between_parts_starts_the_copy_over() {
 /// (before: each pending slice copied the whole table).
 #[test]
 fn a_copy_whose_key_changed_while_interrupted_starts_over() {
-    let tc = copy_target(
-        "rekey_tgt",
-        &[
-            "livesync.copy_slice_size = 1",
-            "livesync.max_copy_workers_per_table = 2",
-        ],
-    );
+    let tc = sliced_target("rekey_tgt", 2, &[]);
     let n = 200_000;
     let (src, tgt) = kv_pair(&tc, "rekey", n, 100);
     let sub = "rekey";
