@@ -41,28 +41,45 @@ pub const TIMESTAMPTZ: u32 = 1184;
 /// and ordered as a signed 64-bit integer.
 pub const SLICEABLE: &[u32] = &[INT2, INT4, INT8, DATE, TIME, TIMESTAMP, TIMESTAMPTZ];
 
-/// A key's value (COPY or pgoutput text) as the ordered integer it is in PostgreSQL,
-/// parsed by the type's input function. In a transaction.
-pub fn key_value(typid: u32, text: &[u8]) -> Result<i64> {
-    debug_assert!(SLICEABLE.contains(&typid));
-    let s = CString::new(text).map_err(|_| Error::internal("a key value holds a NUL byte"))?;
-    let mut input = pg_sys::Oid::INVALID;
-    let mut ioparam = pg_sys::Oid::INVALID;
-    // SAFETY: catalog look-up and the input function of a built-in by-value type, in a
-    // transaction; an invalid value raises an ERROR, which the caller's guard catches.
-    let d = unsafe {
-        pg_sys::getTypeInputInfo(pg_sys::Oid::from(typid), &mut input, &mut ioparam);
-        pg_sys::OidInputFunctionCall(input, s.as_ptr() as *mut _, ioparam, -1)
-    };
-    // By-value types narrower than 64 bits are sign-extended into the Datum.
-    Ok(d.value() as i64)
+/// How to read a key type's text: its input function, looked up once per filter.
+#[derive(Clone, Copy)]
+struct KeyInput {
+    input: pg_sys::Oid,
+    ioparam: pg_sys::Oid,
+}
+
+impl KeyInput {
+    /// In a transaction.
+    fn of(typid: u32) -> KeyInput {
+        debug_assert!(SLICEABLE.contains(&typid));
+        let mut k = KeyInput {
+            input: pg_sys::Oid::INVALID,
+            ioparam: pg_sys::Oid::INVALID,
+        };
+        // SAFETY: a catalog look-up, in a transaction.
+        unsafe { pg_sys::getTypeInputInfo(pg_sys::Oid::from(typid), &mut k.input, &mut k.ioparam) };
+        k
+    }
+
+    /// A key's value (COPY or pgoutput text) as the ordered integer it is in PostgreSQL.
+    /// In a transaction.
+    fn value(self, text: &[u8]) -> Result<i64> {
+        let s = CString::new(text).map_err(|_| Error::internal("a key value holds a NUL byte"))?;
+        // SAFETY: the input function of a built-in by-value type; an invalid value raises an
+        // ERROR, which the caller's guard catches.
+        let d = unsafe {
+            pg_sys::OidInputFunctionCall(self.input, s.as_ptr() as *mut _, self.ioparam, -1)
+        };
+        // By-value types narrower than 64 bits are sign-extended into the Datum.
+        Ok(d.value() as i64)
+    }
 }
 
 /// The catch-up rule for one table (see the module header).
 pub struct KeyFilter {
-    /// The key column's name and type.
+    /// The key column's name, and how to read its values.
     pub column: String,
-    pub typid: u32,
+    key: Option<KeyInput>,
     /// Loaded parts: [lo, hi) (None: unbounded), and their snapshot's LSN.
     parts: Vec<(Option<i64>, Option<i64>, Lsn)>,
     /// Every part was read under one snapshot: no key needs to be looked at.
@@ -72,12 +89,11 @@ pub struct KeyFilter {
 impl KeyFilter {
     /// From the table's loaded parts (`catalog::done_ranges`). In a transaction.
     pub fn new(column: String, typid: u32, done: &[DoneRange]) -> Result<KeyFilter> {
+        let key = KeyInput::of(typid);
         let mut parts = Vec::with_capacity(done.len());
         for d in done {
             let b = |v: &Option<String>| -> Result<Option<i64>> {
-                v.as_deref()
-                    .map(|t| key_value(typid, t.as_bytes()))
-                    .transpose()
+                v.as_deref().map(|t| key.value(t.as_bytes())).transpose()
             };
             parts.push((b(&d.lo)?, b(&d.hi)?, d.lsn));
         }
@@ -85,7 +101,7 @@ impl KeyFilter {
         let uniform = first.filter(|l| parts.iter().all(|p| p.2 == *l));
         Ok(KeyFilter {
             column,
-            typid,
+            key: Some(key),
             parts,
             uniform,
         })
@@ -95,7 +111,7 @@ impl KeyFilter {
     pub fn whole(lsn: Lsn) -> KeyFilter {
         KeyFilter {
             column: String::new(),
-            typid: 0,
+            key: None,
             parts: vec![(None, None, lsn)],
             uniform: Some(lsn),
         }
@@ -126,7 +142,12 @@ impl KeyFilter {
                 self.column
             ),
         })?;
-        let k = key_value(self.typid, key)?;
+        let k = self
+            .key
+            .ok_or_else(|| {
+                Error::internal("the parts of a copy read under several snapshots have no key type")
+            })?
+            .value(key)?;
         match self.part_of(k) {
             Some(l) => Ok(commit_lsn >= l),
             None => Err(Error::internal(format!(

@@ -264,7 +264,7 @@ async fn read(
                 }
             }
         };
-        let sql = match request {
+        let (sql, binary) = match request {
             Request::Bounds { from, key, size, n } => {
                 let b = remote::slice_bounds(&mut conn, &from, &key, size, n).await?;
                 if tx.send(Msg::Bounds(b)).is_err() {
@@ -274,7 +274,6 @@ async fn read(
             }
             Request::Copy(sql, binary) => (sql, binary),
         };
-        let (sql, binary) = sql;
         // Binary COPY: the header comes with the first row, the trailer (-1) alone last.
         let mut header = binary;
         let mut copy = conn.copy_out(&sql).await?;

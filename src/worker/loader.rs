@@ -302,10 +302,6 @@ impl Loader {
         let (table, only) = (&self.table, self.only);
         let mut conds: Vec<String> = self.row_filter.iter().map(|f| format!("({f})")).collect();
         let Some((key, typid, _)) = self.order_key(s) else {
-            debug_assert!(
-                s.lo.is_none() && s.hi.is_none(),
-                "a bounded slice without a key"
-            );
             let sql = match (conds.pop(), self.select, self.columns.is_empty()) {
                 (Some(f), _, _) => {
                     format!("COPY (SELECT {collist} FROM {only}{table} WHERE {f}) TO STDOUT")
@@ -437,13 +433,14 @@ impl Loader {
                     Some(mut c) => {
                         // A chunk of small rows is cut at PORTION_ROWS (a hypertable copy
                         // may lock a chunk per few rows).
-                        let n = fmt.count_rows(&c);
+                        let mut n = fmt.count_rows(&c);
                         if rows + n > PORTION_ROWS && key_col.is_some() {
-                            let off = fmt.after_rows(&c, PORTION_ROWS - rows);
+                            n = PORTION_ROWS - rows;
+                            let off = fmt.after_rows(&c, n);
                             carry.push(c.split_off(off));
                         }
                         size += c.len();
-                        rows += fmt.count_rows(&c);
+                        rows += n;
                         portion.push(c);
                     }
                     None => eof = true,
@@ -628,7 +625,7 @@ fn type_name(typid: u32) -> &'static str {
     }
 }
 
-pub fn copy_error(e: crate::copytext::CopyError) -> Error {
+fn copy_error(e: crate::copytext::CopyError) -> Error {
     Error::user(
         pgrx::PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION,
         e.to_string(),
@@ -694,6 +691,14 @@ fn help(dboid: u32, subid: i32, relid: u32, lsn: Lsn, snapshot: &str) -> Result<
     Ok(())
 }
 
+/// The source's connection parameters, and the application_name that the connections of
+/// a table's copy show on the source.
+pub fn source_of(sub: &SyncRow, relid: u32) -> Result<(ConnInfo, String)> {
+    let info = ConnInfo::parse(&sub.source)
+        .map_err(|e| Error::from_source("invalid connection string", e))?;
+    Ok((info, format!("{}_sync_{relid}", sub.subname)))
+}
+
 /// A reader thread for a table's copy, importing `snapshot`.
 pub fn start_reader(
     sub: &SyncRow,
@@ -701,11 +706,10 @@ pub fn start_reader(
     relid: u32,
     snapshot: String,
 ) -> Result<CopyReader> {
-    let info = ConnInfo::parse(&sub.source)
-        .map_err(|e| Error::from_source("invalid connection string", e))?;
+    let (info, application_name) = source_of(sub, relid)?;
     CopyReader::start(copyread::Source {
         info,
-        application_name: format!("{}_sync_{relid}", sub.subname),
+        application_name,
         snapshot,
         relid,
         publication: sub.publication.clone(),

@@ -28,7 +28,7 @@ use crate::pgoutput::{Lsn, RelId};
 use crate::remote;
 use crate::shmem::REGISTRY;
 use crate::slices::KeyFilter;
-use crate::source::{ConnInfo, Connection};
+use crate::source::Connection;
 use crate::state::TableState;
 use crate::worker::{self, block_on};
 use pgrx::bgworkers::BackgroundWorker;
@@ -95,16 +95,8 @@ impl TableSync {
         worker::xact(|| Ok(catalog::sync_and_rel(self.subid, self.relid)?))
     }
 
-    /// The source's connection parameters, and the application_name this table's
-    /// connections show on the source.
-    fn source(&self, sub: &SyncRow) -> Result<(ConnInfo, String)> {
-        let info = ConnInfo::parse(&sub.source)
-            .map_err(|e| Error::from_source("invalid connection string", e))?;
-        Ok((info, format!("{}_sync_{}", sub.subname, self.relid)))
-    }
-
     fn connect(&self, sub: &SyncRow, replication: bool) -> Result<Connection> {
-        let (info, app) = self.source(sub)?;
+        let (info, app) = loader::source_of(sub, self.relid)?;
         block_on(&self.rt, Connection::connect(&info, replication, &app))?
             .map_err(|e| Error::from_source("could not connect to the source", e))
     }
@@ -127,14 +119,10 @@ impl TableSync {
         match rel.state {
             TableState::Init | TableState::DataSync => {
                 match self.copy(&sub, &rel, &slot, &origin) {
+                    // The copy's parts cannot be completed consistently.
                     Err(Error::NeedsResync { msg }) => {
-                        // The copy's parts cannot be completed consistently: start over.
                         worker::abort();
-                        let why = format!("{msg}; the table is copied again");
-                        warning!("livesync: table \"{}\": {why}", rel.qualified_target());
-                        worker::xact(|| {
-                            Ok(catalog::restart_rel_copy(self.subid, self.relid, &why)?)
-                        })?;
+                        self.start_over(&rel, &msg)?;
                     }
                     other => other?,
                 }
@@ -161,11 +149,11 @@ impl TableSync {
                 st.wal_status != "lost" && rel.lsn.is_some_and(|l| st.confirmed_flush == l)
             });
         if planned && !resumable {
-            // Loaded parts without the slot their catch-up streams from: start over,
-            // emptying the table first.
-            let why = format!("replication slot \"{slot}\" of the interrupted copy is gone; the table is copied again");
-            warning!("livesync: table \"{}\": {why}", rel.qualified_target());
-            worker::xact(|| Ok(catalog::restart_rel_copy(self.subid, self.relid, &why)?))?;
+            // Loaded parts without the slot their catch-up streams from.
+            self.start_over(
+                rel,
+                &format!("replication slot \"{slot}\" of the interrupted copy is gone"),
+            )?;
         }
         let started = std::time::Instant::now();
         // Interrupted after its last part committed: only state f is left to set.
@@ -360,14 +348,6 @@ impl TableSync {
         let mut pos = stream::setup_origin(origin)?;
         let mut stream: Option<Stream> = None;
         let owner = OnlyTable(self.relid, self.key_filter(pos)?);
-        let restart = |why: String, rel: &RelRow| -> Result<()> {
-            // The changes between the copy and the hand-off are gone with the slot (or
-            // cannot be placed): copy the table again (emptied first); the apply worker
-            // starts a new table sync, and `cleanup` drops the slot's remains and origin.
-            let why = format!("{why}; the table is copied again");
-            warning!("livesync: table \"{}\": {why}", rel.qualified_target());
-            worker::xact(|| Ok(catalog::restart_rel_copy(self.subid, self.relid, &why)?))
-        };
         loop {
             worker::check_interrupts()?;
             let Some((_, rel)) = self.load()? else {
@@ -405,7 +385,9 @@ impl TableSync {
                     let tag = format!("{}_{}_{}", self.dboid, self.subid, self.relid);
                     match Stream::start(&self.rt, conn, slot, pos, &sub.publication, &tag) {
                         Ok(s) => stream = Some(s),
-                        Err(Error::NeedsResync { msg }) => return restart(msg, &rel),
+                        // The changes between the copy and the hand-off are gone with
+                        // the slot.
+                        Err(Error::NeedsResync { msg }) => return self.start_over(&rel, &msg),
                         Err(e) => return Err(e),
                     }
                 }
@@ -426,7 +408,7 @@ impl TableSync {
                     }) {
                         Err(Error::NeedsResync { msg }) => {
                             s.abort();
-                            return restart(msg, &rel);
+                            return self.start_over(&rel, &msg);
                         }
                         // Parts read under different snapshots may hold one value of a
                         // unique column in two rows until the catch-up passes the later
@@ -436,7 +418,8 @@ impl TableSync {
                                 && code == pgrx::PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION =>
                         {
                             s.abort();
-                            return restart(format!("{msg}, catching up a resumed copy"), &rel);
+                            return self
+                                .start_over(&rel, &format!("{msg}, catching up a resumed copy"));
                         }
                         other => other?,
                     };
@@ -462,6 +445,15 @@ impl TableSync {
                 worker::wait_latch(50)?;
             }
         }
+    }
+
+    /// Send the table back to a fresh copy, because what it has loaded cannot be completed
+    /// consistently (`why`): the next copy empties the target table first; the apply
+    /// worker starts a new table sync, and `cleanup` drops this one's slot and origin.
+    fn start_over(&self, rel: &RelRow, why: &str) -> Result<()> {
+        let why = format!("{why}; the table is copied again");
+        warning!("livesync: table \"{}\": {why}", rel.qualified_target());
+        worker::xact(|| Ok(catalog::restart_rel_copy(self.subid, self.relid, &why)?))
     }
 
     /// What the catch-up from `from` applies of this table: everything, unless parts of
