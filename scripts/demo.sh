@@ -167,21 +167,24 @@ CREATE PUBLICATION analytics FOR TABLE metrics, devices;
 SQL
 src -c "SELECT (SELECT count(*) FROM metrics) AS metrics_rows, (SELECT count(*) FROM devices) AS devices_rows"
 
-say "Target: schema from pg_dump --schema-only, metrics as a hypertable, livesync"
+say "Target: TimescaleDB and livesync only; livesync creates the tables (mapped to schema 'analytics', metrics as a hypertable)"
 tgt -c "SET client_min_messages = warning; CREATE EXTENSION IF NOT EXISTS timescaledb"
-client pg_dump --schema-only --no-publications --no-subscriptions --no-owner --no-privileges \
-  -h 127.0.0.1 -p "$SRC_PORT" -U postgres -d "$DB" | tgt >/dev/null
-tgt -c "SELECT create_hypertable('metrics', 'ts', chunk_time_interval => interval '1 day', migrate_data => true)"
 tgt -c "CREATE EXTENSION livesync"
-echo "SELECT livesync_start(source => 'postgres://postgres@127.0.0.1:$SRC_PORT/$DB', publication => 'analytics', subscription => '$SUB');"
-tgt -c "SELECT livesync_start(source => 'postgres://postgres@127.0.0.1:$SRC_PORT/$DB',
-                               publication => 'analytics', subscription => '$SUB')"
+MAP='[{"source": {"schema": "public"}, "target": {"schema": "analytics"}},
+      {"source": {"schema": "public", "table": "metrics"}, "target": {"schema": "analytics", "table": "metrics"},
+       "hypertable": {"time_column": "ts", "chunk_interval": "1 day"}}]'
+START="SELECT livesync_start(source => 'postgres://postgres@127.0.0.1:$SRC_PORT/$DB', publication => 'analytics',
+                      subscription => '$SUB', create_tables => true, table_map => '$MAP')"
+echo "$START;"
+tgt -c "$START"
 
 say "Initial copy: livesync.subscription_rel (i queued, d copying, f copied, s catching up, r ready)"
 deadline=$((SECONDS + 180))
 last=""
 while :; do
-  states=$(tgt_val "SELECT coalesce(string_agg(tablename || '=' || state::text, ' ' ORDER BY tablename), '(none yet)')
+  states=$(tgt_val "SELECT coalesce(string_agg(format('%s.%s=%s (%s of ~%s rows)', schemaname, tablename, state,
+                                                     coalesce(rows_copied, 0), coalesce(approximate_rows::text, '?')),
+                                              ' ' ORDER BY tablename), '(none yet)')
                      FROM livesync.subscription_rel WHERE subname = '$SUB'")
   [ "$states" != "$last" ] && printf '  %5ss  %s\n' "$SECONDS" "$states" && last=$states
   notready=$(tgt_val "SELECT count(*) FILTER (WHERE state <> 'r') + (count(*) = 0)::int
@@ -193,7 +196,10 @@ while :; do
   fi
   sleep 1
 done
-tgt -c "SELECT * FROM _ts_live_sync.subscription_rel"
+tgt -c "SELECT srcschema || '.' || srcname AS source_table, schemaname || '.' || tablename AS target_table,
+               state, rows_copied, approximate_rows, bytes_copied, copy_started_at
+          FROM livesync.subscription_rel WHERE subname = '$SUB' ORDER BY 1"
+tgt -c "SELECT hypertable_schema, hypertable_name, num_chunks FROM timescaledb_information.hypertables"
 
 # wait_synced: until applied_lsn has reached the source's current WAL position.
 wait_synced() {
@@ -206,15 +212,16 @@ wait_synced() {
 }
 compare() {
   for t in metrics devices; do
-    local q="SELECT count(*) || ' rows, md5 ' || md5(coalesce(string_agg(x::text, E'\n' ORDER BY x::text), '')) FROM $t x"
-    printf '  %-8s source: %s\n  %-8s target: %s\n' "$t" "$(src_val "$q")" "$t" "$(tgt_val "$q")"
+    local q="SELECT count(*) || ' rows, md5 ' || md5(coalesce(string_agg(x::text, E'\n' ORDER BY x::text), '')) FROM"
+    printf '  %-18s source: %s\n  %-18s target: %s\n' "public.$t" "$(src_val "$q public.$t x")" \
+      "analytics.$t" "$(tgt_val "$q analytics.$t x")"
   done
 }
 wait_synced
 compare
-tgt -c "SELECT (SELECT count(*) FROM ONLY metrics) AS rows_in_root,
-               (SELECT count(*) FROM show_chunks('metrics')) AS chunks,
-               (SELECT count(*) FROM metrics) AS rows_in_chunks"
+tgt -c "SELECT (SELECT count(*) FROM ONLY analytics.metrics) AS rows_in_root,
+               (SELECT count(*) FROM show_chunks('analytics.metrics')) AS chunks,
+               (SELECT count(*) FROM analytics.metrics) AS rows_in_chunks"
 
 say "Live changes on the source"
 src -e <<'SQL'
@@ -229,12 +236,15 @@ SQL
 t0=$SECONDS
 wait_synced
 echo "  target caught up in about $((SECONDS - t0)) s"
-tgt -c "SELECT * FROM metrics WHERE device = 51 ORDER BY ts LIMIT 5"
-tgt -c "SELECT * FROM devices WHERE id IN (2, 51) ORDER BY id"
+tgt -c "SELECT * FROM analytics.metrics WHERE device = 51 ORDER BY ts LIMIT 5"
+tgt -c "SELECT * FROM analytics.devices WHERE id IN (2, 51) ORDER BY id"
 compare
-tgt -c "SELECT (SELECT count(*) FROM ONLY metrics) AS rows_in_root,
-               (SELECT count(*) FROM show_chunks('metrics')) AS chunks"
-tgt -x -c "SELECT * FROM livesync.subscription"
+tgt -c "SELECT (SELECT count(*) FROM ONLY analytics.metrics) AS rows_in_root,
+               (SELECT count(*) FROM show_chunks('analytics.metrics')) AS chunks"
+say "Lag and health, as a monitoring system scrapes them"
+tgt -c "SELECT subname, enabled, lag_bytes, lag_seconds, last_commit_time, last_error,
+               apply_error_count, copy_error_count, tables, tables_ready
+          FROM livesync.subscription"
 
 say "Done. The sync keeps running."
 cat <<EOF
@@ -243,7 +253,8 @@ Connect:
   target:  psql -h 127.0.0.1 -p $TGT_PORT -U postgres $DB
 Try on the source:  INSERT INTO metrics VALUES (now(), 7, 1.5);
 Watch the target:   SELECT * FROM livesync.subscription_rel;  SELECT * FROM livesync.subscription;
-                    SELECT count(*) FROM ONLY metrics;  -- always 0: rows live in chunks
+                    SELECT count(*) FROM ONLY analytics.metrics;  -- always 0: rows live in chunks
 Pause / resume:     SELECT livesync_stop('$SUB');  SELECT livesync_start(source => 'postgres://postgres@127.0.0.1:$SRC_PORT/$DB', publication => 'analytics', subscription => '$SUB');
+Copy one again:     SELECT livesync_resync('$SUB', 'analytics.devices');
 Stop the clusters:  PG=$PG make demo-stop      (delete everything: PG=$PG scripts/demo.sh clean)
 EOF

@@ -104,18 +104,72 @@ async fn connect_checked(info: &ConnInfo) -> Result<Connection> {
 
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
+#[allow(clippy::too_many_arguments)]
 fn livesync_start(
     source: Option<&str>,
     publication: Option<&str>,
     subscription: default!(Option<&str>, "'livesync'"),
     copy_data: default!(Option<bool>, true),
+    table_map: default!(Option<pgrx::JsonB>, "NULL"),
+    create_tables: default!(Option<bool>, false),
+    add_columns: default!(Option<bool>, false),
+    disable_on_error: default!(Option<bool>, false),
 ) {
     let Some(copy_data) = copy_data else {
         Error::user(Code::ERRCODE_NULL_VALUE_NOT_ALLOWED, "copy_data must not be NULL")
             .hint("Pass copy_data => true to copy existing rows first, or false to stream only new changes.")
             .raise()
     };
-    start(source, publication, subscription, copy_data).or_raise()
+    let options = OptionArgs {
+        table_map: table_map.map(|j| j.0),
+        create_tables,
+        add_columns,
+        disable_on_error,
+    };
+    start(source, publication, subscription, copy_data, options).or_raise()
+}
+
+/// The options of `livesync_start` and `livesync_alter` as given (None: not given, or NULL).
+struct OptionArgs {
+    table_map: Option<serde_json::Value>,
+    create_tables: Option<bool>,
+    add_columns: Option<bool>,
+    disable_on_error: Option<bool>,
+}
+
+impl OptionArgs {
+    /// `base` with what is given here; a table map is checked first.
+    fn applied_to(&self, base: &catalog::SyncOptions) -> Result<catalog::SyncOptions> {
+        let mut o = base.clone();
+        if let Some(map) = &self.table_map {
+            let text = map.to_string();
+            crate::tablemap::TableMap::parse(&text).map_err(|e| {
+                Error::user(Code::ERRCODE_INVALID_PARAMETER_VALUE, format!("invalid table_map: {e}"))
+                    .hint("Pass a JSON array of entries such as {\"source\": {\"schema\": \"public\", \"table\": \"metrics\"}, \"target\": {\"schema\": \"analytics\", \"table\": \"metrics_raw\"}}, or {\"source\": {\"schema\": \"public\"}, \"target\": {\"schema\": \"analytics\"}} for a whole schema.")
+            })?;
+            o.table_map = text;
+        }
+        if let Some(v) = self.create_tables {
+            o.create_tables = v;
+        }
+        if let Some(v) = self.add_columns {
+            o.add_columns = v;
+        }
+        if let Some(v) = self.disable_on_error {
+            o.disable_on_error = v;
+        }
+        Ok(o)
+    }
+
+    /// For resuming a stopped sync: what differs from `livesync_start`'s defaults.
+    fn non_defaults(self) -> OptionArgs {
+        OptionArgs {
+            table_map: self.table_map,
+            create_tables: self.create_tables.filter(|v| *v),
+            add_columns: self.add_columns.filter(|v| *v),
+            disable_on_error: self.disable_on_error.filter(|v| *v),
+        }
+    }
 }
 
 fn start(
@@ -123,6 +177,7 @@ fn start(
     publication: Option<&str>,
     subscription: Option<&str>,
     copy_data: bool,
+    options: OptionArgs,
 ) -> Result<()> {
     require_preload()?;
     let name = required(subscription, "subscription")?;
@@ -175,6 +230,11 @@ fn start(
     let mut conn = worker::block_on(&rt, connect_checked(&info))??;
     let subid = match existing {
         Some(row) => {
+            // Resuming: options given (other than the defaults) replace the stored ones.
+            let o = options.non_defaults().applied_to(&row.options)?;
+            if o != row.options {
+                catalog::set_options(row.subid, &o)?;
+            }
             catalog::set_enabled(row.subid, true)?;
             row.subid
         }
@@ -188,7 +248,11 @@ fn start(
             let same_server = worker::block_on(&rt, remote::system_identifier(&mut conn))??
                 == system_identifier().to_string();
             let create_now = pub_exists && !same_server;
-            let subid = catalog::insert_sync(name, source, publication, copy_data, create_now)?;
+            let o = options.applied_to(&catalog::SyncOptions {
+                table_map: "[]".into(),
+                ..Default::default()
+            })?;
+            let subid = catalog::insert_sync(name, source, publication, copy_data, create_now, &o)?;
             if create_now {
                 // The main slot is created last, when the transaction commits, as the one
                 // thing that cannot be rolled back: an error before that, or a ROLLBACK of
@@ -292,26 +356,25 @@ fn livesync_alter(
     add_columns: default!(Option<bool>, "NULL"),
     disable_on_error: default!(Option<bool>, "NULL"),
 ) {
-    let later = [
-        ("table_map", table_map.is_some()),
-        ("create_tables", create_tables.is_some()),
-        ("add_columns", add_columns.is_some()),
-        ("disable_on_error", disable_on_error.is_some()),
-    ];
-    if let Some((arg, _)) = later.iter().find(|(_, given)| *given) {
-        Error::user(
-            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!("livesync_alter cannot change {arg} yet"),
-        )
-        .hint("This version of livesync changes only source; pass NULL for the others.")
-        .raise()
-    }
-    alter(subscription, source).or_raise()
+    let options = OptionArgs {
+        table_map: table_map.map(|j| j.0),
+        create_tables,
+        add_columns,
+        disable_on_error,
+    };
+    alter(subscription, source, options).or_raise()
 }
 
-fn alter(subscription: Option<&str>, source: Option<&str>) -> Result<()> {
+fn alter(subscription: Option<&str>, source: Option<&str>, options: OptionArgs) -> Result<()> {
     require_preload()?;
     let row = find_sync(subscription)?;
+    let o = options.applied_to(&row.options)?;
+    if o != row.options {
+        catalog::set_options(row.subid, &o)?;
+        // Running workers restart with the new options once they are committed (the apply
+        // worker points tables at their new targets as it starts).
+        restart_workers_at_commit(row.subid);
+    }
     let Some(source) = source else {
         return Ok(());
     };
@@ -334,12 +397,181 @@ fn alter(subscription: Option<&str>, source: Option<&str>) -> Result<()> {
     })??;
     catalog::set_source(row.subid, source)?;
     // Running workers reconnect with the new string once it is committed.
-    let (db, subid) = (dboid(), row.subid);
-    register_xact_callback(PgXactCallbackEvent::Commit, move || {
-        let pids = REGISTRY.share().pids_of(db, subid);
-        pids.into_iter().for_each(shmem::terminate);
-    });
+    restart_workers_at_commit(row.subid);
     Ok(())
+}
+
+/// Once the caller's transaction commits, end the sync's running workers: the launcher
+/// starts the apply worker again at once (its backoff reset), and it reads the catalog
+/// afresh.
+fn restart_workers_at_commit(subid: i32) {
+    let db = dboid();
+    register_xact_callback(PgXactCallbackEvent::Commit, move || {
+        let pids = {
+            let mut reg = REGISTRY.exclusive();
+            if let Some(s) = reg.sync_mut(db, subid) {
+                s.failures = 0;
+                s.not_before_ms = 0;
+            }
+            reg.pids_of(db, subid)
+        };
+        pids.into_iter().for_each(shmem::terminate);
+        shmem::wake_launcher();
+    });
+}
+
+/// Empty one target table and copy it again while the sync's other tables keep
+/// streaming (every table of the sync that syncs into it: the chunks of a source
+/// hypertable, or tables a map sends there). Behind `livesync_resync(text, regclass)`.
+fn resync(subscription: Option<&str>, target_table: Option<pg_sys::Oid>) -> Result<()> {
+    require_preload()?;
+    let row = find_sync(subscription)?;
+    let Some(table) = target_table else {
+        return Err(Error::user(
+            Code::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "target_table must not be NULL",
+        )
+        .hint("Pass the target table, e.g. 'public.metrics'::regclass."));
+    };
+    let rels = catalog::rels_into(row.subid, table)?;
+    let name = relation_name(table)?;
+    if rels.is_empty() {
+        return Err(Error::user(
+            Code::ERRCODE_UNDEFINED_TABLE,
+            format!(
+                "table \"{name}\" is not a target of livesync subscription \"{}\"",
+                row.subname
+            ),
+        )
+        .hint(format!(
+            "SELECT schemaname, tablename FROM livesync.subscription_rel WHERE subname = '{}' lists its target tables.",
+            row.subname
+        )));
+    }
+    // The workers stop (the apply worker must not apply to the table meanwhile, a
+    // table-sync worker of it must not load on); the launcher starts them again once
+    // this commits, and the tables are copied anew.
+    stop_workers(row.subid)?;
+    crate::apply::truncate_as_owner(table)?;
+    for r in &rels {
+        catalog::resync_rel(row.subid, r.rrelid)?;
+    }
+    let db = dboid();
+    let subid = row.subid;
+    register_xact_callback(PgXactCallbackEvent::Commit, move || {
+        if let Some(s) = REGISTRY.exclusive().sync_mut(db, subid) {
+            s.stopping = false;
+            s.failures = 0;
+            s.not_before_ms = 0;
+        }
+        shmem::wake_launcher();
+    });
+    pgrx::notice!(
+        "table \"{name}\" was emptied; {} of the sync will copy it again",
+        if rels.len() == 1 {
+            "a table-sync worker".to_string()
+        } else {
+            format!("{} table-sync workers", rels.len())
+        }
+    );
+    Ok(())
+}
+
+fn relation_name(oid: pg_sys::Oid) -> Result<String> {
+    Spi::get_one_with_args::<String>(
+        "SELECT pg_catalog.format('%s.%s', n.nspname, c.relname) FROM pg_catalog.pg_class c \
+           JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+          WHERE c.oid OPERATOR(pg_catalog.=) $1",
+        &[oid.into()],
+    )?
+    .ok_or_else(|| {
+        Error::user(
+            Code::ERRCODE_UNDEFINED_TABLE,
+            format!("relation with OID {} does not exist", oid.to_u32()),
+        )
+    })
+}
+
+/// Skip the one source transaction that finishes at `lsn` (as `ALTER SUBSCRIPTION ...
+/// SKIP (lsn = ...)`); NULL clears a skip not yet done. Behind `livesync_skip(text, pg_lsn)`.
+fn skip(subscription: Option<&str>, lsn: Option<&str>) -> Result<()> {
+    require_preload()?;
+    let row = find_sync(subscription)?;
+    let lsn = lsn.map(|l| lsn::parse(l).unwrap_or(0));
+    if let Some(l) = lsn {
+        if l == 0 {
+            return Err(Error::user(
+                Code::ERRCODE_INVALID_PARAMETER_VALUE,
+                "invalid WAL location (LSN) 0/0",
+            )
+            .hint("Pass the LSN the error names after \"finished at\" in livesync.subscription.last_error."));
+        }
+        let origin: Option<String> = Spi::get_one_with_args(
+            "SELECT remote_lsn::pg_catalog.text FROM pg_catalog.pg_replication_origin_status \
+              WHERE external_id OPERATOR(pg_catalog.=) $1",
+            &[catalog::apply_origin_name(dboid(), row.subid)
+                .as_str()
+                .into()],
+        )
+        .unwrap_or(None);
+        let applied = origin.and_then(|s| lsn::parse(&s)).unwrap_or(0);
+        if l <= applied {
+            return Err(Error::user(
+                Code::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!(
+                    "skip WAL location (LSN {}) must be greater than the sync's position {}",
+                    lsn::format(l),
+                    lsn::format(applied)
+                ),
+            )
+            .hint("Everything up to that position is already applied: there is nothing to skip there."));
+        }
+    }
+    catalog::set_skip_lsn(row.subid, lsn)?;
+    restart_workers_at_commit(row.subid);
+    Ok(())
+}
+
+/// Set every target sequence that belongs to a synced table (owned by one of its columns,
+/// or used in a column default) to its source counterpart's value: for a cutover.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn livesync_sync_sequences(subscription: default!(Option<&str>, "'livesync'")) -> i32 {
+    sync_sequences(subscription).or_raise()
+}
+
+fn sync_sequences(subscription: Option<&str>) -> Result<i32> {
+    require_preload()?;
+    let row = find_sync(subscription)?;
+    let rels = catalog::rels(row.subid)?;
+    let info = parse_conninfo(&row.source)?;
+    let rt = worker::runtime();
+    let mut conn = worker::block_on(&rt, Connection::connect(&info, false, "livesync"))?
+        .map_err(|e| Error::from_source("could not connect to the source", e))?;
+    let mut set = 0;
+    let mut seen: Vec<(String, String)> = Vec::new();
+    for r in &rels {
+        if seen.contains(&(r.srcschema.clone(), r.srcname.clone())) {
+            continue;
+        }
+        seen.push((r.srcschema.clone(), r.srcname.clone()));
+        let target = crate::sequences::of_table(&r.schemaname, &r.tablename)?;
+        if target.is_empty() {
+            continue;
+        }
+        let source = worker::block_on(
+            &rt,
+            remote::sequence_values(&mut conn, &r.srcschema, &r.srcname),
+        )??;
+        for (column, seq) in &target {
+            if let Some(v) = source.iter().find(|v| &v.column == column) {
+                crate::sequences::set(seq, v.last_value, v.is_called)?;
+                set += 1;
+            }
+        }
+    }
+    let _ = worker::block_on(&rt, conn.close());
+    Ok(set)
 }
 
 #[pg_extern(volatile, parallel_unsafe)]
@@ -477,6 +709,7 @@ mod livesync {
             name!(applied_lsn, Option<String>),
             name!(source_end_lsn, Option<String>),
             name!(last_msg_time, Option<pgrx::datum::TimestampWithTimeZone>),
+            name!(last_commit_time, Option<pgrx::datum::TimestampWithTimeZone>),
         ),
     > {
         let db = dboid();
@@ -517,8 +750,13 @@ mod livesync {
                             .ok()
                         })
                         .flatten(),
+                    (s.last_commit_ts != 0)
+                        .then(|| {
+                            pgrx::datum::TimestampWithTimeZone::try_from(s.last_commit_ts).ok()
+                        })
+                        .flatten(),
                 ),
-                None => (sync.subid, None, None, l(origin), None, None),
+                None => (sync.subid, None, None, l(origin), None, None, None),
             });
         }
         TableIterator::new(rows)
@@ -582,6 +820,20 @@ mod livesync {
     }
 
     /// The connection string with any password removed, for display.
+    /// `livesync_resync(text, regclass)` (a SQL wrapper gives it its argument types).
+    #[pg_extern(name = "_resync", volatile, parallel_unsafe)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn resync_fn(subscription: Option<&str>, target_table: Option<pg_sys::Oid>) {
+        super::resync(subscription, target_table).or_raise()
+    }
+
+    /// `livesync_skip(text, pg_lsn)`, with the LSN as text.
+    #[pg_extern(name = "_skip", volatile, parallel_unsafe)]
+    #[search_path(pg_catalog, pg_temp)]
+    fn skip_fn(subscription: Option<&str>, lsn: Option<&str>) {
+        super::skip(subscription, lsn).or_raise()
+    }
+
     #[pg_extern(name = "_redact", immutable, strict)]
     fn redact(source: &str) -> String {
         ConnInfo::parse(source)

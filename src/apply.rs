@@ -63,6 +63,13 @@ pub struct Applier {
     /// Per relation, per set of NULL key values (REPLICA IDENTITY FULL only).
     delete_plans: HashMap<RelId, HashMap<Vec<bool>, OwnedPreparedStatement>>,
     pending: Option<Pending>,
+    /// Conflicts since [`Applier::take_missing`]: rows to update or delete not found.
+    update_missing: u64,
+    delete_missing: u64,
+    /// `add_columns`: a column the source has and the target table lacks is added.
+    pub add_columns: bool,
+    /// A flush of buffered INSERTs is under way (an error now comes from those rows).
+    pub flushing: bool,
 }
 
 fn prepare(sql: &str, nargs: usize, argtype: pg_sys::Oid) -> Result<OwnedPreparedStatement> {
@@ -95,6 +102,21 @@ impl Applier {
         self.forget(rel.id);
         self.remote.insert(rel.id, rel);
         Ok(())
+    }
+
+    /// How many rows to update and to delete were not found since the last call.
+    pub fn take_missing(&mut self) -> (u64, u64) {
+        (
+            std::mem::take(&mut self.update_missing),
+            std::mem::take(&mut self.delete_missing),
+        )
+    }
+
+    /// The target (schema.name) a source relation's changes go to, for messages.
+    pub fn relation_name(&self, relid: RelId) -> Option<String> {
+        self.remote
+            .get(&relid)
+            .map(|r| format!("{}.{}", r.namespace, r.name))
     }
 
     pub fn knows(&self, relid: RelId) -> bool {
@@ -168,7 +190,14 @@ impl Applier {
                 format!("change for unknown source relation {relid}"),
             )
         })?;
-        let m = Rc::new(relmap::resolve(rel)?);
+        let m = match relmap::resolve(rel) {
+            Err(e) if self.add_columns && e.code() == Code::ERRCODE_UNDEFINED_COLUMN => {
+                add_missing_columns(rel)?;
+                relmap::resolve(rel)?
+            }
+            r => r?,
+        };
+        let m = Rc::new(m);
         self.maps.insert(relid, m.clone());
         Ok(m)
     }
@@ -235,9 +264,24 @@ impl Applier {
 
     /// Write buffered INSERTs. Must be called before commit and before any other change.
     pub fn flush(&mut self) -> Result<()> {
+        self.flushing = false;
         let Some(p) = self.pending.take() else {
             return Ok(());
         };
+        self.flushing = true;
+        let r = self.flush_rows(p);
+        if r.is_ok() {
+            self.flushing = false;
+        }
+        r
+    }
+
+    /// The source relation whose INSERTs are buffered, if any.
+    pub fn pending_relid(&self) -> Option<RelId> {
+        self.pending.as_ref().map(|p| p.relid)
+    }
+
+    fn flush_rows(&mut self, p: Pending) -> Result<()> {
         let m = self.mapping(p.relid)?;
         // Once per batch, only for columns whose type modifier limits them.
         for (t, col) in m.cols.iter().zip(&p.cols) {
@@ -378,6 +422,7 @@ impl Applier {
             return self.move_row(relid, &m, key_source, new);
         }
         if n == 0 {
+            self.update_missing += 1;
             pgrx::debug1!("livesync: row to update in \"{}\" not found", m.display);
         }
         Ok(())
@@ -420,6 +465,7 @@ impl Applier {
         }
         let deleted = self.delete_by_key(relid, m, key)?;
         if deleted == 0 {
+            self.update_missing += 1;
             pgrx::debug1!("livesync: row to update in \"{}\" not found", m.display);
             return Ok(());
         }
@@ -477,6 +523,7 @@ impl Applier {
         let m = self.mapping(relid)?;
         Self::require_identity(&m)?;
         if self.delete_by_key(relid, &m, old)? == 0 {
+            self.delete_missing += 1;
             pgrx::debug1!("livesync: row to delete in \"{}\" not found", m.display);
         }
         Ok(())
@@ -558,6 +605,59 @@ fn identity_always_changed(
     })
 }
 
+/// `add_columns`: add to the target table of `rel` every column of `rel` it lacks, with
+/// the source's type. Only built-in types: their OIDs mean the same on both sides.
+fn add_missing_columns(rel: &Relation) -> Result<()> {
+    let qualified = format!(
+        "{}.{}",
+        relmap::quote_ident(&rel.namespace),
+        relmap::quote_ident(&rel.name)
+    );
+    let existing: Vec<String> = Spi::connect(|c| {
+        let mut out = Vec::new();
+        for r in c.select(
+            "SELECT attname::pg_catalog.text FROM pg_catalog.pg_attribute \
+              WHERE attrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1) \
+                AND attnum OPERATOR(pg_catalog.>) 0 AND NOT attisdropped",
+            None,
+            &[qualified.as_str().into()],
+        )? {
+            if let Some(n) = r.get::<String>(1)? {
+                out.push(n);
+            }
+        }
+        Ok::<_, pgrx::spi::SpiError>(out)
+    })?;
+    for c in rel.columns.iter().filter(|c| !existing.contains(&c.name)) {
+        if c.type_oid == 0 || c.type_oid >= pg_sys::FirstNormalObjectId {
+            return Err(Error::user(
+                Code::ERRCODE_UNDEFINED_COLUMN,
+                format!(
+                    "column \"{}\" of relation \"{}.{}\" is missing on the target, and its type is not a built-in one livesync can add",
+                    c.name, rel.namespace, rel.name
+                ),
+            )
+            .hint(format!(
+                "Add the column on the target yourself: ALTER TABLE {qualified} ADD COLUMN {} <its type>; the sync retries and continues.",
+                relmap::quote_ident(&c.name)
+            )));
+        }
+        let type_sql = Spi::get_one_with_args::<String>(
+            "SELECT pg_catalog.format_type($1, $2)",
+            &[pg_sys::Oid::from(c.type_oid).into(), c.type_mod.into()],
+        )?
+        .unwrap_or_default();
+        crate::tabledef::add_column(&qualified, &c.name, &type_sql)?;
+        pgrx::log!(
+            "livesync: added column \"{}\" {type_sql} to table \"{}.{}\" (add_columns)",
+            c.name,
+            rel.namespace,
+            rel.name
+        );
+    }
+    Ok(())
+}
+
 fn datum_text(d: &Datum) -> Result<Option<&str>> {
     match d {
         Datum::Null => Ok(None),
@@ -579,16 +679,21 @@ fn datum_text(d: &Datum) -> Result<Option<&str>> {
 /// livesync's superuser ones, and cannot change the session (SET ROLE, GUCs: a new GUC
 /// level undoes what they set). An ERROR inside is cleaned up by the transaction's abort.
 pub fn as_owner<R>(m: &Mapping, f: impl FnOnce() -> Result<R>) -> Result<R> {
+    as_role(m.owner, f)
+}
+
+/// [`as_owner`] for a role given by its oid.
+pub fn as_role<R>(owner: pg_sys::Oid, f: impl FnOnce() -> Result<R>) -> Result<R> {
     let (mut user, mut sec) = (pg_sys::InvalidOid, 0);
     // SAFETY: reads this backend's current user and security context.
     unsafe { pg_sys::GetUserIdAndSecContext(&mut user, &mut sec) };
-    if m.owner == pg_sys::InvalidOid || m.owner == user {
+    if owner == pg_sys::InvalidOid || owner == user {
         return f();
     }
     // SAFETY: switches the current user for the statements `f` runs; restored below, or by
     // AbortTransaction (with the GUC level) when an ERROR escapes `f`.
     let level = unsafe {
-        pg_sys::SetUserIdAndSecContext(m.owner, sec | pg_sys::SECURITY_RESTRICTED_OPERATION as i32);
+        pg_sys::SetUserIdAndSecContext(owner, sec | pg_sys::SECURITY_RESTRICTED_OPERATION as i32);
         pg_sys::NewGUCNestLevel()
     };
     let r = f();
@@ -598,6 +703,39 @@ pub fn as_owner<R>(m: &Mapping, f: impl FnOnce() -> Result<R>) -> Result<R> {
         pg_sys::SetUserIdAndSecContext(user, sec);
     }
     r
+}
+
+/// Empty a target table as its owner (`livesync_resync`): its truncate triggers run with
+/// the owner's rights, never the caller's. A partitioned table or a hypertable is emptied
+/// with its partitions or chunks, any other table without its inheritance children.
+pub fn truncate_as_owner(table: pg_sys::Oid) -> Result<()> {
+    let (schema, name, owner, kind) = Spi::connect(|c| {
+        let row = c
+            .select(
+                "SELECT n.nspname::pg_catalog.text, c.relname::pg_catalog.text, c.relowner, \
+                        c.relkind::pg_catalog.text \
+                   FROM pg_catalog.pg_class c \
+                   JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+                  WHERE c.oid OPERATOR(pg_catalog.=) $1",
+                Some(1),
+                &[table.into()],
+            )?
+            .first();
+        Ok::<_, pgrx::spi::SpiError>((
+            row.get::<String>(1)?.unwrap_or_default(),
+            row.get::<String>(2)?.unwrap_or_default(),
+            row.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid),
+            row.get::<String>(4)?.unwrap_or_default(),
+        ))
+    })?;
+    let whole = kind == "p" || relmap::hypertable_dimensions(&schema, &name)?.is_some();
+    let sql = format!(
+        "TRUNCATE {}{}.{}",
+        if whole { "" } else { "ONLY " },
+        relmap::quote_ident(&schema),
+        relmap::quote_ident(&name)
+    );
+    as_role(owner, || Ok(Spi::run(&sql)?))
 }
 
 /// May the owner of `m`'s target table read server files (for COPY FROM a staged file)?

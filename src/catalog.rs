@@ -22,6 +22,63 @@ pub struct SyncRow {
     pub enabled: bool,
     pub copy_data: bool,
     pub slot_created: bool,
+    pub options: SyncOptions,
+    /// `livesync_skip`: the finish LSN of the one source transaction to skip.
+    pub skip_lsn: Option<u64>,
+}
+
+/// What `livesync_start` / `livesync_alter` set beyond source and publication (API.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncOptions {
+    /// The table map, as JSON text (`crate::tablemap`).
+    pub table_map: String,
+    pub create_tables: bool,
+    pub add_columns: bool,
+    pub disable_on_error: bool,
+}
+
+impl SyncOptions {
+    /// The parsed table map (it was checked when it was stored).
+    pub fn map(&self) -> crate::tablemap::TableMap {
+        crate::tablemap::TableMap::parse(&self.table_map).unwrap_or_default()
+    }
+}
+
+/// The counters of `livesync.subscription` a worker adds to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    ApplyError,
+    CopyError,
+    InsertExists,
+    UpdateMissing,
+    DeleteMissing,
+}
+
+impl Counter {
+    fn column(self) -> &'static str {
+        match self {
+            Counter::ApplyError => "apply_error_count",
+            Counter::CopyError => "copy_error_count",
+            Counter::InsertExists => "insert_exists",
+            Counter::UpdateMissing => "update_missing",
+            Counter::DeleteMissing => "delete_missing",
+        }
+    }
+}
+
+/// Add `n` to one of the sync's counters.
+pub fn count(subid: i32, counter: Counter, n: u64) -> SpiResult<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    let col = counter.column();
+    run(
+        &format!(
+            "UPDATE livesync.sync SET {col} = {col} OPERATOR(pg_catalog.+) $2 WHERE subid OPERATOR(pg_catalog.=) $1"
+        ),
+        &[subid.into(), (n as i64).into()],
+    )
+    .map(drop)
 }
 
 #[derive(Debug, Clone)]
@@ -47,7 +104,8 @@ impl RelRow {
 }
 
 const SYNC_COLS: &str =
-    "subid, subname::pg_catalog.text, source, publication, enabled, copy_data, slot_created";
+    "subid, subname::pg_catalog.text, source, publication, enabled, copy_data, slot_created, \
+     table_map::pg_catalog.text, create_tables, add_columns, disable_on_error, skip_lsn::pg_catalog.text";
 const REL_COLS: &str = "rrelid, srcschema::pg_catalog.text, srcname::pg_catalog.text, schemaname::pg_catalog.text, \
      tablename::pg_catalog.text, state::pg_catalog.text, lsn::pg_catalog.text, sync_lsn::pg_catalog.text, catchup_lsn::pg_catalog.text";
 
@@ -65,6 +123,13 @@ fn sync_query(where_clause: &str, args: &[DatumWithOid]) -> SpiResult<Vec<SyncRo
                 enabled: row.get(5)?.unwrap_or_default(),
                 copy_data: row.get(6)?.unwrap_or_default(),
                 slot_created: row.get(7)?.unwrap_or_default(),
+                options: SyncOptions {
+                    table_map: row.get(8)?.unwrap_or_else(|| "[]".into()),
+                    create_tables: row.get(9)?.unwrap_or_default(),
+                    add_columns: row.get(10)?.unwrap_or_default(),
+                    disable_on_error: row.get(11)?.unwrap_or_default(),
+                },
+                skip_lsn: opt_lsn(row.get(12)?),
             });
         }
         Ok(out)
@@ -101,14 +166,26 @@ pub fn insert_sync(
     publication: &str,
     copy_data: bool,
     slot_created: bool,
+    options: &SyncOptions,
 ) -> SpiResult<i32> {
     Spi::connect_mut(|client| {
         let row = client
             .update(
-                "INSERT INTO livesync.sync (subname, source, publication, copy_data, slot_created) \
-                 VALUES ($1, $2, $3, $4, $5) RETURNING subid",
+                "INSERT INTO livesync.sync (subname, source, publication, copy_data, slot_created, \
+                                            table_map, create_tables, add_columns, disable_on_error) \
+                 VALUES ($1, $2, $3, $4, $5, $6::pg_catalog.jsonb, $7, $8, $9) RETURNING subid",
                 None,
-                &[name.into(), source.into(), publication.into(), copy_data.into(), slot_created.into()],
+                &[
+                    name.into(),
+                    source.into(),
+                    publication.into(),
+                    copy_data.into(),
+                    slot_created.into(),
+                    options.table_map.as_str().into(),
+                    options.create_tables.into(),
+                    options.add_columns.into(),
+                    options.disable_on_error.into(),
+                ],
             )?
             .first()
             .get_one::<i32>()?;
@@ -128,6 +205,56 @@ pub fn set_source(subid: i32, source: &str) -> SpiResult<()> {
     run(
         "UPDATE livesync.sync SET source = $2 WHERE subid OPERATOR(pg_catalog.=) $1",
         &[subid.into(), source.into()],
+    )
+    .map(drop)
+}
+
+pub fn set_options(subid: i32, o: &SyncOptions) -> SpiResult<()> {
+    run(
+        "UPDATE livesync.sync SET table_map = $2::pg_catalog.jsonb, create_tables = $3, \
+                add_columns = $4, disable_on_error = $5 WHERE subid OPERATOR(pg_catalog.=) $1",
+        &[
+            subid.into(),
+            o.table_map.as_str().into(),
+            o.create_tables.into(),
+            o.add_columns.into(),
+            o.disable_on_error.into(),
+        ],
+    )
+    .map(drop)
+}
+
+/// Set (or with `None`, clear) the transaction `livesync_skip` skips. Clearing names the
+/// LSN it clears, so that a newer `livesync_skip` is kept.
+pub fn set_skip_lsn(subid: i32, lsn: Option<u64>) -> SpiResult<()> {
+    match lsn {
+        Some(l) => run(
+            "UPDATE livesync.sync SET skip_lsn = $2::pg_catalog.pg_lsn WHERE subid OPERATOR(pg_catalog.=) $1",
+            &[subid.into(), crate::lsn::format(l).as_str().into()],
+        ),
+        None => run(
+            "UPDATE livesync.sync SET skip_lsn = NULL WHERE subid OPERATOR(pg_catalog.=) $1",
+            &[subid.into()],
+        ),
+    }
+    .map(drop)
+}
+
+pub fn clear_skip_lsn(subid: i32, lsn: u64) -> SpiResult<()> {
+    run(
+        "UPDATE livesync.sync SET skip_lsn = NULL WHERE subid OPERATOR(pg_catalog.=) $1 \
+            AND skip_lsn OPERATOR(pg_catalog.=) $2::pg_catalog.pg_lsn",
+        &[subid.into(), crate::lsn::format(lsn).as_str().into()],
+    )
+    .map(drop)
+}
+
+/// Point a table at another target (the table map changed).
+pub fn set_rel_target(subid: i32, relid: u32, schema: &str, name: &str) -> SpiResult<()> {
+    run(
+        "UPDATE livesync.sync_rel SET schemaname = $3, tablename = $4 \
+          WHERE subid OPERATOR(pg_catalog.=) $1 AND rrelid OPERATOR(pg_catalog.=) $2",
+        &[subid.into(), oid(relid), schema.into(), name.into()],
     )
     .map(drop)
 }
@@ -224,20 +351,52 @@ pub fn rel(subid: i32, relid: u32) -> SpiResult<Option<RelRow>> {
     .next())
 }
 
-/// Add a published table; its target table has the same schema and name as on the source.
+/// Add a published table (`source` schema and name) synced into `target`.
 pub fn insert_rel(
     subid: i32,
     relid: u32,
-    schema: &str,
-    name: &str,
+    source: (&str, &str),
+    target: (&str, &str),
     state: TableState,
 ) -> SpiResult<()> {
     run(
         "INSERT INTO livesync.sync_rel (subid, rrelid, srcschema, srcname, schemaname, tablename, state) \
-         VALUES ($1, $2, $3, $4, $3, $4, $5::pg_catalog.\"char\") ON CONFLICT DO NOTHING",
-        &[subid.into(), oid(relid), schema.into(), name.into(), state.as_char().to_string().into()],
+         VALUES ($1, $2, $3, $4, $5, $6, $7::pg_catalog.\"char\") ON CONFLICT DO NOTHING",
+        &[
+            subid.into(),
+            oid(relid),
+            source.0.into(),
+            source.1.into(),
+            target.0.into(),
+            target.1.into(),
+            state.as_char().to_string().into(),
+        ],
     )
     .map(drop)
+}
+
+/// The tables of a sync that sync into the target table `target_oid` (several, when
+/// the source's chunks or a map send several tables there).
+pub fn rels_into(subid: i32, target_oid: pg_sys::Oid) -> SpiResult<Vec<RelRow>> {
+    rel_query(
+        "subid OPERATOR(pg_catalog.=) $1 AND pg_catalog.to_regclass(pg_catalog.quote_ident(schemaname) \
+           OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(tablename)) \
+           OPERATOR(pg_catalog.=) $2::pg_catalog.regclass",
+        &[subid.into(), target_oid.into()],
+    )
+}
+
+/// Does another table (of any sync in this database) sync into the same target table?
+pub fn target_shared(subid: i32, relid: u32) -> SpiResult<bool> {
+    Ok(Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT FROM livesync.sync_rel a JOIN livesync.sync_rel b \
+                 ON a.schemaname OPERATOR(pg_catalog.=) b.schemaname \
+                AND a.tablename OPERATOR(pg_catalog.=) b.tablename \
+                AND NOT (a.subid OPERATOR(pg_catalog.=) b.subid AND a.rrelid OPERATOR(pg_catalog.=) b.rrelid) \
+              WHERE a.subid OPERATOR(pg_catalog.=) $1 AND a.rrelid OPERATOR(pg_catalog.=) $2)",
+        &[subid.into(), oid(relid)],
+    )?
+    .unwrap_or(false))
 }
 
 /// Of the target tables of `leaving` tables (target schema, name), those whose rows the
@@ -354,6 +513,40 @@ pub fn restart_rel_copy(subid: i32, relid: u32, why: &str) -> SpiResult<()> {
     clear_slices(subid, relid)
 }
 
+/// `livesync_resync`: the table is copied again from scratch (its target was emptied by
+/// the caller, in the same transaction).
+pub fn resync_rel(subid: i32, relid: u32) -> SpiResult<()> {
+    run(
+        "UPDATE livesync.sync_rel SET state = 'i', lsn = NULL, sync_lsn = NULL, catchup_lsn = NULL, \
+                replaces = NULL, last_error = NULL, last_error_time = NULL, copy_started_at = NULL, \
+                rows_copied = NULL, bytes_copied = NULL, copy_key = NULL, copy_key_type = NULL \
+          WHERE subid OPERATOR(pg_catalog.=) $1 AND rrelid OPERATOR(pg_catalog.=) $2",
+        &[subid.into(), oid(relid)],
+    )?;
+    clear_slices(subid, relid)
+}
+
+/// An apply error that only this table can fix (its target lacks a column, or the table
+/// itself) holds the table at `lsn` while the others go on: state f, as after a copy that
+/// became consistent at `lsn`, so that a table-sync worker applies its changes from there
+/// once the error is fixed, and hands it back as after any copy.
+pub fn hold_rel(subid: i32, relid: u32, lsn: u64, why: &str) -> SpiResult<()> {
+    debug_assert!(TableState::Ready.can_become(TableState::FinishedCopy));
+    run(
+        "UPDATE livesync.sync_rel SET state = 'f', lsn = $3::pg_catalog.pg_lsn, sync_lsn = NULL, \
+                catchup_lsn = NULL, last_error = $4, last_error_time = pg_catalog.now() \
+          WHERE subid OPERATOR(pg_catalog.=) $1 AND rrelid OPERATOR(pg_catalog.=) $2 \
+            AND state OPERATOR(pg_catalog.=) 'r'",
+        &[
+            subid.into(),
+            oid(relid),
+            crate::lsn::format(lsn).as_str().into(),
+            why.into(),
+        ],
+    )?;
+    clear_slices(subid, relid)
+}
+
 pub fn set_rel_state(
     subid: i32,
     relid: u32,
@@ -443,7 +636,9 @@ pub fn clear_all_catchups(subid: i32) -> SpiResult<()> {
     .map(drop)
 }
 
+/// Record a table's error (a failed copy or catch-up), and count it.
 pub fn set_rel_error(subid: i32, relid: u32, error: &str) -> SpiResult<()> {
+    count(subid, Counter::CopyError, 1)?;
     run(
         "UPDATE livesync.sync_rel SET last_error = $3, last_error_time = pg_catalog.now() \
          WHERE subid OPERATOR(pg_catalog.=) $1 AND rrelid OPERATOR(pg_catalog.=) $2",

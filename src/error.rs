@@ -169,6 +169,11 @@ impl Error {
         }
     }
 
+    /// The SQLSTATE it is reported with.
+    pub fn code(&self) -> Code {
+        self.parts().0
+    }
+
     /// Raise as a PostgreSQL ERROR (does not return).
     pub fn raise(self) -> ! {
         self.report(PgLogLevel::ERROR);

@@ -35,10 +35,13 @@ pub mod pgoutput;
 pub mod pgver;
 pub mod relmap;
 pub mod remote;
+pub mod sequences;
 pub mod shmem;
 pub mod slices;
 pub mod source;
 pub mod state;
+pub mod tabledef;
+pub mod tablemap;
 pub mod worker;
 
 #[pg_guard]
@@ -72,7 +75,20 @@ CREATE TABLE livesync.sync (
     slot_created    boolean NOT NULL DEFAULT false,
     created_at      timestamptz NOT NULL DEFAULT now(),
     last_error      text,
-    last_error_time timestamptz
+    last_error_time timestamptz,
+    -- Options (livesync_start / livesync_alter; API.md).
+    table_map        jsonb NOT NULL DEFAULT '[]',
+    create_tables    boolean NOT NULL DEFAULT false,
+    add_columns      boolean NOT NULL DEFAULT false,
+    disable_on_error boolean NOT NULL DEFAULT false,
+    -- livesync_skip: the finish LSN of the one source transaction to skip.
+    skip_lsn         pg_lsn,
+    -- Errors and the conflicts PostgreSQL 18 counts (pg_stat_subscription_stats).
+    apply_error_count bigint NOT NULL DEFAULT 0,
+    copy_error_count  bigint NOT NULL DEFAULT 0,
+    insert_exists     bigint NOT NULL DEFAULT 0,
+    update_missing    bigint NOT NULL DEFAULT 0,
+    delete_missing    bigint NOT NULL DEFAULT 0
 );
 
 -- One row per published table of each sync; state as in livesync's src/state.rs.
@@ -152,7 +168,9 @@ SELECT s.subname, r.schemaname, r.tablename, r.rrelid, r.state, r.lsn,
                  * (greatest(r.approximate_rows - c.rows - coalesce(p.rows_copied, 0), 0)::float8
                     / (c.rows + coalesce(p.rows_copied, 0)))
        END AS copy_eta,
-       c.slices_done, c.slices_total, coalesce(p.loaders, 0) AS copy_workers
+       c.slices_done, c.slices_total, coalesce(p.loaders, 0) AS copy_workers,
+       -- The original Livesync's names for the same facts.
+       s.publication AS pubname, r.schemaname AS target_schema, r.tablename AS target_table
   FROM livesync.sync s JOIN livesync.sync_rel r USING (subid)
   LEFT JOIN LATERAL (
        SELECT coalesce(sum(x.rows) FILTER (WHERE x.lsn IS NOT NULL), 0)::bigint AS rows,
@@ -171,14 +189,50 @@ SELECT s.subname, s.enabled, s.publication, st.pid,
        st.received_lsn::pg_lsn AS received_lsn,
        st.applied_lsn::pg_lsn AS applied_lsn,
        greatest(st.source_end_lsn::pg_lsn - st.applied_lsn::pg_lsn, 0)::bigint AS lag_bytes,
-       s.last_error, s.last_error_time, st.last_msg_time,
-       livesync._redact(s.source) AS source, s.copy_data, s.subid
+       -- The sync's own error, else the latest error of one of its tables: a sync with a
+       -- table stuck in a failing copy or apply does not look healthy.
+       coalesce(s.last_error, t.last_error) AS last_error,
+       CASE WHEN s.last_error IS NOT NULL THEN s.last_error_time ELSE t.last_error_time END AS last_error_time,
+       st.last_msg_time,
+       livesync._redact(s.source) AS source, s.copy_data, s.subid,
+       -- Seconds since the source committed the last transaction applied here; 0 when
+       -- nothing is left to apply.
+       CASE WHEN st.source_end_lsn::pg_lsn <= st.applied_lsn::pg_lsn THEN 0::float8
+            ELSE extract(epoch FROM pg_catalog.now() - st.last_commit_time)::float8
+       END AS lag_seconds,
+       st.last_commit_time,
+       s.apply_error_count, s.copy_error_count,
+       s.insert_exists, s.update_missing, s.delete_missing,
+       s.skip_lsn, s.disable_on_error, s.create_tables, s.add_columns, s.table_map,
+       coalesce(t.tables, 0) AS tables, coalesce(t.tables_ready, 0) AS tables_ready,
+       coalesce(t.tables_failing, 0) AS tables_failing
   FROM livesync.sync s
-  LEFT JOIN livesync._status() st USING (subid);
+  LEFT JOIN livesync._status() st USING (subid)
+  LEFT JOIN LATERAL (
+       SELECT count(*)::int AS tables,
+              count(*) FILTER (WHERE r.state = 'r')::int AS tables_ready,
+              count(*) FILTER (WHERE r.last_error IS NOT NULL)::int AS tables_failing,
+              (array_agg('table "' || r.schemaname || '.' || r.tablename || '": ' || r.last_error
+                         ORDER BY r.last_error_time DESC) FILTER (WHERE r.last_error IS NOT NULL))[1] AS last_error,
+              max(r.last_error_time) AS last_error_time
+         FROM livesync.sync_rel r WHERE r.subid = s.subid) t ON true;
+
+-- SQL wrappers that give the SQL API its argument types (regclass, pg_lsn).
+CREATE FUNCTION livesync_resync(subscription text, target_table regclass) RETURNS void
+    LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+    AS $$ SELECT livesync._resync($1, $2::pg_catalog.oid) $$;
+CREATE FUNCTION livesync_skip(subscription text, lsn pg_lsn) RETURNS void
+    LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+    AS $$ SELECT livesync._skip($1, $2::pg_catalog.text) $$;
 
 GRANT USAGE ON SCHEMA livesync, _ts_live_sync TO PUBLIC;
 GRANT SELECT ON livesync.subscription_rel, _ts_live_sync.subscription_rel, livesync.subscription TO PUBLIC;
-REVOKE EXECUTE ON FUNCTION livesync_start(text, text, text, boolean) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION livesync_start(text, text, text, boolean, jsonb, boolean, boolean, boolean) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION livesync_resync(text, regclass) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION livesync._resync(text, oid) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION livesync_skip(text, pg_lsn) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION livesync._skip(text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION livesync_sync_sequences(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION livesync_stop(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION livesync_drop(text, boolean) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION livesync_alter(text, text, jsonb, boolean, boolean, boolean) FROM PUBLIC;

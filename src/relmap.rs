@@ -288,7 +288,7 @@ pub fn resolve(rel: &Relation) -> Result<Mapping> {
             Code::ERRCODE_UNDEFINED_TABLE,
             format!("relation \"{display}\" does not exist on the target"),
         )
-        .hint("Create the table on the target (for example with pg_dump --schema-only from the source); the sync retries and continues. If it is a partition on the source, create the same partition on the target, or publish through the root: ALTER PUBLICATION ... SET (publish_via_partition_root = true)."));
+        .hint("Create the table on the target (for example with pg_dump --schema-only from the source), or let livesync create it: SELECT livesync_alter('<subscription>', create_tables => true); the sync retries and continues. If it is a partition on the source, create the same partition on the target, or publish through the root: ALTER PUBLICATION ... SET (publish_via_partition_root = true)."));
     };
     let cols = match_columns(rel, &local).map_err(|col| {
         Error::user(
@@ -296,7 +296,7 @@ pub fn resolve(rel: &Relation) -> Result<Mapping> {
             format!("column \"{col}\" of relation \"{display}\" is missing on the target"),
         )
         .hint(format!(
-            "Add the column on the target, e.g. ALTER TABLE {} ADD COLUMN {} ...; the sync retries and continues.",
+            "Add the column on the target, e.g. ALTER TABLE {} ADD COLUMN {} ..., or let livesync add the columns the source gains: SELECT livesync_alter('<subscription>', add_columns => true); the sync retries and continues.",
             quote_ident(schema) + "." + &quote_ident(&rel.name),
             quote_ident(&col)
         ))
@@ -389,7 +389,7 @@ fn partition_ancestors(oid: pg_sys::Oid) -> Result<Vec<pg_sys::Oid>> {
 }
 
 /// Partitioning columns of a hypertable; None when the table is not one.
-fn hypertable_dimensions(schema: &str, table: &str) -> Result<Option<Vec<String>>> {
+pub fn hypertable_dimensions(schema: &str, table: &str) -> Result<Option<Vec<String>>> {
     let has_tsdb = Spi::get_one::<bool>(
         "SELECT pg_catalog.to_regclass('_timescaledb_catalog.dimension') IS NOT NULL",
     )?

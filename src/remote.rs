@@ -273,6 +273,24 @@ pub async fn drop_slot(conn: &mut Connection, slot: &str) -> Result<bool> {
     }
 }
 
+/// Make `copy` a copy of logical slot `slot` (same position, same retained WAL), replacing
+/// an inactive slot of that name. On a plain connection (a SQL function).
+pub async fn copy_slot(conn: &mut Connection, slot: &str, copy: &str) -> Result<()> {
+    conn.simple_query(&format!(
+        "SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots \
+          WHERE slot_name OPERATOR(pg_catalog.=) {} AND NOT active",
+        quote_literal(copy)
+    ))
+    .await?;
+    conn.simple_query(&format!(
+        "SELECT pg_catalog.pg_copy_logical_replication_slot({}, {})",
+        quote_literal(slot),
+        quote_literal(copy)
+    ))
+    .await?;
+    Ok(())
+}
+
 /// Every slot of this sync: the main one (exactly its name) and the table-sync ones
 /// (`<name>_sync_<digits>`, see [`is_slot_of`]).
 pub async fn slots_of(conn: &mut Connection, subname: &str) -> Result<Vec<String>> {
@@ -311,6 +329,19 @@ pub struct PubTable {
     pub relid: u32,
     pub schema: String,
     pub name: String,
+    /// A chunk of a TimescaleDB hypertable on the source: that hypertable (schema, name),
+    /// whose name the chunk is mapped and synced by.
+    pub hypertable: Option<(String, String)>,
+}
+
+impl PubTable {
+    /// The name the table map and the target go by: a chunk's hypertable, else the table.
+    pub fn logical_name(&self) -> (&str, &str) {
+        match &self.hypertable {
+            Some((s, n)) => (s, n),
+            None => (&self.schema, &self.name),
+        }
+    }
 }
 
 /// The tables `pg_publication_tables` lists for the publication (leaf partitions, or roots
@@ -342,9 +373,64 @@ pub async fn publication_tables(conn: &mut Connection, publication: &str) -> Res
             relid,
             schema: r.get(1).unwrap_or_default().to_string(),
             name: r.get(2).unwrap_or_default().to_string(),
+            hypertable: None,
         });
     }
+    timescaledb_chunks(conn, &mut out).await?;
     Ok(out)
+}
+
+/// On a TimescaleDB source: each published chunk learns its hypertable, and the tables of
+/// TimescaleDB's own machinery are left out (the compressed and materialized hypertables
+/// of compression and continuous aggregates, and their chunks, which hold data in
+/// TimescaleDB's internal formats).
+async fn timescaledb_chunks(conn: &mut Connection, tables: &mut Vec<PubTable>) -> Result<()> {
+    let has = conn
+        .simple_query("SELECT pg_catalog.to_regclass('_timescaledb_catalog.chunk') IS NOT NULL")
+        .await?;
+    if has.first().and_then(|r| r.get(0)) != Some("t") || tables.is_empty() {
+        return Ok(());
+    }
+    let oids = tables
+        .iter()
+        .map(|t| t.relid.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    // (relid, hypertable schema, hypertable name, internal, is the hypertable itself)
+    let sql = format!(
+        "SELECT c.oid, h.schema_name, h.table_name, \
+                h.compression_state OPERATOR(pg_catalog.=) 2 \
+                  OR h.schema_name OPERATOR(pg_catalog.=) '_timescaledb_internal', \
+                ch.id IS NULL \
+           FROM pg_catalog.pg_class c \
+           JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+           LEFT JOIN _timescaledb_catalog.chunk ch \
+                  ON ch.schema_name OPERATOR(pg_catalog.=) n.nspname \
+                 AND ch.table_name OPERATOR(pg_catalog.=) c.relname \
+           JOIN _timescaledb_catalog.hypertable h \
+             ON h.id OPERATOR(pg_catalog.=) ch.hypertable_id \
+             OR (ch.id IS NULL AND h.schema_name OPERATOR(pg_catalog.=) n.nspname \
+                 AND h.table_name OPERATOR(pg_catalog.=) c.relname) \
+          WHERE c.oid OPERATOR(pg_catalog.=) ANY ('{{{oids}}}'::pg_catalog.oid[])"
+    );
+    let mut drop = Vec::new();
+    for r in conn.simple_query(&sql).await? {
+        let relid: u32 = r.get(0).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let internal = r.get(3) == Some("t");
+        let root = r.get(4) == Some("t");
+        if internal {
+            drop.push(relid);
+        } else if !root {
+            if let Some(t) = tables.iter_mut().find(|t| t.relid == relid) {
+                t.hypertable = Some((
+                    r.get(1).unwrap_or_default().to_string(),
+                    r.get(2).unwrap_or_default().to_string(),
+                ));
+            }
+        }
+    }
+    tables.retain(|t| !drop.contains(&t.relid));
+    Ok(())
 }
 
 /// The columns of a source table a COPY may read, in order: no dropped columns, and no
@@ -560,4 +646,41 @@ mod tests {
         assert_eq!(quote_literal("a'b"), "'a''b'");
         assert_eq!(quote_ident("Mixed \"Q\""), "\"Mixed \"\"Q\"\"\"");
     }
+}
+
+/// A source sequence's state, by the column of a table it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SequenceValue {
+    pub column: String,
+    pub last_value: i64,
+    pub is_called: bool,
+}
+
+/// The sequences of source table `schema`.`table` (see `crate::sequences`) and their
+/// current values (the source role needs SELECT on them).
+pub async fn sequence_values(
+    conn: &mut Connection,
+    schema: &str,
+    table: &str,
+) -> Result<Vec<SequenceValue>> {
+    let mut out = Vec::new();
+    for r in conn
+        .simple_query(&crate::sequences::query(schema, table))
+        .await?
+    {
+        let (Some(column), Some(seq)) = (r.get(0), r.get(1)) else {
+            continue;
+        };
+        let rows = conn
+            .simple_query(&format!("SELECT last_value, is_called FROM {seq}"))
+            .await?;
+        if let Some(v) = rows.first() {
+            out.push(SequenceValue {
+                column: column.to_string(),
+                last_value: v.get(0).and_then(|s| s.parse().ok()).unwrap_or(1),
+                is_called: v.get(1) == Some("t"),
+            });
+        }
+    }
+    Ok(out)
 }

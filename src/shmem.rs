@@ -45,6 +45,9 @@ pub struct SyncSlot {
     pub source_end_lsn: u64,
     /// Unix time in ms of the last message from the source.
     pub last_msg_ms: i64,
+    /// The source commit time (PostgreSQL timestamp) of the last transaction applied;
+    /// 0 when unknown.
+    pub last_commit_ts: i64,
 }
 
 /// One running table-sync worker.

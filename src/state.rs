@@ -64,6 +64,10 @@ impl TableState {
                 // The table-sync slot was lost before the hand-off: copy again.
                 | (FinishedCopy, Init)
                 | (SyncDone, Ready)
+                // An apply error only the table can fix holds it (`catalog::hold_rel`); a
+                // table-sync worker catches it up again; `livesync_resync` copies it anew.
+                | (Ready, FinishedCopy)
+                | (_, Init)
         )
     }
 
@@ -114,7 +118,11 @@ mod tests {
         assert!(DataSync.can_become(DataSync));
         assert!(FinishedCopy.can_become(SyncDone));
         assert!(SyncDone.can_become(Ready));
-        assert!(!Ready.can_become(Init));
+        // livesync_resync copies any table anew; an apply error only the table can fix
+        // holds a ready table for a catch-up.
+        assert!(Ready.can_become(Init));
+        assert!(Ready.can_become(FinishedCopy));
+        assert!(!Ready.can_become(SyncDone));
         assert!(!FinishedCopy.can_become(Ready));
         assert!(FinishedCopy.can_become(Init));
         assert!(!Init.can_become(SyncDone));

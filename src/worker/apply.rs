@@ -74,6 +74,12 @@ impl Owner for TableOwner<'_> {
             .get(&rel)
             .is_some_and(|r| r.state.apply_owns(r.sync_lsn.unwrap_or(0), commit_lsn))
     }
+
+    fn target(&self, rel: RelId) -> Option<(&str, &str)> {
+        self.0
+            .get(&rel)
+            .map(|r| (r.schemaname.as_str(), r.tablename.as_str()))
+    }
 }
 
 struct ApplyWorker {
@@ -165,7 +171,16 @@ impl ApplyWorker {
         let start = self.check_slot(&mut conn, start)?;
         self.refresh_with(&mut conn)?;
         let tag = format!("{}_{}_0", self.dboid, self.subid);
-        let stream = Stream::start(&self.rt, conn, &sub.subname, start, &sub.publication, &tag)?;
+        let mut stream =
+            Stream::start(&self.rt, conn, &sub.subname, start, &sub.publication, &tag)?;
+        stream.subid = Some(self.subid);
+        stream.skip_lsn = sub.skip_lsn;
+        stream.applier.add_columns = sub.options.add_columns;
+        // The previous run failed: pin the next error on one source transaction.
+        stream.careful = REGISTRY
+            .share()
+            .sync(self.dboid, self.subid)
+            .is_some_and(|s| s.failures > 0);
         self.stream = Some(stream);
         self.publish_progress();
         self.main_loop()
@@ -253,6 +268,9 @@ impl ApplyWorker {
     /// After a target commit: the run is healthy, progress is published, tables are
     /// handed over.
     fn after_commit(&mut self) -> Result<()> {
+        if let Some(s) = self.stream.as_mut() {
+            s.careful = false;
+        }
         if !self.succeeded {
             self.mark_healthy()?;
         }
@@ -283,6 +301,9 @@ impl ApplyWorker {
             s.applied_lsn = stream.confirmed();
             s.source_end_lsn = stream.source_end.max(stream.received);
             s.last_msg_ms = shmem::now_ms() - stream.last_msg.elapsed().as_millis() as i64;
+            if let Some(t) = stream.last_commit_time {
+                s.last_commit_ts = t;
+            }
         }
     }
 
@@ -371,20 +392,61 @@ impl ApplyWorker {
             })
             .map(|r| (r.schemaname.clone(), r.tablename.clone()))
             .collect();
+        let map = sub.options.map();
         for t in &tables {
-            if !known.iter().any(|r| r.rrelid == t.relid) {
-                worker::xact(|| {
-                    catalog::insert_rel(self.subid, t.relid, &t.schema, &t.name, new_state)?;
-                    if new_state == TableState::Init && !settled.is_empty() {
-                        let replaces = catalog::overlapping_targets(&t.schema, &t.name, &settled)?;
-                        if !replaces.is_empty() {
-                            catalog::set_rel_replaces(self.subid, t.relid, &replaces)?;
+            let (lschema, lname) = t.logical_name();
+            let dest = map.destination(lschema, lname);
+            let target = (dest.schema.as_str(), dest.table.as_str());
+            match known.iter().find(|r| r.rrelid == t.relid) {
+                None => {
+                    worker::xact(|| {
+                        catalog::insert_rel(
+                            self.subid,
+                            t.relid,
+                            (&t.schema, &t.name),
+                            target,
+                            new_state,
+                        )?;
+                        // Rows the sync wrote into this very target through another
+                        // source table (another chunk of one hypertable) stay.
+                        let settled: Vec<(String, String)> = settled
+                            .iter()
+                            .filter(|(s, n)| (s.as_str(), n.as_str()) != target)
+                            .cloned()
+                            .collect();
+                        if new_state == TableState::Init && !settled.is_empty() {
+                            let replaces =
+                                catalog::overlapping_targets(target.0, target.1, &settled)?;
+                            if !replaces.is_empty() {
+                                catalog::set_rel_replaces(self.subid, t.relid, &replaces)?;
+                            }
                         }
-                    }
-                    Ok(())
-                })?;
-                changed = true;
+                        Ok(())
+                    })?;
+                    changed = true;
+                }
+                // The table map changed (livesync_alter): changes go to the new target.
+                Some(r) if (r.schemaname.as_str(), r.tablename.as_str()) != target => {
+                    worker::xact(|| {
+                        Ok(catalog::set_rel_target(
+                            self.subid, t.relid, target.0, target.1,
+                        )?)
+                    })?;
+                    log!(
+                        "livesync subscription \"{}\": table \"{}.{}\" now syncs into \"{}.{}\"",
+                        sub.subname,
+                        t.schema,
+                        t.name,
+                        target.0,
+                        target.1
+                    );
+                    changed = true;
+                }
+                Some(_) => {}
             }
+        }
+        if sub.options.create_tables {
+            self.create_missing_tables(conn, &tables)?;
         }
         for r in &known {
             if !tables.iter().any(|t| t.relid == r.rrelid) {
@@ -394,6 +456,78 @@ impl ApplyWorker {
         }
         if changed || self.rels.is_empty() {
             self.reload_rels()?;
+        }
+        Ok(())
+    }
+
+    /// `create_tables`: create the target tables that do not exist yet from the source's
+    /// definition (of a chunk's hypertable, for a chunk), as hypertables where the map
+    /// says so. A table that cannot be created gets the error on its row; others go on.
+    fn create_missing_tables(
+        &mut self,
+        conn: &mut Connection,
+        tables: &[remote::PubTable],
+    ) -> Result<()> {
+        let map = self.sub().options.map();
+        let mut done: Vec<(String, String)> = Vec::new();
+        for t in tables {
+            let (lschema, lname) = t.logical_name();
+            let dest = map.destination(lschema, lname);
+            let key = (dest.schema.clone(), dest.table.clone());
+            if done.contains(&key) {
+                continue;
+            }
+            done.push(key);
+            if worker::xact(|| crate::tabledef::exists(&dest.schema, &dest.table))? {
+                continue;
+            }
+            let def = block_on(&self.rt, crate::tabledef::fetch(conn, lschema, lname, None))?;
+            let created = def.and_then(|def| {
+                worker::xact(|| {
+                    crate::tabledef::create(
+                        &dest.schema,
+                        &dest.table,
+                        &def,
+                        dest.hypertable.as_ref(),
+                    )
+                })
+            });
+            match created {
+                Ok(()) => log!(
+                    "livesync subscription \"{}\": created table \"{}.{}\"{}",
+                    self.sub().subname,
+                    dest.schema,
+                    dest.table,
+                    if dest.hypertable.is_some() {
+                        " as a hypertable"
+                    } else {
+                        ""
+                    }
+                ),
+                Err(e) => {
+                    let msg = e.summary();
+                    warning!(
+                        "livesync subscription \"{}\": could not create table \"{}.{}\": {msg}",
+                        self.sub().subname,
+                        dest.schema,
+                        dest.table
+                    );
+                    worker::xact(|| {
+                        for r in tables.iter().filter(|r| {
+                            let (s, n) = r.logical_name();
+                            map.destination(s, n).schema == dest.schema
+                                && map.destination(s, n).table == dest.table
+                        }) {
+                            catalog::set_rel_error(
+                                self.subid,
+                                r.relid,
+                                &format!("could not create the target table: {msg}"),
+                            )?;
+                        }
+                        Ok(())
+                    })?;
+                }
+            }
         }
         Ok(())
     }
@@ -596,6 +730,78 @@ impl ApplyWorker {
         e.1 = Instant::now() + Duration::from_millis(worker::backoff_ms(e.0) as u64);
     }
 
+    /// The ready table an apply error belongs to, when only that table can fix it: its
+    /// target lacks a column the source sends, or is gone.
+    fn table_error(&self, e: &Error) -> Option<RelId> {
+        use pgrx::PgSqlErrorCode as Code;
+        if !matches!(
+            e.code(),
+            Code::ERRCODE_UNDEFINED_COLUMN | Code::ERRCODE_UNDEFINED_TABLE
+        ) {
+            return None;
+        }
+        let ctx = self.stream.as_ref()?.error_context()?;
+        let rel = ctx.rel?;
+        (matches!(ctx.action, "INSERT" | "UPDATE" | "DELETE")
+            && self.rels.get(&rel)?.state == TableState::Ready)
+            .then_some(rel)
+    }
+
+    /// Hold one table at the last committed position while the others go on (the
+    /// transaction that failed is applied again, without it, when the worker restarts).
+    /// Its slot is a copy of the main slot, which has not been confirmed past that
+    /// position, and its origin starts there: a table-sync worker applies the table's
+    /// changes from there, and fails and retries, with the error on the table's row, until
+    /// the user fixes the table; then it hands the table back as after a copy.
+    fn hold_table(&mut self, relid: RelId, e: &Error) -> Result<()> {
+        let stream = self.stream.as_ref().expect("an apply error has a stream");
+        let at = stream.committed;
+        let ctx = stream
+            .error_context()
+            .and_then(|c| c.describe())
+            .unwrap_or_default();
+        let sub = self.sub().clone();
+        let slot = catalog::tablesync_slot_name(&sub.subname, relid);
+        let origin = catalog::tablesync_origin_name(self.dboid, self.subid, relid);
+        let mut side = match self.side.take() {
+            Some(c) => c,
+            None => {
+                let info = ConnInfo::parse(&sub.source)
+                    .map_err(|e| Error::from_source("invalid connection string", e))?;
+                block_on(
+                    &self.rt,
+                    Connection::connect(&info, false, &format!("livesync_{}", sub.subname)),
+                )?
+                .map_err(|e| Error::from_source("could not connect to the source", e))?
+            }
+        };
+        block_on(&self.rt, remote::copy_slot(&mut side, &sub.subname, &slot))??;
+        self.side = Some(side);
+        let msg = format!("{} (CONTEXT: {ctx})", e.summary());
+        worker::xact(|| {
+            stream::create_origin_at(&origin, at)?;
+            catalog::hold_rel(self.subid, relid, at, &msg)?;
+            Ok(catalog::count(self.subid, catalog::Counter::ApplyError, 1)?)
+        })?;
+        let table = self
+            .rels
+            .get(&relid)
+            .map(|r| r.qualified_target())
+            .unwrap_or_default();
+        e.report(PgLogLevel::LOG);
+        log!(
+            "livesync subscription \"{}\": table \"{table}\" is held at {} until the error above is fixed; the other tables go on",
+            sub.subname,
+            crate::lsn::format(at)
+        );
+        // Start again at once, without this table.
+        if let Some(s) = REGISTRY.exclusive().sync_mut(self.dboid, self.subid) {
+            s.failures = 0;
+            s.not_before_ms = 0;
+        }
+        Ok(())
+    }
+
     /// Record how the run ended; the launcher restarts us after a backoff.
     fn finish(&mut self, result: Result<()>) {
         if let Some(s) = self.stream.as_mut() {
@@ -612,6 +818,7 @@ impl ApplyWorker {
                 let msg = e.to_string();
                 e.report(PgLogLevel::WARNING);
                 let _ = worker::xact(|| {
+                    catalog::count(self.subid, catalog::Counter::ApplyError, 1)?;
                     catalog::set_sync_error(self.subid, Some(&msg))?;
                     Ok(catalog::set_enabled(self.subid, false)?)
                 });
@@ -620,19 +827,72 @@ impl ApplyWorker {
                 }
             }
             Err(e) => {
+                if let Some(relid) = self.table_error(&e) {
+                    match self.hold_table(relid, &e) {
+                        Ok(()) => return,
+                        Err(h) => h.report(PgLogLevel::LOG),
+                    }
+                }
                 let name = self
                     .sub
                     .as_ref()
                     .map(|s| s.subname.clone())
                     .unwrap_or_default();
-                let msg = e.summary();
+                // The source transaction being applied, as native's error context names
+                // it: its finish LSN is what livesync_skip takes.
+                let context = self.stream.as_ref().and_then(|s| {
+                    s.error_context()
+                        .and_then(|c| c.describe().map(|d| (d, c.action, c.finish_lsn)))
+                });
+                if context.is_none() {
+                    // Rows of several source transactions were written together: the
+                    // next run commits each on its own, and names the one that fails.
+                    log!("livesync apply worker for \"{name}\": the next run applies one source transaction at a time until it commits");
+                }
+                let mut msg = e.summary();
                 e.report(PgLogLevel::LOG);
-                log!("livesync apply worker for \"{name}\" stopped after an error; it will be restarted");
-                let _ = worker::xact(|| Ok(catalog::set_sync_error(self.subid, Some(&msg))?));
+                if let Some((ctx, _, lsn)) = &context {
+                    log!(
+                        "livesync: the error above happened while {ctx}; SELECT livesync_skip('{name}', '{}') skips that transaction",
+                        crate::lsn::format(*lsn)
+                    );
+                    msg = format!("{msg} (CONTEXT: {ctx})");
+                }
+                let insert_exists = context.as_ref().is_some_and(|c| c.1 == "INSERT")
+                    && e.code() == pgrx::PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION;
+                let disable = self
+                    .sub
+                    .as_ref()
+                    .is_some_and(|s| s.options.disable_on_error)
+                    && self
+                        .stream
+                        .as_ref()
+                        .is_some_and(|s| s.context.finish_lsn != 0);
+                let _ = worker::xact(|| {
+                    catalog::count(self.subid, catalog::Counter::ApplyError, 1)?;
+                    if insert_exists {
+                        catalog::count(self.subid, catalog::Counter::InsertExists, 1)?;
+                    }
+                    catalog::set_sync_error(self.subid, Some(&msg))?;
+                    if disable {
+                        catalog::set_enabled(self.subid, false)?;
+                    }
+                    Ok(())
+                });
                 let mut reg = REGISTRY.exclusive();
                 if let Some(s) = reg.sync_mut(self.dboid, self.subid) {
-                    s.failures = s.failures.saturating_add(1);
-                    s.not_before_ms = shmem::now_ms() + worker::backoff_ms(s.failures);
+                    if disable {
+                        s.enabled = false;
+                    } else {
+                        s.failures = s.failures.saturating_add(1);
+                        s.not_before_ms = shmem::now_ms() + worker::backoff_ms(s.failures);
+                    }
+                }
+                drop(reg);
+                if disable {
+                    log!("livesync subscription \"{name}\" has been disabled because of an error (disable_on_error)");
+                } else {
+                    log!("livesync apply worker for \"{name}\" stopped after an error; it will be restarted");
                 }
             }
         }

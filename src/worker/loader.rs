@@ -206,20 +206,26 @@ impl Loader {
         let key = key.filter(|_| planned.is_some());
         let relation = Relation {
             id: relid,
-            namespace: rel.srcschema.clone(),
-            name: rel.srcname.clone(),
+            namespace: rel.schemaname.clone(),
+            name: rel.tablename.clone(),
             replica_identity: ReplicaIdentity::Default,
             columns: columns
                 .iter()
                 .map(|c| Column {
                     flags: 0,
                     name: c.clone(),
-                    type_oid: 0,
+                    type_oid: meta
+                        .types
+                        .iter()
+                        .find(|(n, _)| n == c)
+                        .map_or(0, |(_, t)| *t),
                     type_mod: -1,
                 })
                 .collect(),
         };
         let mut applier = Applier::new();
+        applier.add_columns = worker::xact(|| Ok(catalog::sync_by_id(subid)?))?
+            .is_some_and(|s| s.options.add_columns);
         let (target, method) = worker::xact(|| {
             applier.relation(relation)?;
             let target = applier.mapping(relid)?;

@@ -36,6 +36,13 @@ pub trait Owner {
     fn key_filter(&self, _rel: RelId) -> Option<&KeyFilter> {
         None
     }
+
+    /// The target table (schema, name) of a source relation, when the stream knows it
+    /// (`livesync.sync_rel`: the table map, a source chunk's hypertable). None: the
+    /// source's schema and name.
+    fn target(&self, _rel: RelId) -> Option<(&str, &str)> {
+        None
+    }
 }
 
 /// How source transactions become target commits.
@@ -91,6 +98,78 @@ pub struct Stream {
     pub last_msg: Instant,
     /// When streaming started.
     pub started: Instant,
+    /// The source commit time of the last transaction committed here.
+    pub last_commit_time: Option<PgTimestamp>,
+    /// `livesync_skip`: the finish LSN of the one source transaction to skip (apply
+    /// worker only), and whether the stream is inside it now.
+    pub skip_lsn: Option<Lsn>,
+    skipping: bool,
+    /// A skipped transaction committed in the open target transaction: its LSN is
+    /// cleared from the catalog by the same commit.
+    skipped: Option<Lsn>,
+    /// The sync whose counters (conflicts, skips) this stream's commits update.
+    pub subid: Option<i32>,
+    /// What is being applied, for an error's context.
+    pub context: Context,
+    /// The context of the first buffered INSERT not yet flushed, and whether the buffer
+    /// holds rows of more than one source transaction (an error while flushing it then
+    /// cannot be pinned on one of them).
+    insert_context: Context,
+    insert_mixed: bool,
+    /// Flush buffered INSERTs at every source commit, so that an error names exactly the
+    /// transaction it comes from (after an error, until a target commit succeeds).
+    pub careful: bool,
+}
+
+/// What the stream was applying (as PostgreSQL's `apply_error_callback` reports it).
+#[derive(Clone, Debug, Default)]
+pub struct Context {
+    pub xid: Option<Xid>,
+    /// The finish LSN of the source transaction being applied (0: none).
+    pub finish_lsn: Lsn,
+    pub action: &'static str,
+    pub relation: Option<String>,
+    /// The source relation of the change being applied.
+    pub rel: Option<RelId>,
+}
+
+impl Stream {
+    /// What was being applied when an error happened: the buffered INSERTs' transaction
+    /// when they were being flushed. None outside a source transaction, or when the
+    /// failed rows may come from several transactions.
+    pub fn error_context(&self) -> Option<&Context> {
+        let c = if self.applier.flushing {
+            if self.insert_mixed {
+                return None;
+            }
+            &self.insert_context
+        } else {
+            &self.context
+        };
+        (c.finish_lsn != 0).then_some(c)
+    }
+}
+
+impl Context {
+    /// `processing remote data during "INSERT" for replication target relation "public.t"
+    /// in transaction 740, finished at 0/14C0378`; None outside a source transaction.
+    pub fn describe(&self) -> Option<String> {
+        if self.finish_lsn == 0 {
+            return None;
+        }
+        let mut s = format!("processing remote data during \"{}\"", self.action);
+        if let Some(r) = &self.relation {
+            s.push_str(&format!(" for replication target relation \"{r}\""));
+        }
+        if let Some(x) = self.xid {
+            s.push_str(&format!(" in transaction {x}"));
+        }
+        s.push_str(&format!(
+            ", finished at {}",
+            crate::lsn::format(self.finish_lsn)
+        ));
+        Some(s)
+    }
 }
 
 /// pgoutput protocol 2: streaming of in-progress transactions.
@@ -165,6 +244,15 @@ impl Stream {
             last_idle_advance: Instant::now(),
             last_msg: Instant::now(),
             started: Instant::now(),
+            last_commit_time: None,
+            skip_lsn: None,
+            skipping: false,
+            skipped: None,
+            subid: None,
+            context: Context::default(),
+            insert_context: Context::default(),
+            insert_mixed: false,
+            careful: false,
         })
     }
 
@@ -253,7 +341,20 @@ impl Stream {
                 commit_time,
                 ..
             } => {
-                self.replay(rt, xid, commit_lsn, owner)?;
+                if self.skip_lsn == Some(commit_lsn) {
+                    self.spool.abort(xid, xid)?;
+                    self.ensure_xact();
+                    self.note_skipped(commit_lsn);
+                } else {
+                    self.context = Context {
+                        xid: Some(xid),
+                        finish_lsn: commit_lsn,
+                        action: "STREAM COMMIT",
+                        relation: None,
+                        rel: None,
+                    };
+                    self.replay(rt, xid, commit_lsn, owner)?;
+                }
                 self.pending_commit = Some((end_lsn, commit_time));
                 return Ok(true);
             }
@@ -314,12 +415,49 @@ impl Stream {
         f.applies(self.remote_final_lsn, key)
     }
 
+    /// A skipped transaction (`livesync_skip`) ended: the open target transaction clears
+    /// the skip as it commits, with the origin past the transaction.
+    fn note_skipped(&mut self, lsn: Lsn) {
+        pgrx::log!(
+            "livesync: skipped the source transaction finished at {} (livesync_skip)",
+            crate::lsn::format(lsn)
+        );
+        self.skipped = Some(lsn);
+        self.skip_lsn = None;
+        self.skipping = false;
+    }
+
+    /// Record what is being applied, for an error's context.
+    fn doing(&mut self, action: &'static str, rel: RelId) {
+        self.context.action = action;
+        self.context.relation = self.applier.relation_name(rel);
+        self.context.rel = Some(rel);
+    }
+
     fn apply(&mut self, msg: Message, owner: &dyn Owner) -> Result<bool> {
         match msg {
-            Message::Begin { final_lsn, .. } => {
+            Message::Insert { .. }
+            | Message::Update { .. }
+            | Message::Delete { .. }
+            | Message::Truncate { .. }
+                if self.skipping =>
+            {
+                return Ok(false)
+            }
+            Message::Begin { final_lsn, xid, .. } => {
                 self.ensure_xact();
                 self.in_remote_txn = true;
                 self.remote_final_lsn = final_lsn;
+                self.context = Context {
+                    xid: Some(xid),
+                    finish_lsn: final_lsn,
+                    action: "BEGIN",
+                    relation: None,
+                    rel: None,
+                };
+                if self.skip_lsn == Some(final_lsn) {
+                    self.skipping = true;
+                }
             }
             Message::Commit {
                 end_lsn,
@@ -327,20 +465,42 @@ impl Stream {
                 ..
             } => {
                 self.in_remote_txn = false;
+                if self.careful {
+                    self.applier.flush()?;
+                }
+                self.context.action = "COMMIT";
+                self.context.relation = None;
+                self.context.rel = None;
+                if self.skipping {
+                    self.note_skipped(self.remote_final_lsn);
+                }
                 self.pending_commit = Some((end_lsn, commit_time));
                 return Ok(true);
             }
-            Message::Relation { rel, .. } => {
+            Message::Relation { mut rel, .. } => {
                 self.ensure_xact();
+                if let Some((schema, name)) = owner.target(rel.id) {
+                    rel.namespace = schema.to_string();
+                    rel.name = name.to_string();
+                }
                 self.applier.relation(rel)?;
             }
             Message::Insert { rel, new, .. } => {
+                self.doing("INSERT", rel);
                 if owner.owns(rel, self.remote_final_lsn) && self.row_applies(owner, rel, &new)? {
+                    let before = self.applier.pending_relid();
                     self.applier.insert(rel, &new)?;
+                    if before.is_none() || self.applier.pending_relid() != before {
+                        self.insert_context = self.context.clone();
+                        self.insert_mixed = false;
+                    } else if self.insert_context.finish_lsn != self.context.finish_lsn {
+                        self.insert_mixed = true;
+                    }
                     self.batch_changes += 1;
                 }
             }
             Message::Update { rel, old, new, .. } => {
+                self.doing("UPDATE", rel);
                 if owner.owns(rel, self.remote_final_lsn) {
                     let key = old.as_ref().map(|(_, t)| t).unwrap_or(&new);
                     // A row that moves between parts of a copy read under different
@@ -368,6 +528,7 @@ impl Stream {
                 }
             }
             Message::Delete { rel, old, .. } => {
+                self.doing("DELETE", rel);
                 if owner.owns(rel, self.remote_final_lsn) && self.row_applies(owner, rel, &old)? {
                     self.applier.delete(rel, &old)?;
                     self.batch_changes += 1;
@@ -378,6 +539,9 @@ impl Stream {
                 rels,
                 ..
             } => {
+                self.context.action = "TRUNCATE";
+                self.context.relation = None;
+                self.context.rel = None;
                 let mut mine = Vec::new();
                 for r in rels {
                     if !owner.owns(r, self.remote_final_lsn) {
@@ -485,9 +649,19 @@ impl Stream {
             return Ok(());
         };
         self.applier.flush()?;
+        if let Some(subid) = self.subid {
+            let (updates, deletes) = self.applier.take_missing();
+            crate::catalog::count(subid, crate::catalog::Counter::UpdateMissing, updates)?;
+            crate::catalog::count(subid, crate::catalog::Counter::DeleteMissing, deletes)?;
+            if let Some(lsn) = self.skipped.take() {
+                crate::catalog::clear_skip_lsn(subid, lsn)?;
+            }
+        }
         commit_at_origin(end_lsn, commit_time);
         self.xact_open = false;
         self.committed = self.committed.max(end_lsn);
+        self.last_commit_time = Some(commit_time);
+        self.context = Context::default();
         Ok(())
     }
 
@@ -653,6 +827,21 @@ pub fn setup_origin(name: &str) -> Result<Lsn> {
         )?;
         Ok(p.and_then(|s| crate::lsn::parse(&s)).unwrap_or(0))
     })
+}
+
+/// Create replication origin `name` (anew) at `lsn` (inside the caller's transaction).
+pub fn create_origin_at(name: &str, lsn: Lsn) -> Result<()> {
+    pgrx::spi::Spi::run_with_args(
+        "SELECT pg_catalog.pg_replication_origin_drop(roname) FROM pg_catalog.pg_replication_origin \
+          WHERE roname OPERATOR(pg_catalog.=) $1",
+        &[name.into()],
+    )?;
+    pgrx::spi::Spi::run_with_args(
+        "SELECT pg_catalog.pg_replication_origin_create($1), \
+                pg_catalog.pg_replication_origin_advance($1, $2::pg_catalog.pg_lsn)",
+        &[name.into(), crate::lsn::format(lsn).as_str().into()],
+    )?;
+    Ok(())
 }
 
 pub fn drop_origin(name: &str) -> Result<()> {

@@ -66,8 +66,47 @@ pub extern "C-unwind" fn livesync_tablesync_main(_arg: pg_sys::Datum) {
             let msg = e.summary();
             e.report(PgLogLevel::LOG);
             let _ = worker::xact(|| Ok(catalog::set_rel_error(subid, relid, &msg)?));
+            // disable_on_error covers copies too, as native's table-sync workers do.
+            let disable = worker::xact(|| Ok(catalog::sync_by_id(subid)?))
+                .ok()
+                .flatten()
+                .filter(|s| s.options.disable_on_error);
+            if let Some(sub) = disable {
+                let _ = worker::xact(|| {
+                    catalog::set_sync_error(
+                        subid,
+                        Some(&format!("table \"{}\": {msg}", relid_name(subid, relid))),
+                    )?;
+                    Ok(catalog::set_enabled(subid, false)?)
+                });
+                let pids = {
+                    let mut reg = REGISTRY.exclusive();
+                    if let Some(s) = reg.sync_mut(dboid, subid) {
+                        s.enabled = false;
+                    }
+                    reg.pids_of(dboid, subid)
+                };
+                // SAFETY: reads our own pid.
+                let me = unsafe { pg_sys::MyProcPid };
+                pids.into_iter()
+                    .filter(|p| *p != me)
+                    .for_each(crate::shmem::terminate);
+                log!(
+                    "livesync subscription \"{}\" has been disabled because of an error (disable_on_error)",
+                    sub.subname
+                );
+            }
         }
     }
+}
+
+/// The target table of a sync's table, for messages.
+fn relid_name(subid: i32, relid: u32) -> String {
+    worker::xact(|| Ok(catalog::rel(subid, relid)?))
+        .ok()
+        .flatten()
+        .map(|r| r.qualified_target())
+        .unwrap_or_else(|| relid.to_string())
 }
 
 struct TableSync {
@@ -78,7 +117,7 @@ struct TableSync {
 }
 
 /// The catch-up owns one table, and of it what the copy's snapshots did not have.
-struct OnlyTable(RelId, KeyFilter);
+struct OnlyTable(RelId, KeyFilter, (String, String));
 
 impl Owner for OnlyTable {
     fn owns(&self, rel: RelId, _commit_lsn: Lsn) -> bool {
@@ -87,6 +126,10 @@ impl Owner for OnlyTable {
 
     fn key_filter(&self, rel: RelId) -> Option<&KeyFilter> {
         (rel == self.0).then_some(&self.1)
+    }
+
+    fn target(&self, rel: RelId) -> Option<(&str, &str)> {
+        (rel == self.0).then_some((self.2 .0.as_str(), self.2 .1.as_str()))
     }
 }
 
@@ -241,7 +284,11 @@ impl TableSync {
         let (columns, _) = loader::copied_columns(meta);
         let slice_bytes = i64::from(gucs::COPY_SLICE_MB.get().max(1)) << 20;
         let size = meta.approximate_size.unwrap_or(0);
-        let key = loader::usable_key(meta, &columns);
+        // A target other tables sync into too (the chunks of a source hypertable) is
+        // loaded in one transaction: a failed copy leaves nothing of this table, and no
+        // copy ever needs to empty it.
+        let shared = worker::xact(|| Ok(catalog::target_shared(self.subid, self.relid)?))?;
+        let key = loader::usable_key(meta, &columns).filter(|_| !shared);
         let bounds = match &key {
             Some((k, _, _)) if size > slice_bytes => {
                 let workers = gucs::MAX_COPY_WORKERS.get().max(1) as i64;
@@ -347,7 +394,11 @@ impl TableSync {
     fn catch_up(&mut self, sub: &SyncRow, slot: &str, origin: &str) -> Result<()> {
         let mut pos = stream::setup_origin(origin)?;
         let mut stream: Option<Stream> = None;
-        let owner = OnlyTable(self.relid, self.key_filter(pos)?);
+        let target = match self.load()? {
+            Some((_, r)) => (r.schemaname, r.tablename),
+            None => return Ok(()),
+        };
+        let owner = OnlyTable(self.relid, self.key_filter(pos)?, target);
         loop {
             worker::check_interrupts()?;
             let Some((_, rel)) = self.load()? else {
@@ -384,7 +435,10 @@ impl TableSync {
                     let conn = self.connect(sub, true)?;
                     let tag = format!("{}_{}_{}", self.dboid, self.subid, self.relid);
                     match Stream::start(&self.rt, conn, slot, pos, &sub.publication, &tag) {
-                        Ok(s) => stream = Some(s),
+                        Ok(mut s) => {
+                            s.applier.add_columns = sub.options.add_columns;
+                            stream = Some(s)
+                        }
                         // The changes between the copy and the hand-off are gone with
                         // the slot.
                         Err(Error::NeedsResync { msg }) => return self.start_over(&rel, &msg),
@@ -451,6 +505,21 @@ impl TableSync {
     /// consistently (`why`): the next copy empties the target table first; the apply
     /// worker starts a new table sync, and `cleanup` drops this one's slot and origin.
     fn start_over(&self, rel: &RelRow, why: &str) -> Result<()> {
+        if worker::xact(|| Ok(catalog::target_shared(self.subid, self.relid)?))? {
+            // Emptying the target would take the other tables' rows with it.
+            let sub = worker::xact(|| Ok(catalog::sync_by_id(self.subid)?))?
+                .map(|s| s.subname)
+                .unwrap_or_default();
+            return Err(Error::user(
+                pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("{why}; the copy of this table cannot be completed"),
+            )
+            .hint(format!(
+                "Other tables sync into \"{}\" too, so livesync does not empty it by itself: copy it again with SELECT livesync_resync('{sub}', '{}').",
+                rel.qualified_target(),
+                rel.qualified_target().replace('\'', "''")
+            )));
+        }
         let why = format!("{why}; the table is copied again");
         warning!("livesync: table \"{}\": {why}", rel.qualified_target());
         worker::xact(|| Ok(catalog::restart_rel_copy(self.subid, self.relid, &why)?))

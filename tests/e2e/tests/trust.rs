@@ -729,15 +729,15 @@ fn livesync_alter_changes_the_connection_string_without_a_recopy() {
             .map(|r| r.get(0))
     };
     assert_eq!(walsender_user().as_deref(), Some(old_role.as_str()));
-    // Other settings are not changeable yet: refused, not ignored.
+    // A malformed table map is refused, not stored.
     let e = tgt
         .client()
         .execute(
-            "SELECT livesync_alter($1, table_map => '[]'::jsonb)",
+            "SELECT livesync_alter($1, table_map => '{}'::jsonb)",
             &[&g.name()],
         )
-        .expect_err("table_map was accepted");
-    assert_eq!(sqlstate(&e).as_deref(), Some("0A000"), "{}", err_text(&e));
+        .expect_err("a table_map that is not an array was accepted");
+    assert_eq!(sqlstate(&e).as_deref(), Some("22023"), "{}", err_text(&e));
     // A string that cannot connect changes nothing.
     let e = tgt
         .client()
