@@ -16,6 +16,7 @@ ALTER TABLE livesync.sync
     ADD COLUMN apply_error_count bigint NOT NULL DEFAULT 0,
     ADD COLUMN copy_error_count  bigint NOT NULL DEFAULT 0,
     ADD COLUMN insert_exists     bigint NOT NULL DEFAULT 0,
+    ADD COLUMN update_exists     bigint NOT NULL DEFAULT 0,
     ADD COLUMN update_missing    bigint NOT NULL DEFAULT 0,
     ADD COLUMN delete_missing    bigint NOT NULL DEFAULT 0;
 
@@ -133,7 +134,7 @@ SELECT s.subname, s.enabled, s.publication, st.pid,
        END AS lag_seconds,
        st.last_commit_time,
        s.apply_error_count, s.copy_error_count,
-       s.insert_exists, s.update_missing, s.delete_missing,
+       s.insert_exists, s.update_exists, s.update_missing, s.delete_missing,
        s.skip_lsn, s.disable_on_error, s.create_tables, s.add_columns, s.table_map,
        coalesce(t.tables, 0) AS tables, coalesce(t.tables_ready, 0) AS tables_ready,
        coalesce(t.tables_failing, 0) AS tables_failing

@@ -1,6 +1,7 @@
-//! The SQL API: `livesync_start`, `livesync_stop`, `livesync_drop` (see shared/API.md),
-//! the status function behind the `livesync.subscription` view, and the hook that makes
-//! `DROP EXTENSION livesync` clean up.
+//! The SQL API (see shared/API.md): `livesync_start` with its options, `livesync_alter`,
+//! `livesync_stop`, `livesync_drop`, `livesync_resync`, `livesync_skip`,
+//! `livesync_sync_sequences`; the status functions behind the views; and the hook that
+//! makes `DROP EXTENSION livesync` clean up.
 //!
 //! Each function validates synchronously and raises a clear ERROR (SQLSTATE, message,
 //! hint) before changing anything; catalog rows are written in the caller's transaction

@@ -1,7 +1,8 @@
 //! The catalog: the only code that reads or writes the `livesync.*` tables.
 //!
-//! `livesync.sync` holds one row per sync (its source connection string, publication and
-//! whether it is enabled); `livesync.sync_rel` one row per published table with its state
+//! `livesync.sync` holds one row per sync (its source connection string, publication,
+//! whether it is enabled, its options, the transaction to skip, its error and conflict
+//! counters); `livesync.sync_rel` one row per published table with its state
 //! (see [`crate::state`]) and the column its copy is sliced on; `livesync.copy_range` the
 //! slices of each table's copy and the parts of them that are loaded, with the snapshot
 //! each was read under (see [`crate::slices`]). Every function here runs inside the caller's transaction, so a
@@ -50,6 +51,7 @@ pub enum Counter {
     ApplyError,
     CopyError,
     InsertExists,
+    UpdateExists,
     UpdateMissing,
     DeleteMissing,
 }
@@ -60,6 +62,7 @@ impl Counter {
             Counter::ApplyError => "apply_error_count",
             Counter::CopyError => "copy_error_count",
             Counter::InsertExists => "insert_exists",
+            Counter::UpdateExists => "update_exists",
             Counter::UpdateMissing => "update_missing",
             Counter::DeleteMissing => "delete_missing",
         }
@@ -103,16 +106,23 @@ impl RelRow {
     }
 }
 
+/// The options are read through the row's JSON form, so that a catalog of an older version
+/// (before `ALTER EXTENSION livesync UPDATE`) still reads, with default options: DROP
+/// EXTENSION must work then too.
 const SYNC_COLS: &str =
     "subid, subname::pg_catalog.text, source, publication, enabled, copy_data, slot_created, \
-     table_map::pg_catalog.text, create_tables, add_columns, disable_on_error, skip_lsn::pg_catalog.text";
+     pg_catalog.jsonb_extract_path(pg_catalog.to_jsonb(s), 'table_map')::pg_catalog.text, \
+     pg_catalog.jsonb_extract_path_text(pg_catalog.to_jsonb(s), 'create_tables')::pg_catalog.bool, \
+     pg_catalog.jsonb_extract_path_text(pg_catalog.to_jsonb(s), 'add_columns')::pg_catalog.bool, \
+     pg_catalog.jsonb_extract_path_text(pg_catalog.to_jsonb(s), 'disable_on_error')::pg_catalog.bool, \
+     pg_catalog.jsonb_extract_path_text(pg_catalog.to_jsonb(s), 'skip_lsn')";
 const REL_COLS: &str = "rrelid, srcschema::pg_catalog.text, srcname::pg_catalog.text, schemaname::pg_catalog.text, \
      tablename::pg_catalog.text, state::pg_catalog.text, lsn::pg_catalog.text, sync_lsn::pg_catalog.text, catchup_lsn::pg_catalog.text";
 
 fn sync_query(where_clause: &str, args: &[DatumWithOid]) -> SpiResult<Vec<SyncRow>> {
     Spi::connect(|client| {
         let sql =
-            format!("SELECT {SYNC_COLS} FROM livesync.sync WHERE {where_clause} ORDER BY subid");
+            format!("SELECT {SYNC_COLS} FROM livesync.sync s WHERE {where_clause} ORDER BY subid");
         let mut out = Vec::new();
         for row in client.select(&sql, None, args)? {
             out.push(SyncRow {
@@ -645,6 +655,38 @@ pub fn set_rel_error(subid: i32, relid: u32, error: &str) -> SpiResult<()> {
         &[subid.into(), oid(relid), error.into()],
     )
     .map(drop)
+}
+
+/// The version of the extension's SQL objects installed in this database (None: not
+/// installed). Workers run only when it is this library's version: between installing a
+/// new library and `ALTER EXTENSION livesync UPDATE` they wait.
+pub fn installed_version() -> SpiResult<Option<String>> {
+    Spi::get_one::<String>(
+        "SELECT extversion::pg_catalog.text FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'livesync'",
+    )
+}
+
+/// This library's version.
+pub const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// (subid, subname, enabled) of every sync: columns every version of the catalog has, for
+/// the launcher's probe at server start (before an `ALTER EXTENSION ... UPDATE`).
+pub fn sync_states() -> SpiResult<Vec<(i32, String, bool)>> {
+    Spi::connect(|client| {
+        let mut out = Vec::new();
+        for row in client.select(
+            "SELECT subid, subname::pg_catalog.text, enabled FROM livesync.sync ORDER BY subid",
+            None,
+            &[],
+        )? {
+            out.push((
+                row.get(1)?.unwrap_or_default(),
+                row.get(2)?.unwrap_or_default(),
+                row.get(3)?.unwrap_or_default(),
+            ));
+        }
+        Ok(out)
+    })
 }
 
 /// Is the extension installed in the current database?

@@ -35,6 +35,10 @@ pub enum Error {
     /// The worker was asked to stop (SIGTERM) while waiting.
     #[error("terminated")]
     Terminated,
+    /// The extension's SQL objects in this database are of another version than the
+    /// library: workers wait for `ALTER EXTENSION livesync UPDATE`.
+    #[error("livesync {installed} is installed in this database, but the server runs the livesync {library} library")]
+    VersionMismatch { installed: String, library: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -160,6 +164,12 @@ impl Error {
                 ),
             ),
             Error::Terminated => (Code::ERRCODE_ADMIN_SHUTDOWN, self.to_string(), None, None),
+            Error::VersionMismatch { .. } => (
+                Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                self.to_string(),
+                None,
+                Some("Run ALTER EXTENSION livesync UPDATE in this database; the sync resumes by itself, with nothing lost.".into()),
+            ),
             Error::NeedsResync { msg } => (
                 Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
                 msg.clone(),

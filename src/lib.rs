@@ -87,6 +87,7 @@ CREATE TABLE livesync.sync (
     apply_error_count bigint NOT NULL DEFAULT 0,
     copy_error_count  bigint NOT NULL DEFAULT 0,
     insert_exists     bigint NOT NULL DEFAULT 0,
+    update_exists     bigint NOT NULL DEFAULT 0,
     update_missing    bigint NOT NULL DEFAULT 0,
     delete_missing    bigint NOT NULL DEFAULT 0
 );
@@ -202,7 +203,7 @@ SELECT s.subname, s.enabled, s.publication, st.pid,
        END AS lag_seconds,
        st.last_commit_time,
        s.apply_error_count, s.copy_error_count,
-       s.insert_exists, s.update_missing, s.delete_missing,
+       s.insert_exists, s.update_exists, s.update_missing, s.delete_missing,
        s.skip_lsn, s.disable_on_error, s.create_tables, s.add_columns, s.table_map,
        coalesce(t.tables, 0) AS tables, coalesce(t.tables_ready, 0) AS tables_ready,
        coalesce(t.tables_failing, 0) AS tables_failing

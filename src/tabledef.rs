@@ -335,6 +335,23 @@ pub fn create(
     for s in &stmts {
         Spi::run(s)?;
     }
+    // Owned by the owner of its schema, as if that role had created it: changes and copies
+    // run as the table's owner (`apply::as_owner`), and the source's defaults and
+    // generated columns must not run with livesync's superuser rights in a schema someone
+    // else controls.
+    let owner = Spi::get_one_with_args::<String>(
+        "SELECT pg_catalog.quote_ident(r.rolname) FROM pg_catalog.pg_namespace n \
+           JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) n.nspowner \
+          WHERE n.nspname OPERATOR(pg_catalog.=) $1 AND r.rolname OPERATOR(pg_catalog.<>) CURRENT_USER",
+        &[schema.into()],
+    )?;
+    if let Some(owner) = owner {
+        Spi::run(&format!(
+            "ALTER TABLE {}.{} OWNER TO {owner}",
+            qi(schema),
+            qi(table)
+        ))?;
+    }
     Ok(())
 }
 

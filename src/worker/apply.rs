@@ -7,6 +7,12 @@
 //! whose copy finished (f) gets the apply worker's current position as `catchup_lsn`, and
 //! the apply worker waits, applying nothing, until the table-sync worker has caught up to
 //! it (s); once the apply worker passes the table's `sync_lsn` the table is ready (r).
+//!
+//! It also creates missing target tables (`create_tables`), points tables at their targets
+//! (`table_map`, a source chunk's hypertable), and handles how a run ends: an error only
+//! one table can fix (a missing column or table) holds that table for a catch-up while the
+//! others go on; any other error is recorded with its source transaction, counted, and
+//! retried after a backoff, or disables the sync (`disable_on_error`).
 
 use super::stream::{self, Batching, Owner, Step, Stream};
 use crate::catalog::{self, RelRow, SyncRow};
@@ -128,6 +134,13 @@ impl ApplyWorker {
     }
 
     fn run(&mut self) -> Result<()> {
+        let installed = worker::xact(|| Ok(catalog::installed_version()?))?.unwrap_or_default();
+        if installed != catalog::LIBRARY_VERSION {
+            return Err(Error::VersionMismatch {
+                installed,
+                library: catalog::LIBRARY_VERSION.into(),
+            });
+        }
         let Some(sub) = worker::xact(|| Ok(catalog::sync_by_id(self.subid)?))? else {
             return Ok(());
         };
@@ -813,6 +826,13 @@ impl ApplyWorker {
         self.tablesyncs.clear();
         match result {
             Ok(()) | Err(Error::Terminated) => {}
+            Err(e @ Error::VersionMismatch { .. }) => {
+                // Look again in a few seconds; the catalog is left as it is.
+                e.report(PgLogLevel::LOG);
+                if let Some(s) = REGISTRY.exclusive().sync_mut(self.dboid, self.subid) {
+                    s.not_before_ms = shmem::now_ms() + 5_000;
+                }
+            }
             Err(e @ Error::NeedsResync { .. }) => {
                 // Continuing would skip changes: stop for good until the user resyncs.
                 let msg = e.to_string();
@@ -858,8 +878,13 @@ impl ApplyWorker {
                     );
                     msg = format!("{msg} (CONTEXT: {ctx})");
                 }
-                let insert_exists = context.as_ref().is_some_and(|c| c.1 == "INSERT")
-                    && e.code() == pgrx::PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION;
+                // The conflicts PostgreSQL 18 counts for a unique violation.
+                let exists = match context.as_ref().map(|c| c.1) {
+                    _ if e.code() != pgrx::PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION => None,
+                    Some("INSERT") => Some(catalog::Counter::InsertExists),
+                    Some("UPDATE") => Some(catalog::Counter::UpdateExists),
+                    _ => None,
+                };
                 let disable = self
                     .sub
                     .as_ref()
@@ -870,8 +895,8 @@ impl ApplyWorker {
                         .is_some_and(|s| s.context.finish_lsn != 0);
                 let _ = worker::xact(|| {
                     catalog::count(self.subid, catalog::Counter::ApplyError, 1)?;
-                    if insert_exists {
-                        catalog::count(self.subid, catalog::Counter::InsertExists, 1)?;
+                    if let Some(c) = exists {
+                        catalog::count(self.subid, c, 1)?;
                     }
                     catalog::set_sync_error(self.subid, Some(&msg))?;
                     if disable {

@@ -183,7 +183,7 @@ pub extern "C-unwind" fn livesync_probe_main(arg: pg_sys::Datum) {
         if !catalog::extension_installed()? {
             return Ok(Vec::new());
         }
-        Ok(catalog::all_syncs()?)
+        Ok(catalog::sync_states()?)
     }) {
         Ok(syncs) => syncs,
         Err(e) => {
@@ -193,13 +193,12 @@ pub extern "C-unwind" fn livesync_probe_main(arg: pg_sys::Datum) {
     };
     // Every sync, stopped ones too: DROP DATABASE counts them.
     let mut reg = REGISTRY.exclusive();
-    for s in &syncs {
-        match reg.sync_entry(db, s.subid) {
-            Some(slot) => slot.enabled = s.enabled,
+    for (subid, subname, enabled) in &syncs {
+        match reg.sync_entry(db, *subid) {
+            Some(slot) => slot.enabled = *enabled,
             None => {
                 warning!(
-                    "livesync: no room in shared memory for subscription \"{}\" of database {db} (at most {} per server); it does not run",
-                    s.subname,
+                    "livesync: no room in shared memory for subscription \"{subname}\" of database {db} (at most {} per server); it does not run",
                     shmem::MAX_SYNCS
                 );
                 break;

@@ -6,10 +6,16 @@
 //! `LogicalRepApplyLoop` serves both; each supplies only what differs: which relations it
 //! owns ([`Owner`]: which relations, and for a copy read under several snapshots which rows
 //! of them, `slices::KeyFilter`), how it groups transactions ([`Batching`]), and what it
-//! does between steps, never inside a source transaction. Progress is recorded the way PostgreSQL's apply worker does it: the source commit's
+//! does between steps, never inside a source transaction. The owner also names each
+//! relation's target table (the table map, a chunk's hypertable).
+//!
+//! Progress is recorded the way PostgreSQL's apply worker does it: the source commit's
 //! end LSN is stored in the session's replication origin by the same target commit that
 //! holds the data, so a crash at any point loses and doubles nothing; on restart we ask the
-//! slot to resume from the origin's position.
+//! slot to resume from the origin's position. The stream also keeps what it is applying
+//! ([`Context`]: the source transaction, its finish LSN, the change and relation) for an
+//! error's context, skips the one transaction `livesync_skip` names, and counts the rows
+//! an UPDATE or DELETE did not find.
 
 use super::spool::Spool;
 use crate::apply::Applier;

@@ -307,7 +307,13 @@ impl TableSync {
             // publication as this table joined it come again with this copy: remove them
             // (and what an interrupted copy left).
             for t in catalog::rel_replaces(self.subid, self.relid)? {
-                Spi::run(&format!("DELETE FROM {t}"))?;
+                // As the table's owner: its DELETE triggers run with the owner's rights.
+                let owner = Spi::get_one_with_args::<pg_sys::Oid>(
+                    "SELECT relowner FROM pg_catalog.pg_class WHERE oid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass",
+                    &[t.as_str().into()],
+                )?
+                .unwrap_or(pg_sys::InvalidOid);
+                crate::apply::as_role(owner, || Ok(Spi::run(&format!("DELETE FROM {t}"))?))?;
                 log!(
                     "livesync: emptied {t}: its rows come again with the copy of \"{}\"",
                     rel.qualified_target()

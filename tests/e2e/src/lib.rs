@@ -96,6 +96,16 @@ impl Install {
         }
     }
 
+    /// PostgreSQL `major` of this machine run from another binaries' directory: a prefix
+    /// of its own, with another livesync in it (`scripts/old-version.sh`).
+    pub fn host_at(major: u32, bin: PathBuf) -> Install {
+        Install {
+            major,
+            root: None,
+            bin,
+        }
+    }
+
     /// The chroot this install runs in, if any.
     pub fn chroot(&self) -> Option<&Path> {
         self.root.as_deref()
@@ -822,6 +832,13 @@ impl Cluster {
             c.logfile.display()
         );
         c
+    }
+
+    /// Run this (stopped) cluster's data directory with another install of the same
+    /// major from its next start on: an upgrade of the software under it.
+    pub fn set_install(&mut self, install: Install) {
+        assert_eq!(install.major, self.install.major, "same major only");
+        self.install = install;
     }
 
     pub fn name(&self) -> &str {

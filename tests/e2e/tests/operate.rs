@@ -1717,3 +1717,161 @@ fn lag_seconds_and_last_commit_time_when_caught_up() {
         describe(&tgt, sub)
     );
 }
+
+/// A sync that is behind does not look caught up: while the apply worker is held (a trigger
+/// on the target waits for an advisory lock the test holds), `lag_seconds` counts from the
+/// source commit of the last applied transaction and `lag_bytes` is above 0; once released,
+/// both return to 0.
+#[test]
+fn lag_seconds_grow_while_the_sync_is_behind() {
+    let (src, tgt) = conflict_pair("lagbehind");
+    tgt.exec(
+        "CREATE FUNCTION hold() RETURNS trigger LANGUAGE plpgsql AS \
+           $$ BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN NEW; END $$; \
+         CREATE TRIGGER hold BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION hold(); \
+         ALTER TABLE t ENABLE ALWAYS TRIGGER hold",
+    );
+    let sub = "lag_behind";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    synced(&src, &tgt, sub, &["t"]);
+    src.exec("UPDATE t SET v = 'last before the hold' WHERE id = 1");
+    caught_up(&src, &tgt, sub);
+    let mut holder = tgt.client();
+    holder
+        .execute("SELECT pg_advisory_lock(4242)", &[])
+        .unwrap();
+    sleep(Duration::from_secs(2));
+    src.exec("INSERT INTO t VALUES (5000, 'held')");
+    let lag_of = |tgt: &Db| -> (f64, i64) {
+        let r = tgt
+            .client()
+            .query_one(
+                "SELECT coalesce(lag_seconds, -1)::float8, coalesce(lag_bytes, -1)::int8 \
+                   FROM livesync.subscription WHERE subname = $1",
+                &[&sub],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    wait_until_or(
+        LONG,
+        "lag_seconds of at least 2 and lag_bytes above 0 while the apply worker is held",
+        || {
+            format!(
+                "(lag_seconds, lag_bytes) = {:?}\n{}",
+                lag_of(&tgt),
+                describe(&tgt, sub)
+            )
+        },
+        || {
+            let (secs, bytes) = lag_of(&tgt);
+            secs >= 2.0 && bytes > 0
+        },
+    );
+    holder
+        .execute("SELECT pg_advisory_unlock(4242)", &[])
+        .unwrap();
+    wait_count(&tgt, sub, "t WHERE id = 5000", 1);
+    caught_up(&src, &tgt, sub);
+    wait_until_or(
+        LONG,
+        "lag_seconds and lag_bytes back to 0",
+        || format!("(lag_seconds, lag_bytes) = {:?}", lag_of(&tgt)),
+        || lag_of(&tgt) == (0.0, 0),
+    );
+}
+
+/// `monitoring/postgres_exporter.yml` runs as shipped: its query gives one row per table of
+/// the sync, with every metric the file declares, and the figures are right for a synced
+/// table (ready, not failing, rows copied as the source has them).
+#[test]
+fn the_postgres_exporter_query_gives_every_figure() {
+    let file = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../monitoring/postgres_exporter.yml"),
+    )
+    .expect("read monitoring/postgres_exporter.yml");
+    let query: String = file
+        .split("query: |")
+        .nth(1)
+        .and_then(|rest| rest.split("  metrics:").next())
+        .expect("a query block")
+        .lines()
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let declared: Vec<String> = file
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- "))
+        .filter_map(|l| l.split(':').next())
+        .map(|s| s.trim().to_string())
+        .collect();
+    assert!(declared.len() > 20, "metrics of the file: {declared:?}");
+
+    let (src, tgt) = conflict_pair("exporter");
+    let sub = "exporter_q";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    synced(&src, &tgt, sub, &["t"]);
+    let rows = tgt
+        .client()
+        .query(query.as_str(), &[])
+        .unwrap_or_else(|e| panic!("the exporter's query fails: {}\n{query}", err_text(&e)));
+    assert_eq!(rows.len(), 1, "one row per table of the sync");
+    let row = &rows[0];
+    let columns: Vec<&str> = row.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(
+        columns, declared,
+        "the query's columns and the file's metrics differ"
+    );
+    let num = |name: &str| -> f64 {
+        let i = columns.iter().position(|c| *c == name).unwrap();
+        match row.columns()[i].type_().name() {
+            "int4" => f64::from(row.get::<_, i32>(i)),
+            "int8" => row.get::<_, i64>(i) as f64,
+            "float8" => row.get::<_, f64>(i),
+            other => panic!("metric {name} has type {other}: not a number postgres_exporter reads"),
+        }
+    };
+    assert_eq!(row.get::<_, String>("subname"), sub);
+    assert_eq!(num("enabled"), 1.0);
+    assert_eq!(num("table_ready"), 1.0);
+    assert_eq!(num("table_failing"), 0.0);
+    assert_eq!(num("failing"), 0.0);
+    assert_eq!(num("tables"), 1.0);
+    assert_eq!(num("rows_copied"), 20.0, "rows of the copy");
+}
+
+/// A table `create_tables` creates in a schema another role owns belongs to that role, so
+/// the source's defaults, generated columns and the owner's triggers on it never run with
+/// livesync's superuser rights.
+#[test]
+fn created_tables_belong_to_their_schemas_owner() {
+    let src = Db::fresh(source(), "crown_src");
+    let tgt = Db::fresh(target(), "crown_tgt");
+    src.exec(
+        "CREATE TABLE t (id int PRIMARY KEY, v text, n int GENERATED ALWAYS AS (id * 2) STORED); \
+         INSERT INTO t (id, v) SELECT g, 'v' || g FROM generate_series(1, 50) g; \
+         CREATE PUBLICATION p FOR TABLE t",
+    );
+    let role = unique_name("crown_owner");
+    target().exec("postgres", &format!("CREATE ROLE {role} NOLOGIN"));
+    tgt.exec(&format!("CREATE SCHEMA owned AUTHORIZATION {role}"));
+    let sub = "created_owner";
+    let map = r#"[{"source": {"schema": "public"}, "target": {"schema": "owned"}}]"#;
+    let _g = start_with(
+        &tgt,
+        &src,
+        "p",
+        sub,
+        &format!("create_tables => true, table_map => {}", jsonb(map)),
+    );
+    wait_mapped(&tgt, sub, &[("public.t", "owned.t")], 'r');
+    caught_up(&src, &tgt, sub);
+    assert_same(&src, &tgt, "public.t", "owned.t");
+    let owner: String = tgt
+        .query_one("SELECT relowner::regrole::text FROM pg_class WHERE oid = 'owned.t'::regclass");
+    assert_eq!(owner, role);
+    src.exec("INSERT INTO t (id, v) VALUES (100, 'later'); UPDATE t SET v = 'x' WHERE id = 1");
+    caught_up(&src, &tgt, sub);
+    assert_same(&src, &tgt, "public.t", "owned.t");
+}
