@@ -87,6 +87,13 @@ ensure_cluster() {
       fi
     } >>"$ROOT$dir/data/postgresql.conf"
   fi
+  # A target that runs an older livesync library than the one installed since: restart it
+  # (the library is preloaded, so only a restart loads the new one).
+  local so=$ROOT/usr/lib/postgresql/$PG/lib/livesync.so
+  if running "$name" && [ "$kind" = target ] && [ "$so" -nt "$ROOT$dir/data/postmaster.pid" ]; then
+    as_pg pg_ctl stop -D "$dir/data" -m fast -w >/dev/null
+    echo "$name: restarting it for the livesync library installed since it started"
+  fi
   if running "$name"; then
     echo "$name: already running on port $port (reused)"
   else
@@ -128,9 +135,9 @@ ensure_cluster target "$TGT_PORT" target
 
 say "Resetting the demo databases (re-runnable)"
 if [ "$(psql_at "$TGT_PORT" postgres -At -c "SELECT 1 FROM pg_database WHERE datname = '$DB'")" = 1 ]; then
-  # Drop the earlier run's syncs first: that also drops their slots on the source.
-  tgt -c "DO \$\$ BEGIN IF to_regclass('livesync.subscription') IS NOT NULL THEN
-            PERFORM livesync_drop(subname::text) FROM livesync.subscription; END IF; END \$\$" ||
+  # Drop the earlier run's syncs first (DROP EXTENSION drops them and their slots on the
+  # source, whatever livesync version the earlier run installed).
+  tgt -c "DROP EXTENSION IF EXISTS livesync" ||
     echo "(could not drop the earlier syncs; continuing)"
   psql_at "$TGT_PORT" postgres -c "DROP DATABASE $DB WITH (FORCE)"
 fi
@@ -164,6 +171,7 @@ SELECT date_trunc('hour', now()) - interval '7 days' + (g / 50) * interval '5 mi
        round((20 + 10 * sin(g / 500.0) + random())::numeric, 3)
   FROM generate_series(0, 99999) g;
 CREATE PUBLICATION analytics FOR TABLE metrics, devices;
+ANALYZE metrics, devices;   -- so that the copy progress knows how many rows to expect
 SQL
 src -c "SELECT (SELECT count(*) FROM metrics) AS metrics_rows, (SELECT count(*) FROM devices) AS devices_rows"
 

@@ -67,15 +67,25 @@ fn required<'a>(value: Option<&'a str>, what: &str) -> Result<&'a str> {
     }
 }
 
+/// The SQL API works when the library is preloaded and the catalog in this database is of
+/// the library's version (after a new library, `ALTER EXTENSION livesync UPDATE` comes
+/// first; `DROP EXTENSION` works either way).
 fn require_preload() -> Result<()> {
-    if shmem::available() {
-        return Ok(());
+    if !shmem::available() {
+        return Err(Error::user(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "livesync must be loaded via shared_preload_libraries",
+        )
+        .hint("Add livesync to shared_preload_libraries in postgresql.conf (e.g. shared_preload_libraries = 'timescaledb,livesync') and restart the server."));
     }
-    Err(Error::user(
-        Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-        "livesync must be loaded via shared_preload_libraries",
-    )
-    .hint("Add livesync to shared_preload_libraries in postgresql.conf (e.g. shared_preload_libraries = 'timescaledb,livesync') and restart the server."))
+    let installed = catalog::installed_version()?.unwrap_or_default();
+    if installed != catalog::LIBRARY_VERSION {
+        return Err(Error::VersionMismatch {
+            installed,
+            library: catalog::LIBRARY_VERSION.into(),
+        });
+    }
+    Ok(())
 }
 
 /// This server's system identifier (as IDENTIFY_SYSTEM reports it).

@@ -278,10 +278,15 @@ pub fn set_slot_created(subid: i32) -> SpiResult<()> {
 }
 
 pub fn delete_sync(subid: i32) -> SpiResult<()> {
-    run(
-        "DELETE FROM livesync.copy_range WHERE subid OPERATOR(pg_catalog.=) $1",
-        &[subid.into()],
-    )?;
+    // (Absent from a catalog older than 0.4.0, which DROP EXTENSION may meet.)
+    if Spi::get_one::<bool>("SELECT pg_catalog.to_regclass('livesync.copy_range') IS NOT NULL")?
+        .unwrap_or(false)
+    {
+        run(
+            "DELETE FROM livesync.copy_range WHERE subid OPERATOR(pg_catalog.=) $1",
+            &[subid.into()],
+        )?;
+    }
     run(
         "DELETE FROM livesync.sync_rel WHERE subid OPERATOR(pg_catalog.=) $1",
         &[subid.into()],

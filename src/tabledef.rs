@@ -342,9 +342,17 @@ pub fn create(
     let owner = Spi::get_one_with_args::<String>(
         "SELECT pg_catalog.quote_ident(r.rolname) FROM pg_catalog.pg_namespace n \
            JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) n.nspowner \
-          WHERE n.nspname OPERATOR(pg_catalog.=) $1 AND r.rolname OPERATOR(pg_catalog.<>) CURRENT_USER",
+          WHERE n.nspname OPERATOR(pg_catalog.=) $1",
         &[schema.into()],
-    )?;
+    )?
+    .filter(|o| {
+        // (Not when livesync's own role owns the schema, e.g. one it created.)
+        Spi::get_one::<String>("SELECT pg_catalog.quote_ident(CURRENT_USER)")
+            .ok()
+            .flatten()
+            .as_ref()
+            != Some(o)
+    });
     if let Some(owner) = owner {
         Spi::run(&format!(
             "ALTER TABLE {}.{} OWNER TO {owner}",

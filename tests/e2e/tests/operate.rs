@@ -1875,3 +1875,39 @@ fn created_tables_belong_to_their_schemas_owner() {
     caught_up(&src, &tgt, sub);
     assert_same(&src, &tgt, "public.t", "owned.t");
 }
+
+/// `create_tables` into a schema the target does not have yet: livesync creates the schema
+/// and the table in it (as `make demo` does with `analytics`), owned by livesync's role.
+#[test]
+fn create_tables_creates_a_missing_schema_too() {
+    let src = Db::fresh(source(), "crschema_src");
+    let tgt = Db::fresh(target(), "crschema_tgt");
+    src.exec(
+        "CREATE TABLE readings (ts timestamptz NOT NULL, dev int NOT NULL, v float8, \
+                                PRIMARY KEY (dev, ts)); \
+         INSERT INTO readings SELECT '2026-01-01'::timestamptz + g * interval '1 hour', g % 4, g \
+           FROM generate_series(1, 300) g; \
+         CREATE PUBLICATION p FOR TABLE readings",
+    );
+    let map = r#"[{"source": {"schema": "public", "table": "readings"},
+                   "target": {"schema": "fresh_schema"},
+                   "hypertable": {"time_column": "ts", "chunk_interval": "1 day"}}]"#;
+    let sub = "created_schema";
+    let _g = start_with(
+        &tgt,
+        &src,
+        "p",
+        sub,
+        &format!("create_tables => true, table_map => {}", jsonb(map)),
+    );
+    wait_mapped(
+        &tgt,
+        sub,
+        &[("public.readings", "fresh_schema.readings")],
+        'r',
+    );
+    caught_up(&src, &tgt, sub);
+    assert_same(&src, &tgt, "public.readings", "fresh_schema.readings");
+    assert!(is_hypertable(&tgt, "fresh_schema", "readings"));
+    assert_eq!(count_only(&tgt, "fresh_schema.readings"), 0);
+}
