@@ -81,6 +81,29 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'resync_fn_wrapper';
 
+-- SQL wrappers that give the SQL API its argument types (regclass, pg_lsn).
+CREATE FUNCTION livesync_resync(subscription text, target_table regclass) RETURNS void
+    LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+    AS $$ SELECT livesync._resync($1, $2::pg_catalog.oid) $$;
+CREATE FUNCTION livesync_skip(subscription text, lsn pg_lsn) RETURNS void
+    LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+    AS $$ SELECT livesync._skip($1, $2::pg_catalog.text) $$;
+
+REVOKE EXECUTE ON FUNCTION livesync_start(text, text, text, boolean, jsonb, boolean, boolean, boolean) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION livesync_resync(text, regclass) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION livesync._resync(text, oid) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION livesync_skip(text, pg_lsn) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION livesync._skip(text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION livesync_sync_sequences(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION livesync_stop(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION livesync_drop(text, boolean) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION livesync_alter(text, text, jsonb, boolean, boolean, boolean) FROM PUBLIC;
+
+-- The views are built with pg_catalog's functions and operators only: an operator or
+-- function planted in another schema (public) never becomes part of them, however well
+-- its argument types match. (The script's search_path is restored when it ends.)
+SET search_path = pg_catalog, pg_temp;
+
 CREATE VIEW livesync.subscription_rel AS
 SELECT s.subname, r.schemaname, r.tablename, r.rrelid, r.state, r.lsn,
        r.last_error, r.last_error_time, r.sync_lsn,
@@ -149,18 +172,4 @@ SELECT s.subname, s.enabled, s.publication, st.pid,
               max(r.last_error_time) AS last_error_time
          FROM livesync.sync_rel r WHERE r.subid = s.subid) t ON true;
 
--- SQL wrappers that give the SQL API its argument types (regclass, pg_lsn).
-CREATE FUNCTION livesync_resync(subscription text, target_table regclass) RETURNS void
-    LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
-    AS $$ SELECT livesync._resync($1, $2::pg_catalog.oid) $$;
-CREATE FUNCTION livesync_skip(subscription text, lsn pg_lsn) RETURNS void
-    LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
-    AS $$ SELECT livesync._skip($1, $2::pg_catalog.text) $$;
-
 GRANT SELECT ON livesync.subscription_rel, _ts_live_sync.subscription_rel, livesync.subscription TO PUBLIC;
-REVOKE EXECUTE ON FUNCTION livesync_start(text, text, text, boolean, jsonb, boolean, boolean, boolean) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION livesync_resync(text, regclass) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION livesync._resync(text, oid) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION livesync_skip(text, pg_lsn) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION livesync._skip(text, text) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION livesync_sync_sequences(text) FROM PUBLIC;

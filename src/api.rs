@@ -459,6 +459,18 @@ fn resync(subscription: Option<&str>, target_table: Option<pg_sys::Oid>) -> Resu
             row.subname
         )));
     }
+    let others = catalog::other_syncs_into(row.subid, table)?;
+    if !others.is_empty() {
+        return Err(Error::user(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "table \"{name}\" is also a target of livesync subscription(s) {}",
+                others.join(", ")
+            ),
+        )
+        .detail("Emptying it would remove their rows too, and only this sync would copy its rows again.")
+        .hint("Empty the table and copy it again from every sync that writes into it: stop them, TRUNCATE it, then drop and start each sync again."));
+    }
     // The workers stop (the apply worker must not apply to the table meanwhile, a
     // table-sync worker of it must not load on); the launcher starts them again once
     // this commits, and the tables are copied anew.
@@ -830,7 +842,6 @@ mod livesync {
         ms * 1000 - 946_684_800_000_000
     }
 
-    /// The connection string with any password removed, for display.
     /// `livesync_resync(text, regclass)` (a SQL wrapper gives it its argument types).
     #[pg_extern(name = "_resync", volatile, parallel_unsafe)]
     #[search_path(pg_catalog, pg_temp)]
@@ -845,6 +856,7 @@ mod livesync {
         super::skip(subscription, lsn).or_raise()
     }
 
+    /// The connection string with any password removed, for display.
     #[pg_extern(name = "_redact", immutable, strict)]
     fn redact(source: &str) -> String {
         ConnInfo::parse(source)

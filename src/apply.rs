@@ -70,6 +70,9 @@ pub struct Applier {
     pub add_columns: bool,
     /// A flush of buffered INSERTs is under way (an error now comes from those rows).
     pub flushing: bool,
+    /// The target table (schema, name) of each source relation the caller told us about;
+    /// others go to the table of the source's schema and name.
+    targets: HashMap<RelId, (String, String)>,
 }
 
 fn prepare(sql: &str, nargs: usize, argtype: pg_sys::Oid) -> Result<OwnedPreparedStatement> {
@@ -112,11 +115,36 @@ impl Applier {
         )
     }
 
+    /// Send the changes of source relation `relid` to target `schema`.`name` from now on
+    /// (between transactions: nothing of it may be buffered).
+    pub fn set_target(&mut self, relid: RelId, schema: &str, name: &str) {
+        let t = (schema.to_string(), name.to_string());
+        if self.targets.get(&relid) != Some(&t) {
+            debug_assert!(self.pending_relid() != Some(relid));
+            self.targets.insert(relid, t);
+            self.forget(relid);
+        }
+    }
+
+    /// The source relation with its target's schema and name.
+    fn targeted(&self, relid: RelId) -> Option<Relation> {
+        let mut rel = self.remote.get(&relid)?.clone();
+        if let Some((schema, name)) = self.targets.get(&relid) {
+            rel.namespace = schema.clone();
+            rel.name = name.clone();
+        }
+        Some(rel)
+    }
+
     /// The target (schema.name) a source relation's changes go to, for messages.
     pub fn relation_name(&self, relid: RelId) -> Option<String> {
-        self.remote
-            .get(&relid)
-            .map(|r| format!("{}.{}", r.namespace, r.name))
+        match self.targets.get(&relid) {
+            Some((s, n)) => Some(format!("{s}.{n}")),
+            None => self
+                .remote
+                .get(&relid)
+                .map(|r| format!("{}.{}", r.namespace, r.name)),
+        }
     }
 
     pub fn knows(&self, relid: RelId) -> bool {
@@ -184,16 +212,16 @@ impl Applier {
         if let Some(m) = self.maps.get(&relid) {
             return Ok(m.clone());
         }
-        let rel = self.remote.get(&relid).ok_or_else(|| {
+        let rel = self.targeted(relid).ok_or_else(|| {
             Error::user(
                 Code::ERRCODE_PROTOCOL_VIOLATION,
                 format!("change for unknown source relation {relid}"),
             )
         })?;
-        let m = match relmap::resolve(rel) {
+        let m = match relmap::resolve(&rel) {
             Err(e) if self.add_columns && e.code() == Code::ERRCODE_UNDEFINED_COLUMN => {
-                add_missing_columns(rel)?;
-                relmap::resolve(rel)?
+                add_missing_columns(&rel)?;
+                relmap::resolve(&rel)?
             }
             r => r?,
         };
@@ -554,7 +582,14 @@ impl Applier {
     /// ONLY: the source listed every inheritance child it emptied (`TRUNCATE ONLY parent`
     /// lists none), except for partitioned tables and hypertables, whose rows live in
     /// their partitions or chunks.
-    pub fn truncate(&mut self, relids: &[RelId], restart_identity: bool) -> Result<()> {
+    /// `listed`: every relation the source's TRUNCATE named (also those this stream does
+    /// not own now).
+    pub fn truncate(
+        &mut self,
+        relids: &[RelId],
+        listed: &[RelId],
+        restart_identity: bool,
+    ) -> Result<()> {
         self.flush()?;
         if relids.is_empty() {
             return Ok(());
@@ -562,6 +597,30 @@ impl Applier {
         let mut names = Vec::new();
         let mut owners = Vec::new();
         for &r in relids {
+            // A target other source tables also write into (the chunks of one hypertable)
+            // is emptied only when all of them are: emptying it for one would take the
+            // others' rows.
+            let sharing: Vec<RelId> = match self.targets.get(&r) {
+                Some(t) => self
+                    .targets
+                    .iter()
+                    .filter(|(o, ot)| **o != r && *ot == t && !listed.contains(o))
+                    .map(|(o, _)| *o)
+                    .collect(),
+                None => Vec::new(),
+            };
+            if !sharing.is_empty() {
+                pgrx::warning!(
+                    "livesync: TRUNCATE of source table {} not applied: its target \"{}\" also holds the rows of {} other source table(s)",
+                    self.remote
+                        .get(&r)
+                        .map(|x| format!("\"{}.{}\"", x.namespace, x.name))
+                        .unwrap_or_else(|| r.to_string()),
+                    self.relation_name(r).unwrap_or_default(),
+                    sharing.len()
+                );
+                continue;
+            }
             let m = self.mapping(r)?;
             owners.push(m.clone());
             let only = if m.partitioned || m.hypertable {
@@ -570,6 +629,9 @@ impl Applier {
                 "ONLY "
             };
             names.push(format!("{only}{}", m.qualified));
+        }
+        if names.is_empty() {
+            return Ok(());
         }
         let restart = if restart_identity {
             " RESTART IDENTITY"

@@ -401,6 +401,29 @@ pub fn rels_into(subid: i32, target_oid: pg_sys::Oid) -> SpiResult<Vec<RelRow>> 
     )
 }
 
+/// The other syncs of this database with tables that sync into the target table
+/// `target_oid`.
+pub fn other_syncs_into(subid: i32, target_oid: pg_sys::Oid) -> SpiResult<Vec<String>> {
+    Spi::connect(|client| {
+        let mut out = Vec::new();
+        for row in client.select(
+            "SELECT DISTINCT s.subname::pg_catalog.text FROM livesync.sync_rel r \
+               JOIN livesync.sync s ON s.subid OPERATOR(pg_catalog.=) r.subid \
+              WHERE r.subid OPERATOR(pg_catalog.<>) $1 \
+                AND pg_catalog.to_regclass(pg_catalog.quote_ident(r.schemaname) \
+                    OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(r.tablename)) \
+                    OPERATOR(pg_catalog.=) $2::pg_catalog.regclass",
+            None,
+            &[subid.into(), target_oid.into()],
+        )? {
+            if let Some(n) = row.get::<String>(1)? {
+                out.push(n);
+            }
+        }
+        Ok(out)
+    })
+}
+
 /// Does another table (of any sync in this database) sync into the same target table?
 pub fn target_shared(subid: i32, relid: u32) -> SpiResult<bool> {
     Ok(Spi::get_one_with_args::<bool>(
@@ -649,6 +672,18 @@ pub fn clear_all_catchups(subid: i32) -> SpiResult<()> {
         &[subid.into()],
     )
     .map(drop)
+}
+
+/// Record a table's error unless it is the one already recorded; count it when new (an
+/// error met again at every refresh is one error).
+pub fn note_rel_error(subid: i32, relid: u32, error: &str) -> SpiResult<()> {
+    let changed = run(
+        "UPDATE livesync.sync_rel SET last_error = $3, last_error_time = pg_catalog.now() \
+         WHERE subid OPERATOR(pg_catalog.=) $1 AND rrelid OPERATOR(pg_catalog.=) $2 \
+           AND last_error IS DISTINCT FROM $3",
+        &[subid.into(), oid(relid), error.into()],
+    )?;
+    count(subid, Counter::CopyError, changed as u64)
 }
 
 /// Record a table's error (a failed copy or catch-up), and count it.

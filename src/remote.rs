@@ -381,12 +381,14 @@ pub async fn publication_tables(conn: &mut Connection, publication: &str) -> Res
 }
 
 /// On a TimescaleDB source: each published chunk learns its hypertable, and the tables of
-/// TimescaleDB's own machinery are left out (the compressed and materialized hypertables
-/// of compression and continuous aggregates, and their chunks, which hold data in
-/// TimescaleDB's internal formats).
+/// TimescaleDB's own machinery are left out (compressed and materialized hypertables of
+/// compression and continuous aggregates, and their chunks, which hold data in
+/// TimescaleDB's internal formats: whatever in `_timescaledb_internal` is not a chunk of a
+/// user's hypertable). Through `timescaledb_information.chunks`, whose columns every
+/// TimescaleDB 2 release keeps (its catalog tables change between releases).
 async fn timescaledb_chunks(conn: &mut Connection, tables: &mut Vec<PubTable>) -> Result<()> {
     let has = conn
-        .simple_query("SELECT pg_catalog.to_regclass('_timescaledb_catalog.chunk') IS NOT NULL")
+        .simple_query("SELECT pg_catalog.to_regclass('timescaledb_information.chunks') IS NOT NULL")
         .await?;
     if has.first().and_then(|r| r.get(0)) != Some("t") || tables.is_empty() {
         return Ok(());
@@ -396,37 +398,28 @@ async fn timescaledb_chunks(conn: &mut Connection, tables: &mut Vec<PubTable>) -
         .map(|t| t.relid.to_string())
         .collect::<Vec<_>>()
         .join(",");
-    // (relid, hypertable schema, hypertable name, internal, is the hypertable itself)
+    // (relid, its schema, hypertable schema, hypertable name)
     let sql = format!(
-        "SELECT c.oid, h.schema_name, h.table_name, \
-                h.compression_state OPERATOR(pg_catalog.=) 2 \
-                  OR h.schema_name OPERATOR(pg_catalog.=) '_timescaledb_internal', \
-                ch.id IS NULL \
+        "SELECT c.oid, n.nspname, ch.hypertable_schema, ch.hypertable_name \
            FROM pg_catalog.pg_class c \
            JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
-           LEFT JOIN _timescaledb_catalog.chunk ch \
-                  ON ch.schema_name OPERATOR(pg_catalog.=) n.nspname \
-                 AND ch.table_name OPERATOR(pg_catalog.=) c.relname \
-           JOIN _timescaledb_catalog.hypertable h \
-             ON h.id OPERATOR(pg_catalog.=) ch.hypertable_id \
-             OR (ch.id IS NULL AND h.schema_name OPERATOR(pg_catalog.=) n.nspname \
-                 AND h.table_name OPERATOR(pg_catalog.=) c.relname) \
+           LEFT JOIN timescaledb_information.chunks ch \
+                  ON ch.chunk_schema OPERATOR(pg_catalog.=) n.nspname \
+                 AND ch.chunk_name OPERATOR(pg_catalog.=) c.relname \
           WHERE c.oid OPERATOR(pg_catalog.=) ANY ('{{{oids}}}'::pg_catalog.oid[])"
     );
     let mut drop = Vec::new();
     for r in conn.simple_query(&sql).await? {
         let relid: u32 = r.get(0).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let internal = r.get(3) == Some("t");
-        let root = r.get(4) == Some("t");
-        if internal {
-            drop.push(relid);
-        } else if !root {
-            if let Some(t) = tables.iter_mut().find(|t| t.relid == relid) {
-                t.hypertable = Some((
-                    r.get(1).unwrap_or_default().to_string(),
-                    r.get(2).unwrap_or_default().to_string(),
-                ));
+        let internal = |schema: Option<&str>| schema == Some("_timescaledb_internal");
+        match (r.get(2), r.get(3)) {
+            (Some(hs), Some(hn)) if !internal(Some(hs)) => {
+                if let Some(t) = tables.iter_mut().find(|t| t.relid == relid) {
+                    t.hypertable = Some((hs.to_string(), hn.to_string()));
+                }
             }
+            _ if internal(r.get(1)) || internal(r.get(2)) => drop.push(relid),
+            _ => {}
         }
     }
     tables.retain(|t| !drop.contains(&t.relid));

@@ -318,12 +318,36 @@ pub fn exists(schema: &str, table: &str) -> Result<bool> {
 }
 
 /// Create `schema`.`table` on the target (inside the caller's transaction).
+///
+/// The definition is the source's text: every type must parse as a type of the target
+/// (`regtype`), and every statement runs as one prepared statement, so no text the source
+/// sends can add a command. The table is created by the owner of its schema, as if that
+/// role had created it (a superuser-owned schema, e.g. one livesync creates, gives a table
+/// of livesync's role): changes and copies run as the table's owner (`apply::as_owner`),
+/// and the source's defaults and generated columns never run with livesync's rights in a
+/// schema someone else controls.
 pub fn create(
     schema: &str,
     table: &str,
     def: &TableDef,
     hypertable: Option<&HypertableSpec>,
 ) -> Result<()> {
+    for c in &def.columns {
+        Spi::get_one_with_args::<pg_sys::Oid>(
+            "SELECT $1::pg_catalog.regtype::pg_catalog.oid",
+            &[c.type_sql.as_str().into()],
+        )
+        .map_err(|_| {
+            Error::user(
+                Code::ERRCODE_UNDEFINED_OBJECT,
+                format!(
+                    "cannot create table \"{schema}.{table}\": type {} of column \"{}\" does not exist on the target",
+                    c.type_sql, c.name
+                ),
+            )
+            .hint("Create the type on the target (as on the source), or create the table yourself.")
+        })?;
+    }
     let tsdb = timescaledb_schema()?;
     let stmts = create_sql(schema, table, def, hypertable, tsdb.as_deref()).map_err(|e| {
         Error::user(
@@ -332,35 +356,40 @@ pub fn create(
         )
         .hint("Fix the \"hypertable\" entry of the sync's table_map (livesync_alter), or create the table on the target yourself.")
     })?;
-    for s in &stmts {
-        Spi::run(s)?;
-    }
-    // Owned by the owner of its schema, as if that role had created it: changes and copies
-    // run as the table's owner (`apply::as_owner`), and the source's defaults and
-    // generated columns must not run with livesync's superuser rights in a schema someone
-    // else controls.
-    let owner = Spi::get_one_with_args::<String>(
-        "SELECT pg_catalog.quote_ident(r.rolname) FROM pg_catalog.pg_namespace n \
-           JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) n.nspowner \
-          WHERE n.nspname OPERATOR(pg_catalog.=) $1",
-        &[schema.into()],
-    )?
-    .filter(|o| {
-        // (Not when livesync's own role owns the schema, e.g. one it created.)
-        Spi::get_one::<String>("SELECT pg_catalog.quote_ident(CURRENT_USER)")
-            .ok()
-            .flatten()
-            .as_ref()
-            != Some(o)
-    });
-    if let Some(owner) = owner {
-        Spi::run(&format!(
-            "ALTER TABLE {}.{} OWNER TO {owner}",
-            qi(schema),
-            qi(table)
-        ))?;
-    }
+    let (first, rest) = stmts.split_first().expect("CREATE SCHEMA comes first");
+    run_one(first)?;
+    crate::apply::as_role(schema_owner(schema)?, || {
+        rest.iter().try_for_each(|s| run_one(s))
+    })
+}
+
+/// Run one statement (a prepared statement holds exactly one).
+fn run_one(sql: &str) -> Result<()> {
+    Spi::connect_mut(|c| {
+        let plan = c.prepare_mut(sql, &[])?;
+        c.update(&plan, None, &[])?;
+        Ok::<_, pgrx::spi::SpiError>(())
+    })?;
     Ok(())
+}
+
+/// The role that owns `schema` (the database's owner for `pg_database_owner`), unless it is
+/// a superuser: then livesync's own role creates the table (InvalidOid).
+fn schema_owner(schema: &str) -> Result<pg_sys::Oid> {
+    Ok(Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT o.oid FROM pg_catalog.pg_namespace n \
+           JOIN pg_catalog.pg_database d ON d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database() \
+           JOIN pg_catalog.pg_roles o ON o.oid OPERATOR(pg_catalog.=) \
+                CASE WHEN n.nspowner OPERATOR(pg_catalog.=) 'pg_database_owner'::pg_catalog.regrole \
+                     THEN d.datdba ELSE n.nspowner END \
+          WHERE n.nspname OPERATOR(pg_catalog.=) $1 AND NOT o.rolsuper",
+        &[schema.into()],
+    )
+    .or_else(|e| match e {
+        pgrx::spi::SpiError::InvalidPosition => Ok(None),
+        e => Err(e),
+    })?
+    .unwrap_or(pg_sys::InvalidOid))
 }
 
 /// Add column `column` of type `type_sql` (as the source prints it) to a target table.

@@ -80,12 +80,6 @@ impl Owner for TableOwner<'_> {
             .get(&rel)
             .is_some_and(|r| r.state.apply_owns(r.sync_lsn.unwrap_or(0), commit_lsn))
     }
-
-    fn target(&self, rel: RelId) -> Option<(&str, &str)> {
-        self.0
-            .get(&rel)
-            .map(|r| (r.schemaname.as_str(), r.tablename.as_str()))
-    }
 }
 
 struct ApplyWorker {
@@ -188,6 +182,7 @@ impl ApplyWorker {
             Stream::start(&self.rt, conn, &sub.subname, start, &sub.publication, &tag)?;
         stream.subid = Some(self.subid);
         stream.skip_lsn = sub.skip_lsn;
+        stream.progress = Some((self.dboid, self.subid));
         stream.applier.add_columns = sub.options.add_columns;
         // The previous run failed: pin the next error on one source transaction.
         stream.careful = REGISTRY
@@ -195,6 +190,7 @@ impl ApplyWorker {
             .sync(self.dboid, self.subid)
             .is_some_and(|s| s.failures > 0);
         self.stream = Some(stream);
+        self.send_targets();
         self.publish_progress();
         self.main_loop()
     }
@@ -440,10 +436,18 @@ impl ApplyWorker {
                 }
                 // The table map changed (livesync_alter): changes go to the new target.
                 Some(r) if (r.schemaname.as_str(), r.tablename.as_str()) != target => {
+                    // A table partly copied into its old target is copied again, whole,
+                    // into the new one (the old target keeps what it got).
+                    let recopy = matches!(
+                        r.state,
+                        TableState::DataSync | TableState::FinishedCopy | TableState::SyncDone
+                    );
                     worker::xact(|| {
-                        Ok(catalog::set_rel_target(
-                            self.subid, t.relid, target.0, target.1,
-                        )?)
+                        catalog::set_rel_target(self.subid, t.relid, target.0, target.1)?;
+                        if recopy {
+                            catalog::resync_rel(self.subid, t.relid)?;
+                        }
+                        Ok(())
                     })?;
                     log!(
                         "livesync subscription \"{}\": table \"{}.{}\" now syncs into \"{}.{}\"",
@@ -531,7 +535,7 @@ impl ApplyWorker {
                             map.destination(s, n).schema == dest.schema
                                 && map.destination(s, n).table == dest.table
                         }) {
-                            catalog::set_rel_error(
+                            catalog::note_rel_error(
                                 self.subid,
                                 r.relid,
                                 &format!("could not create the target table: {msg}"),
@@ -599,7 +603,20 @@ impl ApplyWorker {
         let rows = worker::xact(|| Ok(catalog::rels(self.subid)?))?;
         self.all_ready = rows.iter().all(|r| r.state == TableState::Ready);
         self.rels = rows.into_iter().map(|r| (r.rrelid, r)).collect();
+        self.send_targets();
         Ok(())
+    }
+
+    /// Tell the applier where each table's changes go (`sync_rel`: the table map, a
+    /// source chunk's hypertable).
+    fn send_targets(&mut self) {
+        if let Some(stream) = self.stream.as_mut() {
+            for r in self.rels.values() {
+                stream
+                    .applier
+                    .set_target(r.rrelid, &r.schemaname, &r.tablename);
+            }
+        }
     }
 
     /// Is a table-sync worker alive for this table? Shared memory knows the ones that

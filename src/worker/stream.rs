@@ -6,8 +6,9 @@
 //! `LogicalRepApplyLoop` serves both; each supplies only what differs: which relations it
 //! owns ([`Owner`]: which relations, and for a copy read under several snapshots which rows
 //! of them, `slices::KeyFilter`), how it groups transactions ([`Batching`]), and what it
-//! does between steps, never inside a source transaction. The owner also names each
-//! relation's target table (the table map, a chunk's hypertable).
+//! does between steps, never inside a source transaction. Which target table each
+//! relation goes to (the table map, a chunk's hypertable) the caller tells the applier
+//! (`Applier::set_target`).
 //!
 //! Progress is recorded the way PostgreSQL's apply worker does it: the source commit's
 //! end LSN is stored in the session's replication origin by the same target commit that
@@ -40,13 +41,6 @@ pub trait Owner {
     /// For a table whose copy was read under several snapshots: which of its rows a change
     /// applies to (`crate::slices`). None: every row of a table it owns.
     fn key_filter(&self, _rel: RelId) -> Option<&KeyFilter> {
-        None
-    }
-
-    /// The target table (schema, name) of a source relation, when the stream knows it
-    /// (`livesync.sync_rel`: the table map, a source chunk's hypertable). None: the
-    /// source's schema and name.
-    fn target(&self, _rel: RelId) -> Option<(&str, &str)> {
         None
     }
 }
@@ -125,6 +119,11 @@ pub struct Stream {
     /// Flush buffered INSERTs at every source commit, so that an error names exactly the
     /// transaction it comes from (after an error, until a target commit succeeds).
     pub careful: bool,
+    /// The sync (database, subid) whose shared-memory progress this stream updates as
+    /// data arrives, so that a worker stuck applying still shows what it has not applied.
+    pub progress: Option<(u32, i32)>,
+    last_progress: Instant,
+    last_published: (Lsn, Lsn),
 }
 
 /// What the stream was applying (as PostgreSQL's `apply_error_callback` reports it).
@@ -259,6 +258,9 @@ impl Stream {
             insert_context: Context::default(),
             insert_mixed: false,
             careful: false,
+            progress: None,
+            last_progress: Instant::now(),
+            last_published: (0, 0),
         })
     }
 
@@ -309,10 +311,31 @@ impl Stream {
             } => {
                 self.received = self.received.max(wal_start).max(wal_end);
                 self.source_end = self.source_end.max(wal_end);
+                self.publish_received();
                 let raw = data.clone();
                 let msg = self.decoder.decode(data)?;
                 Ok((self.route(rt, msg, &raw, owner)?, false))
             }
+        }
+    }
+
+    /// What arrived, in shared memory (at most every 100 ms): `lag_bytes` and
+    /// `lag_seconds` then grow while a transaction takes long to apply.
+    fn publish_received(&mut self) {
+        let Some((db, subid)) = self.progress else {
+            return;
+        };
+        // Only positions that moved count (most messages of a transaction carry none: the
+        // walsender sends an LSN with its last message only).
+        let pos = (self.received, self.source_end);
+        if pos == self.last_published || self.last_progress.elapsed() < Duration::from_millis(100) {
+            return;
+        }
+        self.last_progress = Instant::now();
+        self.last_published = pos;
+        if let Some(s) = crate::shmem::REGISTRY.exclusive().sync_mut(db, subid) {
+            s.received_lsn = s.received_lsn.max(self.received);
+            s.source_end_lsn = s.source_end_lsn.max(self.source_end.max(self.received));
         }
     }
 
@@ -483,24 +506,29 @@ impl Stream {
                 self.pending_commit = Some((end_lsn, commit_time));
                 return Ok(true);
             }
-            Message::Relation { mut rel, .. } => {
+            Message::Relation { rel, .. } => {
                 self.ensure_xact();
-                if let Some((schema, name)) = owner.target(rel.id) {
-                    rel.namespace = schema.to_string();
-                    rel.name = name.to_string();
-                }
                 self.applier.relation(rel)?;
             }
             Message::Insert { rel, new, .. } => {
                 self.doing("INSERT", rel);
                 if owner.owns(rel, self.remote_final_lsn) && self.row_applies(owner, rel, &new)? {
+                    // Which source transactions the buffered rows come from, before the
+                    // insert (which may flush them, this row included).
                     let before = self.applier.pending_relid();
-                    self.applier.insert(rel, &new)?;
-                    if before.is_none() || self.applier.pending_relid() != before {
+                    if before == Some(rel) {
+                        if self.insert_context.finish_lsn != self.context.finish_lsn {
+                            self.insert_mixed = true;
+                        }
+                    } else if before.is_none() {
                         self.insert_context = self.context.clone();
                         self.insert_mixed = false;
-                    } else if self.insert_context.finish_lsn != self.context.finish_lsn {
-                        self.insert_mixed = true;
+                    }
+                    self.applier.insert(rel, &new)?;
+                    // Another relation's rows were flushed first: a new buffer starts here.
+                    if before.is_some() && before != Some(rel) {
+                        self.insert_context = self.context.clone();
+                        self.insert_mixed = false;
                     }
                     self.batch_changes += 1;
                 }
@@ -549,6 +577,7 @@ impl Stream {
                 self.context.relation = None;
                 self.context.rel = None;
                 let mut mine = Vec::new();
+                let listed = rels.clone();
                 for r in rels {
                     if !owner.owns(r, self.remote_final_lsn) {
                         continue;
@@ -568,7 +597,7 @@ impl Stream {
                         }
                     }
                 }
-                self.applier.truncate(&mine, restart_identity)?;
+                self.applier.truncate(&mine, &listed, restart_identity)?;
                 self.batch_changes += 1;
             }
             Message::Origin { .. } | Message::Type { .. } | Message::LogicalMessage { .. } => {}

@@ -117,7 +117,7 @@ struct TableSync {
 }
 
 /// The catch-up owns one table, and of it what the copy's snapshots did not have.
-struct OnlyTable(RelId, KeyFilter, (String, String));
+struct OnlyTable(RelId, KeyFilter);
 
 impl Owner for OnlyTable {
     fn owns(&self, rel: RelId, _commit_lsn: Lsn) -> bool {
@@ -126,10 +126,6 @@ impl Owner for OnlyTable {
 
     fn key_filter(&self, rel: RelId) -> Option<&KeyFilter> {
         (rel == self.0).then_some(&self.1)
-    }
-
-    fn target(&self, rel: RelId) -> Option<(&str, &str)> {
-        (rel == self.0).then_some((self.2 .0.as_str(), self.2 .1.as_str()))
     }
 }
 
@@ -404,7 +400,7 @@ impl TableSync {
             Some((_, r)) => (r.schemaname, r.tablename),
             None => return Ok(()),
         };
-        let owner = OnlyTable(self.relid, self.key_filter(pos)?, target);
+        let owner = OnlyTable(self.relid, self.key_filter(pos)?);
         loop {
             worker::check_interrupts()?;
             let Some((_, rel)) = self.load()? else {
@@ -443,6 +439,7 @@ impl TableSync {
                     match Stream::start(&self.rt, conn, slot, pos, &sub.publication, &tag) {
                         Ok(mut s) => {
                             s.applier.add_columns = sub.options.add_columns;
+                            s.applier.set_target(self.relid, &target.0, &target.1);
                             stream = Some(s)
                         }
                         // The changes between the copy and the hand-off are gone with

@@ -1137,7 +1137,27 @@ fn timescaledb_source_chunks_sync_into_the_target_hypertable() {
     );
     assert_no_duplicates(&tgt, "public.metrics", "dev, ts");
     assert_eq!(user_tables(&tgt), ["public.metrics"]);
+    // Changes to the chunk that joined while the sync ran, now that it is streamed: the
+    // apply worker saw that chunk before it was a table of the sync, and must still send
+    // its changes to the hypertable.
+    src.exec(TSDB_LATER_CHANGES);
+    caught_up(&src, &tgt, sub);
+    assert_same(&src, &tgt, "public.metrics", "public.metrics");
+    assert_no_duplicates(&tgt, "public.metrics", "dev, ts");
+    // ... directly, not by way of an error and a retry.
+    let c = try_counters(&tgt, sub).unwrap().unwrap();
+    assert_eq!(
+        (c.apply_error_count, c.copy_error_count),
+        (0, 0),
+        "errors on the way: {}",
+        describe(&tgt, sub)
+    );
 }
+
+/// Changes to the rows of the chunk [`TSDB_CHANGES`] created.
+const TSDB_LATER_CHANGES: &str = "UPDATE public.metrics SET v = v * 10 WHERE ts >= '2026-01-10'; \
+     DELETE FROM public.metrics WHERE ts >= '2026-01-10' AND dev = 3; \
+     INSERT INTO public.metrics VALUES ('2026-01-10 23:59', 9, 9)";
 
 /// TimescaleDB as the source, published `FOR ALL TABLES`, into an empty target with
 /// `create_tables => true` and a `hypertable` entry for `public.metrics`: the target's
@@ -1180,6 +1200,16 @@ fn timescaledb_source_for_all_tables_with_create_tables() {
     assert_same(&src, &tgt, "public.metrics", "public.metrics");
     assert_eq!(count_only(&tgt, "public.metrics"), 0);
     assert_eq!(user_tables(&tgt), ["public.metrics"]);
+    src.exec(TSDB_LATER_CHANGES);
+    caught_up(&src, &tgt, sub);
+    assert_same(&src, &tgt, "public.metrics", "public.metrics");
+    let c = try_counters(&tgt, sub).unwrap().unwrap();
+    assert_eq!(
+        (c.apply_error_count, c.copy_error_count),
+        (0, 0),
+        "errors on the way: {}",
+        describe(&tgt, sub)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1851,13 +1881,18 @@ fn created_tables_belong_to_their_schemas_owner() {
     src.exec(
         "CREATE TABLE t (id int PRIMARY KEY, v text, n int GENERATED ALWAYS AS (id * 2) STORED); \
          INSERT INTO t (id, v) SELECT g, 'v' || g FROM generate_series(1, 50) g; \
-         CREATE PUBLICATION p FOR TABLE t",
+         CREATE TABLE m (ts timestamptz NOT NULL, dev int NOT NULL, v float8, PRIMARY KEY (dev, ts)); \
+         INSERT INTO m SELECT '2026-01-01'::timestamptz + g * interval '2 hours', g % 3, g \
+           FROM generate_series(1, 100) g; \
+         CREATE PUBLICATION p FOR TABLE t, m",
     );
     let role = unique_name("crown_owner");
     target().exec("postgres", &format!("CREATE ROLE {role} NOLOGIN"));
     tgt.exec(&format!("CREATE SCHEMA owned AUTHORIZATION {role}"));
     let sub = "created_owner";
-    let map = r#"[{"source": {"schema": "public"}, "target": {"schema": "owned"}}]"#;
+    let map = r#"[{"source": {"schema": "public"}, "target": {"schema": "owned"}},
+                   {"source": {"schema": "public", "table": "m"}, "target": {"schema": "owned"},
+                    "hypertable": {"time_column": "ts", "chunk_interval": "1 day"}}]"#;
     let _g = start_with(
         &tgt,
         &src,
@@ -1865,15 +1900,30 @@ fn created_tables_belong_to_their_schemas_owner() {
         sub,
         &format!("create_tables => true, table_map => {}", jsonb(map)),
     );
-    wait_mapped(&tgt, sub, &[("public.t", "owned.t")], 'r');
+    wait_mapped(
+        &tgt,
+        sub,
+        &[("public.t", "owned.t"), ("public.m", "owned.m")],
+        'r',
+    );
     caught_up(&src, &tgt, sub);
     assert_same(&src, &tgt, "public.t", "owned.t");
-    let owner: String = tgt
-        .query_one("SELECT relowner::regrole::text FROM pg_class WHERE oid = 'owned.t'::regclass");
-    assert_eq!(owner, role);
-    src.exec("INSERT INTO t (id, v) VALUES (100, 'later'); UPDATE t SET v = 'x' WHERE id = 1");
+    assert_same(&src, &tgt, "public.m", "owned.m");
+    for t in ["owned.t", "owned.m"] {
+        let owner: String = tgt.query_one(&format!(
+            "SELECT relowner::regrole::text FROM pg_class WHERE oid = '{t}'::regclass"
+        ));
+        assert_eq!(owner, role, "owner of {t}");
+    }
+    assert!(is_hypertable(&tgt, "owned", "m"));
+    assert_eq!(count_only(&tgt, "owned.m"), 0);
+    src.exec(
+        "INSERT INTO t (id, v) VALUES (100, 'later'); UPDATE t SET v = 'x' WHERE id = 1; \
+         INSERT INTO m VALUES ('2026-02-01', 1, 1); DELETE FROM m WHERE dev = 2",
+    );
     caught_up(&src, &tgt, sub);
     assert_same(&src, &tgt, "public.t", "owned.t");
+    assert_same(&src, &tgt, "public.m", "owned.m");
 }
 
 /// `create_tables` into a schema the target does not have yet: livesync creates the schema
@@ -1910,4 +1960,58 @@ fn create_tables_creates_a_missing_schema_too() {
     assert_same(&src, &tgt, "public.readings", "fresh_schema.readings");
     assert!(is_hypertable(&tgt, "fresh_schema", "readings"));
     assert_eq!(count_only(&tgt, "fresh_schema.readings"), 0);
+}
+
+/// A table created on the source while the sync runs, and written at once (its changes
+/// reach the apply worker before the table is one of the sync's), follows the map after it
+/// is copied: its later changes go to the mapped target, never to a table of the source's
+/// name on the target.
+#[test]
+fn table_map_applies_to_a_table_created_while_the_sync_runs() {
+    // A slow publication refresh on a target of its own: the new table's first changes
+    // surely arrive before the sync lists it.
+    let cluster = Cluster::new_private_with(
+        ClusterSpec::new(Kind::Target, "newmap").conf("livesync.publication_refresh_interval = 15"),
+    );
+    let src = Db::fresh(source(), "newmap_src");
+    let tgt = Db::fresh(&cluster, "newmap_tgt");
+    src.exec(
+        "CREATE TABLE t1 (id int PRIMARY KEY, v text); INSERT INTO t1 VALUES (1, 'a'); \
+         CREATE PUBLICATION p FOR TABLES IN SCHEMA public",
+    );
+    // A decoy with the new table's source name: it must stay empty.
+    tgt.exec("CREATE TABLE public.t2 (id int PRIMARY KEY, v text)");
+    let map = r#"[{"source": {"schema": "public"}, "target": {"schema": "mapped"}}]"#;
+    let sub = "map_new_table";
+    let _g = start_with(
+        &tgt,
+        &src,
+        "p",
+        sub,
+        &format!("create_tables => true, table_map => {}", jsonb(map)),
+    );
+    wait_mapped(&tgt, sub, &[("public.t1", "mapped.t1")], 'r');
+    src.exec(
+        "CREATE TABLE t2 (id int PRIMARY KEY, v text); \
+         INSERT INTO t2 SELECT g, 'early' FROM generate_series(1, 100) g",
+    );
+    wait_mapped(
+        &tgt,
+        sub,
+        &[("public.t1", "mapped.t1"), ("public.t2", "mapped.t2")],
+        'r',
+    );
+    src.exec(
+        "INSERT INTO t2 SELECT g, 'later' FROM generate_series(101, 200) g; \
+         UPDATE t2 SET v = 'changed' WHERE id % 10 = 0; DELETE FROM t2 WHERE id % 7 = 0",
+    );
+    caught_up(&src, &tgt, sub);
+    assert_same(&src, &tgt, "public.t2", "mapped.t2");
+    assert_eq!(
+        count(&tgt, "public.t2"),
+        0,
+        "rows went to the source's name"
+    );
+    let c = try_counters(&tgt, sub).unwrap().unwrap();
+    assert_eq!(c.apply_error_count, 0, "{}", describe(&tgt, sub));
 }
