@@ -787,8 +787,8 @@ impl ApplyWorker {
         let stream = self.stream.as_ref().expect("an apply error has a stream");
         let at = stream.committed;
         let ctx = stream
-            .error_context()
-            .and_then(|c| c.describe())
+            .describe_error_context()
+            .map(|(d, _)| d)
             .unwrap_or_default();
         let sub = self.sub().clone();
         let slot = catalog::tablesync_slot_name(&sub.subname, relid);
@@ -878,8 +878,8 @@ impl ApplyWorker {
                 // The source transaction being applied, as native's error context names
                 // it: its finish LSN is what livesync_skip takes.
                 let context = self.stream.as_ref().and_then(|s| {
-                    s.error_context()
-                        .and_then(|c| c.describe().map(|d| (d, c.action, c.finish_lsn)))
+                    s.describe_error_context()
+                        .map(|(d, c)| (d, c.action, c.finish_lsn))
                 });
                 if context.is_none() {
                     // Rows of several source transactions were written together: the

@@ -133,7 +133,6 @@ pub struct Context {
     /// The finish LSN of the source transaction being applied (0: none).
     pub finish_lsn: Lsn,
     pub action: &'static str,
-    pub relation: Option<String>,
     /// The source relation of the change being applied.
     pub rel: Option<RelId>,
 }
@@ -153,27 +152,23 @@ impl Stream {
         };
         (c.finish_lsn != 0).then_some(c)
     }
-}
 
-impl Context {
-    /// `processing remote data during "INSERT" for replication target relation "public.t"
-    /// in transaction 740, finished at 0/14C0378`; None outside a source transaction.
-    pub fn describe(&self) -> Option<String> {
-        if self.finish_lsn == 0 {
-            return None;
-        }
-        let mut s = format!("processing remote data during \"{}\"", self.action);
-        if let Some(r) = &self.relation {
+    /// [`Stream::error_context`] in words: `processing remote data during "INSERT" for
+    /// replication target relation "public.t" in transaction 740, finished at 0/14C0378`.
+    pub fn describe_error_context(&self) -> Option<(String, &Context)> {
+        let c = self.error_context()?;
+        let mut s = format!("processing remote data during \"{}\"", c.action);
+        if let Some(r) = c.rel.and_then(|r| self.applier.relation_name(r)) {
             s.push_str(&format!(" for replication target relation \"{r}\""));
         }
-        if let Some(x) = self.xid {
+        if let Some(x) = c.xid {
             s.push_str(&format!(" in transaction {x}"));
         }
         s.push_str(&format!(
             ", finished at {}",
-            crate::lsn::format(self.finish_lsn)
+            crate::lsn::format(c.finish_lsn)
         ));
-        Some(s)
+        Some((s, c))
     }
 }
 
@@ -311,7 +306,6 @@ impl Stream {
             } => {
                 self.received = self.received.max(wal_start).max(wal_end);
                 self.source_end = self.source_end.max(wal_end);
-                self.publish_received();
                 let raw = data.clone();
                 let msg = self.decoder.decode(data)?;
                 Ok((self.route(rt, msg, &raw, owner)?, false))
@@ -319,8 +313,17 @@ impl Stream {
         }
     }
 
-    /// What arrived, in shared memory (at most every 100 ms): `lag_bytes` and
-    /// `lag_seconds` then grow while a transaction takes long to apply.
+    /// A source transaction ending at `end` arrived whole.
+    fn note_received(&mut self, end: Lsn) {
+        self.received = self.received.max(end);
+        self.source_end = self.source_end.max(end);
+        self.publish_received();
+    }
+
+    /// What arrived, in shared memory, as each source transaction arrives whole (at most
+    /// every 100 ms): `lag_bytes` and `lag_seconds` then grow while a transaction takes
+    /// long to apply. (The messages' own LSNs say little: the walsender sends one with a
+    /// transaction's last message only, and PostgreSQL 18 sends the commit record's start.)
     fn publish_received(&mut self) {
         let Some((db, subid)) = self.progress else {
             return;
@@ -379,12 +382,12 @@ impl Stream {
                         xid: Some(xid),
                         finish_lsn: commit_lsn,
                         action: "STREAM COMMIT",
-                        relation: None,
                         rel: None,
                     };
                     self.replay(rt, xid, commit_lsn, owner)?;
                 }
                 self.pending_commit = Some((end_lsn, commit_time));
+                self.note_received(end_lsn);
                 return Ok(true);
             }
             m if self.decoder.in_stream() => {
@@ -459,7 +462,6 @@ impl Stream {
     /// Record what is being applied, for an error's context.
     fn doing(&mut self, action: &'static str, rel: RelId) {
         self.context.action = action;
-        self.context.relation = self.applier.relation_name(rel);
         self.context.rel = Some(rel);
     }
 
@@ -481,7 +483,6 @@ impl Stream {
                     xid: Some(xid),
                     finish_lsn: final_lsn,
                     action: "BEGIN",
-                    relation: None,
                     rel: None,
                 };
                 if self.skip_lsn == Some(final_lsn) {
@@ -498,12 +499,14 @@ impl Stream {
                     self.applier.flush()?;
                 }
                 self.context.action = "COMMIT";
-                self.context.relation = None;
                 self.context.rel = None;
                 if self.skipping {
                     self.note_skipped(self.remote_final_lsn);
                 }
                 self.pending_commit = Some((end_lsn, commit_time));
+                // The whole transaction is here (the message's own LSN may be the commit
+                // record's start).
+                self.note_received(end_lsn);
                 return Ok(true);
             }
             Message::Relation { rel, .. } => {
@@ -574,7 +577,6 @@ impl Stream {
                 ..
             } => {
                 self.context.action = "TRUNCATE";
-                self.context.relation = None;
                 self.context.rel = None;
                 let mut mine = Vec::new();
                 let listed = rels.clone();

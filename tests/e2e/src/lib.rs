@@ -2283,3 +2283,45 @@ pub fn assert_kv_ins_synced(src: &Db, tgt: &Db, sub: &str) {
     assert_no_duplicates(tgt, "ins", "id");
     assert_no_duplicates(tgt, "kv", "id");
 }
+
+/// `livesync.subscription.last_error` of a sync (None: no error, or no such sync).
+pub fn sub_last_error(tgt: &Db, sub: &str) -> Option<String> {
+    try_sub_info(tgt, sub)
+        .ok()
+        .flatten()
+        .and_then(|i| i.last_error)
+}
+
+/// Waits (`timeout`) until `livesync.subscription.last_error` of the sync satisfies `ok`;
+/// returns it. On a timeout, says which errors it saw meanwhile, and `describe()`.
+pub fn wait_sub_error(
+    tgt: &Db,
+    sub: &str,
+    timeout: Duration,
+    what: &str,
+    describe: impl Fn() -> String,
+    ok: impl Fn(&str) -> bool,
+) -> String {
+    let seen = std::cell::RefCell::new(Vec::<String>::new());
+    let mut found = None;
+    wait_until_or(
+        timeout,
+        &format!("livesync.subscription.last_error of {sub} to report {what}"),
+        || format!("errors seen meanwhile: {:?}\n{}", seen.borrow(), describe()),
+        || match sub_last_error(tgt, sub) {
+            Some(e) if ok(&e) => {
+                found = Some(e);
+                true
+            }
+            Some(e) => {
+                let mut seen = seen.borrow_mut();
+                if !seen.contains(&e) {
+                    seen.push(e);
+                }
+                false
+            }
+            None => false,
+        },
+    );
+    found.unwrap()
+}

@@ -96,52 +96,6 @@ fn rel_errors(tgt: &Db, sub: &str) -> Vec<String> {
     .unwrap_or_default()
 }
 
-fn sub_last_error(tgt: &Db, sub: &str) -> Option<String> {
-    try_sub_info(tgt, sub)
-        .ok()
-        .flatten()
-        .and_then(|i| i.last_error)
-}
-
-/// Waits (`timeout`) until `livesync.subscription.last_error` of the sync satisfies `ok`;
-/// returns it.
-fn wait_sub_error(
-    tgt: &Db,
-    sub: &str,
-    timeout: Duration,
-    what: &str,
-    ok: impl Fn(&str) -> bool,
-) -> String {
-    let seen = std::cell::RefCell::new(Vec::<String>::new());
-    let mut found = None;
-    wait_until_or(
-        timeout,
-        &format!("livesync.subscription.last_error of {sub} to report {what}"),
-        || {
-            format!(
-                "errors seen meanwhile: {:?}\n{}",
-                seen.borrow(),
-                describe(tgt, sub)
-            )
-        },
-        || match sub_last_error(tgt, sub) {
-            Some(e) if ok(&e) => {
-                found = Some(e);
-                true
-            }
-            Some(e) => {
-                let mut seen = seen.borrow_mut();
-                if !seen.contains(&e) {
-                    seen.push(e);
-                }
-                false
-            }
-            None => false,
-        },
-    );
-    found.unwrap()
-}
-
 /// Waits until the sync's last_error or one of its tables' last_error satisfies `ok`.
 fn wait_any_error(
     tgt: &Db,
@@ -420,9 +374,14 @@ fn replica_identity_nothing_inserts_replicate_and_missing_identity_is_reported()
 
     // An UPDATE that reaches livesync without any identity: a clear error naming the table.
     src.exec("UPDATE pr_root SET v = 'updated' WHERE id = 5");
-    let err = wait_sub_error(&tgt, sub, LONG, "the missing replica identity", |e| {
-        e.contains("pr_root") && e.to_lowercase().contains("replica identity")
-    });
+    let err = wait_sub_error(
+        &tgt,
+        sub,
+        LONG,
+        "the missing replica identity",
+        || describe(&tgt, sub),
+        |e| e.contains("pr_root") && e.to_lowercase().contains("replica identity"),
+    );
     eprintln!("[e2e] last_error: {err}");
 }
 
@@ -953,9 +912,14 @@ fn source_column_missing_on_target_is_reported_then_added() {
          INSERT INTO t SELECT g, 'a' || g, g FROM generate_series(101, 150) g; \
          UPDATE t SET newcol = -id WHERE id <= 10; DELETE FROM t WHERE id = 50",
     );
-    let err = wait_sub_error(&tgt, sub, LONG, "the missing column", |e| {
-        e.contains("newcol") && e.contains("public.t")
-    });
+    let err = wait_sub_error(
+        &tgt,
+        sub,
+        LONG,
+        "the missing column",
+        || describe(&tgt, sub),
+        |e| e.contains("newcol") && e.contains("public.t"),
+    );
     eprintln!("[e2e] last_error: {err}");
     assert!(err.contains("newcol"), "{err}");
     src.exec("INSERT INTO t VALUES (151, 'while broken', 151)");
@@ -1458,6 +1422,7 @@ fn apply_error_unique_violation_then_recovery() {
         sub,
         Duration::from_secs(30),
         "the unique violation",
+        || describe(&tgt, sub),
         |e| {
             let l = e.to_lowercase();
             l.contains("duplicate key") || l.contains("unique")

@@ -217,13 +217,6 @@ fn synced(src: &Db, tgt: &Db, sub: &str, tables: &[&str]) {
     }
 }
 
-fn sub_last_error(tgt: &Db, sub: &str) -> Option<String> {
-    try_sub_info(tgt, sub)
-        .ok()
-        .flatten()
-        .and_then(|i| i.last_error)
-}
-
 /// `last_error` of the table whose source is `source` (`schema.table`).
 fn rel_error(tgt: &Db, sub: &str, source: &str) -> Option<String> {
     try_rels(tgt, sub)
@@ -231,39 +224,6 @@ fn rel_error(tgt: &Db, sub: &str, source: &str) -> Option<String> {
         .into_iter()
         .find(|r| r.source == source)
         .and_then(|r| r.last_error)
-}
-
-/// Waits (120 s) until `livesync.subscription.last_error` of the sync satisfies `ok`;
-/// returns it.
-fn wait_sub_error(tgt: &Db, sub: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
-    let seen = std::cell::RefCell::new(Vec::<String>::new());
-    let mut found = None;
-    wait_until_or(
-        LONG,
-        &format!("livesync.subscription.last_error of {sub} to report {what}"),
-        || {
-            format!(
-                "errors seen meanwhile: {:?}\n{}",
-                seen.borrow(),
-                describe(tgt, sub)
-            )
-        },
-        || match sub_last_error(tgt, sub) {
-            Some(e) if ok(&e) => {
-                found = Some(e);
-                true
-            }
-            Some(e) => {
-                let mut seen = seen.borrow_mut();
-                if !seen.contains(&e) {
-                    seen.push(e);
-                }
-                false
-            }
-            None => false,
-        },
-    );
-    found.unwrap()
 }
 
 /// Waits (120 s) until the `last_error` of the table whose source is `source` satisfies
@@ -993,7 +953,14 @@ fn missing_target_table_is_reported_until_created_by_hand() {
         },
     );
     // The sync's own last_error names the failing table.
-    let err = wait_sub_error(&tgt, sub, "the failing table", |e| e.contains("absent_t"));
+    let err = wait_sub_error(
+        &tgt,
+        sub,
+        LONG,
+        "the failing table",
+        || describe(&tgt, sub),
+        |e| e.contains("absent_t"),
+    );
     eprintln!("[e2e] subscription last_error: {err}");
     wait_counters(&tgt, sub, "a copy error", |c| c.copy_error_count >= 1);
 
@@ -1541,9 +1508,14 @@ fn skip_passes_over_the_failing_source_transaction() {
         "BEGIN; INSERT INTO t VALUES (1000, 'src'); INSERT INTO t VALUES (1001, 'src'); COMMIT",
     );
     let after = current_lsn(&src);
-    let err = wait_sub_error(&tgt, sub, "the failing transaction's finish LSN", |e| {
-        lsn_after_finished_at(e).is_some()
-    });
+    let err = wait_sub_error(
+        &tgt,
+        sub,
+        LONG,
+        "the failing transaction's finish LSN",
+        || describe(&tgt, sub),
+        |e| lsn_after_finished_at(e).is_some(),
+    );
     eprintln!("[e2e] last_error: {err}");
     let lsn = lsn_after_finished_at(&err).unwrap();
     let inside: bool = src
@@ -2014,4 +1986,86 @@ fn table_map_applies_to_a_table_created_while_the_sync_runs() {
     );
     let c = try_counters(&tgt, sub).unwrap().unwrap();
     assert_eq!(c.apply_error_count, 0, "{}", describe(&tgt, sub));
+}
+
+/// `add_columns` into a hypertable target: the column is added to the hypertable (and so to
+/// its chunks), with a type modifier kept (`numeric(10,2)`), and rows of old and new
+/// chunks carry it.
+#[test]
+fn add_columns_adds_the_source_column_to_a_hypertable() {
+    let src = Db::fresh(source(), "addcolht_src");
+    let tgt = Db::fresh(target(), "addcolht_tgt");
+    let ddl = "CREATE TABLE m (ts timestamptz NOT NULL, dev int NOT NULL, v float8, \
+                               PRIMARY KEY (dev, ts))";
+    ddl_both(&src, &tgt, ddl);
+    tgt.exec("SELECT create_hypertable('m', 'ts', chunk_time_interval => interval '1 day')");
+    src.exec(
+        "INSERT INTO m SELECT '2026-01-01'::timestamptz + g * interval '1 hour', g % 3, g \
+           FROM generate_series(1, 120) g; \
+         CREATE PUBLICATION p FOR TABLE m",
+    );
+    let sub = "add_columns_ht";
+    let _g = start_with(&tgt, &src, "p", sub, "add_columns => true");
+    wait_tables(&tgt, sub, &["public.m"], 'r');
+    src.exec(
+        "ALTER TABLE m ADD COLUMN price numeric(10,2); \
+         INSERT INTO m SELECT '2026-02-01'::timestamptz + g * interval '1 hour', 5, g, g * 1.5 \
+           FROM generate_series(1, 30) g; \
+         UPDATE m SET price = 9.99 WHERE ts < '2026-01-02'",
+    );
+    synced(&src, &tgt, sub, &["m"]);
+    let ty: String = tgt.query_one(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+          WHERE attrelid = 'm'::regclass AND attname = 'price'",
+    );
+    assert_eq!(ty, "numeric(10,2)");
+    assert_eq!(count_only(&tgt, "m"), 0);
+    assert_eq!(
+        count(&tgt, "m WHERE price = 9.99"),
+        count(&src, "m WHERE price = 9.99")
+    );
+    assert!(count(&tgt, "m WHERE price = 9.99") > 0);
+}
+
+/// `livesync_resync` of a hypertable target: it is emptied (its chunks dropped) and copied
+/// again into new chunks, and it follows changes afterwards.
+#[test]
+fn resync_copies_a_hypertable_again() {
+    let src = Db::fresh(source(), "resyncht_src");
+    let tgt = Db::fresh(target(), "resyncht_tgt");
+    let ddl = "CREATE TABLE m (ts timestamptz NOT NULL, dev int NOT NULL, v float8, \
+                               PRIMARY KEY (dev, ts))";
+    ddl_both(&src, &tgt, ddl);
+    tgt.exec("SELECT create_hypertable('m', 'ts', chunk_time_interval => interval '1 day')");
+    src.exec(
+        "INSERT INTO m SELECT '2026-01-01'::timestamptz + g * interval '1 hour', g % 3, g \
+           FROM generate_series(1, 200) g; \
+         CREATE PUBLICATION p FOR TABLE m",
+    );
+    let sub = "resync_ht";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    synced(&src, &tgt, sub, &["m"]);
+    tgt.exec("DELETE FROM m WHERE dev = 1; INSERT INTO m VALUES ('2030-01-01', 99, -1)");
+    let lsn_before = rels(&tgt, sub)[0].lsn.clone();
+    tgt.client()
+        .execute("SELECT livesync_resync($1, 'm'::regclass)", &[&sub])
+        .unwrap_or_else(|e| panic!("livesync_resync: {}", err_text(&e)));
+    wait_until_or(
+        LONG,
+        "m to be copied again (a new consistent LSN, state r)",
+        || describe(&tgt, sub),
+        || {
+            try_rels(&tgt, sub)
+                .map(|r| r.len() == 1 && r[0].state == 'r' && r[0].lsn != lsn_before)
+                .unwrap_or(false)
+        },
+    );
+    src.exec("INSERT INTO m VALUES ('2026-03-01', 7, 7); UPDATE m SET v = 0 WHERE dev = 2");
+    synced(&src, &tgt, sub, &["m"]);
+    assert_eq!(
+        count(&tgt, "m WHERE dev = 99"),
+        0,
+        "the tampered row survived"
+    );
+    assert_eq!(count_only(&tgt, "m"), 0);
 }
