@@ -1,35 +1,49 @@
 #!/usr/bin/env bash
 # livesync benchmark: livesync versus PostgreSQL's native logical replication, in one run.
 #
-#   bench/run.sh                    # default sizes: 1100 MB initial copy, 200000-txn backlog
-#   BENCH_QUICK=1 bench/run.sh      # smoke test: 50 MB, 20000 txns
+#   bench/run.sh                    # everything, default sizes (about 35 minutes)
+#   BENCH_QUICK=1 bench/run.sh      # smoke test: small sizes, one round
+#   BENCH_SECTIONS=apply bench/run.sh
 #
 # Environment:
+#   BENCH_SECTIONS  which parts to run, default "copy apply sustain"
 #   BENCH_COPY_MB   heap size of the source table `big` (pg_relation_size), default 1100
 #   BENCH_WORKERS   livesync.max_copy_workers_per_table values to copy with, default "1 2 4"
-#   BENCH_TXNS      single-row INSERT transactions in the apply backlog, default 200000
-#   BENCH_QUICK=1   BENCH_COPY_MB=50, BENCH_TXNS=20000 (unless set explicitly)
+#   BENCH_WORKLOADS apply backlogs, default "insert1 insert100 update delete tpcb"
+#   BENCH_ROWS      rows of the insert1/insert100/update workloads (delete: half), default 300000
+#   BENCH_TPCB_TXNS TPC-B transactions of the tpcb backlog, default 100000 (scale BENCH_TPCB_SCALE, 10)
+#   BENCH_ROUNDS    rounds of each apply workload (the median is reported), default 3
+#   BENCH_RATES     TPC-B rates (transactions/s) the sustained-load part climbs, default
+#                   "500 1000 2000 3000 4000 5000 6000 8000 10000"
+#   BENCH_SUSTAIN_S seconds at each rate, default 20
+#   BENCH_QUICK=1   BENCH_COPY_MB=50, BENCH_ROWS=30000, BENCH_TPCB_TXNS=10000, BENCH_ROUNDS=1,
+#                   BENCH_SUSTAIN_S=10 (unless set explicitly)
 #   BENCH_DIR       where clusters live, default /tmp/livesync-bench (wiped at start)
 #   BENCH_PORT      source port, default 55432; the target uses BENCH_PORT+1
 #   BENCH_TIMEOUT   seconds any single measurement may take before it is a failure, default 1800
 #   BENCH_KEEP=1    leave the clusters running at the end (stop them with pg_ctl -D ... stop)
 #   PG_BIN          PostgreSQL 15 binaries, default /usr/lib/postgresql/15/bin
 #
-# What it does (same source, same table definitions, same row counts on both sides):
-#   SOURCE cluster (wal_level=logical) and TARGET cluster (timescaledb,livesync preloaded).
-#   1. Initial copy of table `big` (publication p_big):
+# What it does (same source, same table definitions, same rows on both sides):
+#   SOURCE cluster (wal_level=logical) and TARGET cluster (timescaledb,livesync preloaded),
+#   both on PostgreSQL's defaults but for memory and checkpoint spacing (COMMON_CONF).
+#   1. copy: initial copy of table `big` (publication p_big):
 #        native   CREATE SUBSCRIPTION ... WITH (copy_data = true)     -> plain table
 #        pipe     psql -c 'COPY big TO STDOUT' | psql -c 'COPY big FROM STDIN' -> plain, hypertable
 #        ls_plain livesync_start(..., 'p_big', 'bench_copy')          -> plain table
 #        ls_hyper livesync_start(..., 'p_big', 'bench_copy_ht')       -> hypertable (1 day chunks)
 #      livesync once per livesync.max_copy_workers_per_table in BENCH_WORKERS; timed from
 #      CREATE/livesync_start to the table's state 'r' (polled every 100 ms), the pipe to its end.
-#   2. Apply of a backlog: the three consumers of publication p_ev are created, caught up and
-#      stopped (ALTER SUBSCRIPTION ... DISABLE / livesync_stop); pgbench then writes BENCH_TXNS
-#      single-row INSERT transactions into `ev` on the source, so every slot holds the same
-#      backlog; each consumer is then enabled/started alone and timed until the target table
-#      has all rows (count(*) polled every 200 ms).
-#   Every target table is checked against the source (count, sum(id), a checksum column).
+#   2. apply: backlogs of five workloads (single-row INSERTs, 100-row INSERTs, UPDATEs and
+#      DELETEs by key, pgbench TPC-B). The consumers of the workload's publication (native
+#      into a plain table; livesync into a plain table and into a hypertable) are created
+#      without copy over identical rows, caught up and stopped; pgbench writes the backlog
+#      (synchronous_commit=off) and a marker row; each consumer is then started alone and
+#      timed until the marker is on its target; its tables are compared with the source's.
+#      Medians of BENCH_ROUNDS rounds; ratio = livesync time / native time.
+#   3. sustain: pgbench TPC-B at each rate of BENCH_RATES for BENCH_SUSTAIN_S seconds with one
+#      consumer following live; apply lag (source WAL position minus the target's origin)
+#      sampled every 0.25 s; the highest rate whose lag stays bounded, per consumer.
 #   Results: $BENCH_DIR/results.txt (also printed). Server logs: $BENCH_DIR/{source,target}.log
 set -euo pipefail
 
@@ -39,11 +53,21 @@ SRC_PORT=${BENCH_PORT:-55432}
 TGT_PORT=$((SRC_PORT + 1))
 if [ "${BENCH_QUICK:-0}" = 1 ]; then
   BENCH_COPY_MB=${BENCH_COPY_MB:-50}
-  BENCH_TXNS=${BENCH_TXNS:-20000}
-else
-  BENCH_COPY_MB=${BENCH_COPY_MB:-1100}
-  BENCH_TXNS=${BENCH_TXNS:-200000}
+  BENCH_ROWS=${BENCH_ROWS:-30000}
+  BENCH_TPCB_TXNS=${BENCH_TPCB_TXNS:-10000}
+  BENCH_ROUNDS=${BENCH_ROUNDS:-1}
+  BENCH_SUSTAIN_S=${BENCH_SUSTAIN_S:-10}
 fi
+BENCH_SECTIONS=${BENCH_SECTIONS:-copy apply sustain}
+BENCH_COPY_MB=${BENCH_COPY_MB:-1100}
+BENCH_WORKLOADS=${BENCH_WORKLOADS:-insert1 insert100 update delete tpcb}
+BENCH_ROWS=${BENCH_ROWS:-300000}
+BENCH_TPCB_TXNS=${BENCH_TPCB_TXNS:-100000}
+BENCH_TPCB_SCALE=${BENCH_TPCB_SCALE:-10}
+BENCH_ROUNDS=${BENCH_ROUNDS:-3}
+BENCH_RATES=${BENCH_RATES:-500 1000 2000 3000 4000 5000 6000 8000 10000}
+BENCH_SUSTAIN_S=${BENCH_SUSTAIN_S:-20}
+want() { case " $BENCH_SECTIONS " in *" $1 "*) return 0;; *) return 1;; esac; }
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-1800}
 PGBENCH_CLIENTS=4
 SRC_CONN="host=127.0.0.1 port=$SRC_PORT dbname=bench user=postgres"
@@ -224,6 +248,8 @@ livesync_failure() {  # db subname
   grep -E 'ERROR|FATAL|PANIC|WARNING|terminated' "$BENCH_DIR/target.log" | tail -40 >&2 || true
 }
 
+declare -A COPY_S COPY_RSS STATUS PART_S
+if want copy; then
 # ------------------------------------------------------------------------------------------
 # Source data
 # ------------------------------------------------------------------------------------------
@@ -255,7 +281,6 @@ BIG_DDL_HYPER="CREATE TABLE big (id bigint, ts timestamptz NOT NULL, device int,
                                  value double precision, payload text, PRIMARY KEY (id, ts));
                SELECT create_hypertable('big', 'ts', chunk_time_interval => interval '1 day');"
 
-declare -A COPY_S COPY_RSS APPLY_S APPLY_RSS STATUS
 
 check_big() {  # db label
   local got; got=$(tgt "$1" -c "$CHECK_BIG")
@@ -321,7 +346,6 @@ pipe_copy() {  # db label ddl
 # Where a copy's time goes, measured with psql alone: reading the source (COPY TO, into
 # /dev/null), the load in text and in binary format, and a hypertable loaded without its
 # secondary index, which is built afterwards (as pg_restore does).
-declare -A PART_S
 timed() {  # label command...
   local label=$1; shift
   local t0; t0=$(now)
@@ -367,103 +391,279 @@ HYPER_CHUNKS=$(tgt ls_hyper -c "SELECT count(*) FROM timescaledb_information.chu
 HYPER_ROOT_ROWS=$(tgt ls_hyper -c "SELECT count(*) FROM ONLY big")
 [ "$(src -c "SELECT count(*) FROM pg_replication_slots")" = 0 ] || log "WARNING: slots left on the source after the copy runs: $(src -c "SELECT string_agg(slot_name, ',') FROM pg_replication_slots")"
 
+fi
+
 # ------------------------------------------------------------------------------------------
-# 2. Apply of a backlog
+# 2. Apply of a backlog, per workload
 # ------------------------------------------------------------------------------------------
-log "apply: setting up publication p_ev and three stopped consumers"
-src -c "CREATE TABLE ev (id bigserial PRIMARY KEY, ts timestamptz NOT NULL, device int, value double precision)" \
-    -c "CREATE PUBLICATION p_ev FOR TABLE ev"
-EV_DDL_PLAIN="CREATE TABLE ev (id bigint PRIMARY KEY, ts timestamptz NOT NULL, device int, value double precision)"
-EV_DDL_HYPER="CREATE TABLE ev (id bigint, ts timestamptz NOT NULL, device int, value double precision, PRIMARY KEY (id, ts));
-              SELECT create_hypertable('ev', 'ts', chunk_time_interval => interval '1 day');"
-tgt native -c "$EV_DDL_PLAIN"
-tgt ls_plain -c "$EV_DDL_PLAIN"
-tgt ls_hyper -c "$EV_DDL_HYPER" >/dev/null
+# Every consumer of a workload's publication is created (no initial copy: source and targets
+# hold the same rows already), caught up and stopped; pgbench then writes the backlog on the
+# source, followed by a marker row; each consumer is started alone and timed until the
+# marker's row is on its target (changes apply in source order, so everything before it is
+# there too). Then its tables are compared with the source's. Medians over BENCH_ROUNDS.
+declare -A APPLY_T APPLY_RSS APPLY_DESC APPLY_N APPLY_CONSUMERS_OF
+APPLY_CONSUMERS=()
+src -c "CREATE TABLE bench_marker (id int PRIMARY KEY)"
+for db in native ls_plain ls_hyper; do tgt "$db" -c "CREATE TABLE bench_marker (id int PRIMARY KEY)"; done
+MARK=0
 
-tgt native -c "CREATE SUBSCRIPTION bench_ev_native CONNECTION '$SRC_CONN' PUBLICATION p_ev WITH (copy_data = false)"
-tgt native -c "ALTER SUBSCRIPTION bench_ev_native DISABLE"
-NATIVE_DISABLED_AT=$(tgt native -c "SELECT now()")
-for x in "ls_plain bench_ev_plain" "ls_hyper bench_ev_ht"; do
-  set -- $x
-  tgt "$1" -c "SELECT livesync_start(source => '$SRC_CONN', publication => 'p_ev', subscription => '$2', copy_data => false)" >/dev/null
-  bench_wait "$1" "SELECT coalesce(bool_and(state = 'r'), false) AND count(*) = 1 FROM livesync.subscription_rel WHERE subname = '$2'" 0.1 \
-    || { livesync_failure "$1"; die "livesync $2 did not become ready"; }
-  tgt "$1" -c "SELECT livesync_stop('$2')" >/dev/null
-done
-# All three slots exist and no walsender holds them.
-for i in $(seq 1 300); do
-  [ "$(src -c "SELECT count(*) FILTER (WHERE NOT active) || '/' || count(*) FROM pg_replication_slots WHERE slot_name IN ('bench_ev_native', 'bench_ev_plain', 'bench_ev_ht')")" = "3/3" ] && break
-  [ "$i" = 300 ] && die "slots not all present and inactive: $(src -c "SELECT string_agg(slot_name || ':' || active, ',') FROM pg_replication_slots")"
-  sleep 0.2
-done
+EV_SRC="CREATE TABLE ev (id bigserial PRIMARY KEY, ts timestamptz NOT NULL, device int, value double precision)"
+EV_PLAIN="CREATE TABLE ev (id bigint PRIMARY KEY, ts timestamptz NOT NULL, device int, value double precision)"
+EV_HYPER="CREATE TABLE ev (id bigint, ts timestamptz NOT NULL, device int, value double precision, PRIMARY KEY (id, ts));
+          SELECT create_hypertable('ev', 'ts', chunk_time_interval => interval '1 day');"
+EV_FILL="INSERT INTO ev SELECT i, timestamptz '2024-01-01 00:00:00+00' + i * interval '1 second', i % 1000, 0
+           FROM generate_series(1, $BENCH_ROWS) i"
+CHECK_EV="SELECT count(*) || '/' || coalesce(sum(id), 0) || '/' || coalesce(sum(device), 0) || '/'
+            || coalesce(sum(hashtext(value::text)::bigint), 0) || '/' || coalesce(sum(extract(epoch FROM ts) * 1000000)::numeric, 0) FROM ev"
+CHECK_TPCB="SELECT (SELECT count(*) || '/' || sum(abalance) || '/' || sum(hashtext(aid || ':' || abalance)::bigint) FROM pgbench_accounts)
+            || '|' || (SELECT sum(bbalance) || '/' || sum(hashtext(bid || ':' || bbalance)::bigint) FROM pgbench_branches)
+            || '|' || (SELECT sum(tbalance) || '/' || sum(hashtext(tid || ':' || tbalance)::bigint) FROM pgbench_tellers)
+            || '|' || (SELECT count(*) || '/' || coalesce(sum(delta), 0) || '/' || coalesce(sum(hashtext(tid || ':' || bid || ':' || aid || ':' || delta || ':' || mtime)::bigint), 0) FROM pgbench_history)"
 
-log "apply: writing the backlog: $BENCH_TXNS single-row INSERT transactions (pgbench, $PGBENCH_CLIENTS clients)"
-cat >"$BENCH_DIR/ev.sql" <<'EOF'
-\set d random(1, 1000)
-INSERT INTO ev (ts, device, value) VALUES (now(), :d, random());
-EOF
-per_client=$(( (BENCH_TXNS + PGBENCH_CLIENTS - 1) / PGBENCH_CLIENTS ))
-BENCH_TXNS=$(( per_client * PGBENCH_CLIENTS ))
-lsn0=$(src -c "SELECT pg_current_wal_lsn()")
-tb0=$(now)
-PGOPTIONS='-c synchronous_commit=off' "$PG_BIN/pgbench" -n -h 127.0.0.1 -p "$SRC_PORT" -U postgres \
-  -c "$PGBENCH_CLIENTS" -j 2 -t "$per_client" -f "$BENCH_DIR/ev.sql" bench >"$BENCH_DIR/pgbench.log" 2>&1 \
-  || { cat "$BENCH_DIR/pgbench.log"; die "pgbench"; }
-tb1=$(now)
-BACKLOG_WAL=$(src -c "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$lsn0')")
-BACKLOG_S=$(elapsed "$tb0" "$tb1")
-CHECK_EV="SELECT count(*) || '/' || coalesce(sum(id), 0) || '/' || coalesce(sum(device), 0) || '/' || coalesce(sum(extract(epoch FROM ts) * 1000000)::numeric, 0) FROM ev"
-SRC_EV_CHECK=$(src -c "$CHECK_EV")
-[ "$(src -c "SELECT count(*) FROM ev")" = "$BENCH_TXNS" ] || die "source ev has $(src -c "SELECT count(*) FROM ev") rows, expected $BENCH_TXNS"
-log "backlog: $BENCH_TXNS txns in $BACKLOG_S s, $(div "$BACKLOG_WAL" 1048576) MB of WAL"
-
-check_ev() {  # db label
-  local got; got=$(tgt "$1" -c "$CHECK_EV")
-  if [ "$got" = "$SRC_EV_CHECK" ]; then STATUS[apply_$2]=ok
-  else STATUS[apply_$2]="MISMATCH target=$got source=$SRC_EV_CHECK"; log "apply $2: ${STATUS[apply_$2]}"; fi
+# workload_setup W: fresh tables and publication p_W on the source and on every target
+# database, with the same rows; sets WL_CONSUMERS, WL_CHECK, WL_TXNS, WL_SCRIPT, WL_DESC.
+workload_setup() {
+  local w=$1 db p
+  src -c "DROP PUBLICATION IF EXISTS p_$w" -c "DROP TABLE IF EXISTS ev" -c "DROP SEQUENCE IF EXISTS ev_del" >/dev/null
+  for db in native ls_plain ls_hyper; do tgt "$db" -c "DROP TABLE IF EXISTS ev" >/dev/null; done
+  WL_CONSUMERS=${BENCH_CONSUMERS:-native ls_plain ls_hyper}; WL_CHECK=$CHECK_EV; WL_SCRIPT=$BENCH_DIR/$w.sql
+  case $w in
+    tpcb)
+      WL_CONSUMERS="native ls_plain"; WL_CHECK=$CHECK_TPCB; WL_TXNS=$BENCH_TPCB_TXNS
+      WL_CHANGES=$((WL_TXNS * 4))
+      WL_DESC="$WL_TXNS pgbench TPC-B transactions (scale $BENCH_TPCB_SCALE: 3 UPDATEs and 1 INSERT each)"
+      for p in "$SRC_PORT bench" "$TGT_PORT native" "$TGT_PORT ls_plain"; do
+        set -- $p
+        "$PG_BIN/pgbench" -i -q -s "$BENCH_TPCB_SCALE" -h 127.0.0.1 -p "$1" -U postgres "$2" >"$BENCH_DIR/pgbench-init.log" 2>&1 \
+          || { cat "$BENCH_DIR/pgbench-init.log"; die "pgbench -i on $2"; }
+      done
+      src -c "CREATE PUBLICATION p_$w FOR TABLE pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history, bench_marker"
+      WL_SCRIPT=
+      return ;;
+  esac
+  src -c "$EV_SRC"
+  tgt native -c "$EV_PLAIN"; tgt ls_plain -c "$EV_PLAIN"; tgt ls_hyper -c "$EV_HYPER" >/dev/null
+  case $w in
+    insert1)
+      WL_TXNS=$BENCH_ROWS; WL_CHANGES=$WL_TXNS; WL_DESC="$WL_TXNS single-row INSERT transactions"
+      printf '%s\n' '\set d random(1, 1000)' 'INSERT INTO ev (ts, device, value) VALUES (now(), :d, random());' >"$WL_SCRIPT" ;;
+    insert100)
+      WL_TXNS=$((BENCH_ROWS / 100)); WL_CHANGES=$((WL_TXNS * 100)); WL_DESC="$WL_TXNS INSERT transactions of 100 rows"
+      printf '%s\n' 'INSERT INTO ev (ts, device, value) SELECT now(), (random() * 1000)::int, random() FROM generate_series(1, 100);' >"$WL_SCRIPT" ;;
+    update|delete)
+      src -c "$EV_FILL" -c "SELECT setval('ev_id_seq', $BENCH_ROWS)" -c "VACUUM ANALYZE ev" >/dev/null
+      for db in native ls_plain ls_hyper; do tgt "$db" -c "$EV_FILL" -c "VACUUM ANALYZE ev" >/dev/null; done
+      if [ "$w" = update ]; then
+        WL_TXNS=$BENCH_ROWS; WL_CHANGES=$WL_TXNS; WL_DESC="$WL_TXNS UPDATE transactions by primary key (random keys of $BENCH_ROWS rows)"
+        printf '%s\n' "\\set id random(1, $BENCH_ROWS)" '\set d random(1, 1000)' \
+          'UPDATE ev SET value = value + 1, device = :d WHERE id = :id;' >"$WL_SCRIPT"
+      else
+        WL_TXNS=$((BENCH_ROWS / 2)); WL_CHANGES=$WL_TXNS; WL_DESC="$WL_TXNS DELETE transactions by primary key (of $BENCH_ROWS rows)"
+        src -c "CREATE SEQUENCE ev_del"
+        printf '%s\n' "DELETE FROM ev WHERE id = (SELECT nextval('ev_del'));" >"$WL_SCRIPT"
+      fi ;;
+    *) die "unknown workload $w" ;;
+  esac
+  src -c "CREATE PUBLICATION p_$w FOR TABLE ev, bench_marker"
 }
 
-# PG15's launcher starts no worker within wal_retrieve_retry_interval (5 s) of its last start:
-# let that pass so the native timing does not include this wait.
-ws=$(tgt native -c "SELECT greatest(0, 6 - extract(epoch FROM now() - '$NATIVE_DISABLED_AT'::timestamptz))")
-log "apply 1/3: native (ALTER SUBSCRIPTION ENABLE), after sleeping $ws s for the launcher's retry interval"
-sleep "$ws"
-tgt native -c "CHECKPOINT"
-start_sampler "$BENCH_DIR/rss-apply-native.tsv"
-t0=$(now)
-tgt native -c "ALTER SUBSCRIPTION bench_ev_native ENABLE"
-bench_wait native "SELECT count(*) >= $BENCH_TXNS FROM ev" 0.2
-t1=$(now)
-stop_sampler
-APPLY_S[native]=$(elapsed "$t0" "$t1")
-APPLY_RSS[native]=$(rss_summary "$BENCH_DIR/rss-apply-native.tsv" "logical replication")
-check_ev native native
-tgt native -c "DROP SUBSCRIPTION bench_ev_native"
-log "apply native: ${APPLY_S[native]} s"
+consumer_db() { case $1 in native) echo native;; ls_plain) echo ls_plain;; ls_hyper) echo ls_hyper;; esac; }
+consumer_sub() { echo "b_${2}_${1}"; }   # consumer workload
 
-livesync_apply() {  # db label subname
-  local db=$1 label=$2 sub=$3
-  log "apply: livesync -> $label (livesync_start resumes the stopped sync)"
+# Create every consumer of workload W, caught up, then stopped.
+consumers_create() {
+  local w=$1 c sub
+  for c in $WL_CONSUMERS; do
+    sub=$(consumer_sub "$c" "$w")
+    if [ "$c" = native ]; then
+      tgt native -c "CREATE SUBSCRIPTION $sub CONNECTION '$SRC_CONN' PUBLICATION p_$w WITH (copy_data = false)"
+      bench_wait native "SELECT count(*) > 0 FROM pg_stat_subscription WHERE subname = '$sub' AND pid IS NOT NULL" 0.1
+      tgt native -c "ALTER SUBSCRIPTION $sub DISABLE"
+      NATIVE_DISABLED_AT=$(tgt native -c "SELECT now()")
+    else
+      tgt "$c" -c "SELECT livesync_start(source => '$SRC_CONN', publication => 'p_$w', subscription => '$sub', copy_data => false)" >/dev/null
+      bench_wait "$c" "SELECT coalesce(bool_and(state = 'r'), false) AND count(*) > 1 FROM livesync.subscription_rel WHERE subname = '$sub'" 0.1 \
+        || { livesync_failure "$c"; die "livesync $sub did not become ready"; }
+      tgt "$c" -c "SELECT livesync_stop('$sub')" >/dev/null
+    fi
+  done
+  local n; n=$(echo $WL_CONSUMERS | wc -w)
+  for i in $(seq 1 300); do
+    [ "$(src -c "SELECT count(*) FILTER (WHERE NOT active) FROM pg_replication_slots WHERE slot_name LIKE 'b\_${w}\_%'")" = "$n" ] && return
+    sleep 0.2
+  done
+  die "slots of $w not all present and inactive: $(src -c "SELECT string_agg(slot_name || ':' || active, ',') FROM pg_replication_slots")"
+}
+
+# Drain one consumer's backlog: start it, wait for marker $MARK, check, drop.
+consumer_drain() {  # consumer workload round
+  local c=$1 w=$2 r=$3 db sub t0 t1 got
+  db=$(consumer_db "$c"); sub=$(consumer_sub "$c" "$w")
   tgt "$db" -c "CHECKPOINT"
-  start_sampler "$BENCH_DIR/rss-apply-$label.tsv"
-  t0=$(now)
-  tgt "$db" -c "SELECT livesync_start(source => '$SRC_CONN', publication => 'p_ev', subscription => '$sub', copy_data => false)" >/dev/null
-  if ! bench_wait "$db" "SELECT count(*) >= $BENCH_TXNS FROM ev" 0.2; then
-    stop_sampler; livesync_failure "$db"; die "livesync apply ($label) did not catch up"
+  if [ "$c" = native ]; then
+    # PG15's launcher starts no worker within wal_retrieve_retry_interval (5 s) of its last
+    # start: let that pass so the timing does not include the wait.
+    sleep "$(tgt native -c "SELECT greatest(0, 6 - extract(epoch FROM now() - '$NATIVE_DISABLED_AT'::timestamptz))")"
+    start_sampler "$BENCH_DIR/rss-$w-$c-$r.tsv"
+    t0=$(now)
+    tgt native -c "ALTER SUBSCRIPTION $sub ENABLE"
+    perf_start "logical replication worker" "$w-$c-$r"
+    bench_wait native "SELECT EXISTS (SELECT FROM bench_marker WHERE id = $MARK)" 0.05
+  else
+    start_sampler "$BENCH_DIR/rss-$w-$c-$r.tsv"
+    t0=$(now)
+    tgt "$db" -c "SELECT livesync_start(source => '$SRC_CONN', publication => 'p_$w', subscription => '$sub', copy_data => false)" >/dev/null
+    perf_start "livesync apply" "$w-$c-$r"
+    bench_wait "$db" "SELECT EXISTS (SELECT FROM bench_marker WHERE id = $MARK)" 0.05 \
+      || { stop_sampler; livesync_failure "$db"; die "livesync $sub did not catch up"; }
   fi
   t1=$(now)
   stop_sampler
-  APPLY_S[$label]=$(elapsed "$t0" "$t1")
-  APPLY_RSS[$label]=$(rss_summary "$BENCH_DIR/rss-apply-$label.tsv" "livesync apply")
-  check_ev "$db" "$label"
-  tgt "$db" -c "SELECT livesync_drop('$sub')" >/dev/null
-  log "apply $label: ${APPLY_S[$label]} s"
+  perf_stop
+  APPLY_T[$w,$c]="${APPLY_T[$w,$c]:-} $(elapsed "$t0" "$t1")"
+  local pat="logical replication"; [ "$c" = native ] || pat="livesync apply"
+  local rss; rss=$(rss_summary "$BENCH_DIR/rss-$w-$c-$r.tsv" "$pat" | cut -d/ -f2)
+  [ -n "${APPLY_RSS[$w,$c]:-}" ] && [ "${APPLY_RSS[$w,$c]}" != - ] && [ "$rss" != - ] && [ "${APPLY_RSS[$w,$c]}" -gt "$rss" ] && rss=${APPLY_RSS[$w,$c]}
+  APPLY_RSS[$w,$c]=$rss
+  got=$(tgt "$db" -c "$WL_CHECK")
+  if [ "$got" = "$WL_SRC_CHECK" ]; then STATUS[apply_${w}_$c]=${STATUS[apply_${w}_$c]:-ok}
+  else STATUS[apply_${w}_$c]="MISMATCH round $r: target=$got source=$WL_SRC_CHECK"; log "apply $w $c: ${STATUS[apply_${w}_$c]}"; fi
+  if [ "$c" = native ]; then tgt native -c "DROP SUBSCRIPTION $sub" >/dev/null
+  else tgt "$db" -c "SELECT livesync_drop('$sub')" >/dev/null; fi
+  log "apply $w round $r: $c $(elapsed "$t0" "$t1") s"
 }
-livesync_apply ls_plain livesync_plain bench_ev_plain
-livesync_apply ls_hyper livesync_hyper bench_ev_ht
+
+# BENCH_PERF=1: `perf record -g` the apply worker and the walsender of each drain
+# ($BENCH_DIR/perf-<workload>-<consumer>-<round>-{apply,walsender}.data).
+PERF_PIDS=
+perf_start() {  # process title pattern, tag
+  [ "${BENCH_PERF:-0}" = 1 ] || return 0
+  local p ws
+  for i in $(seq 1 100); do p=$(pgrep -f "$1" | head -1); [ -n "$p" ] && break; sleep 0.02; done
+  for i in $(seq 1 100); do ws=$(pgrep -f "walsender.*127.0.0.1" | head -1); [ -n "$ws" ] && break; sleep 0.02; done
+  [ -n "$p" ] && { perf record -F 2000 -g -p "$p" -o "$BENCH_DIR/perf-$2-apply.data" >/dev/null 2>&1 & PERF_PIDS="$PERF_PIDS $!"; }
+  [ -n "$ws" ] && { perf record -F 2000 -g -p "$ws" -o "$BENCH_DIR/perf-$2-walsender.data" >/dev/null 2>&1 & PERF_PIDS="$PERF_PIDS $!"; }
+  return 0
+}
+perf_stop() {
+  [ -n "$PERF_PIDS" ] || return 0
+  kill -INT $PERF_PIDS 2>/dev/null || true
+  wait $PERF_PIDS 2>/dev/null || true
+  PERF_PIDS=
+}
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "n/a"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.2f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+
+if want apply; then
+  for w in $BENCH_WORKLOADS; do
+    for r in $(seq 1 "$BENCH_ROUNDS"); do
+      workload_setup "$w"
+      APPLY_DESC[$w]=$WL_DESC
+      APPLY_CONSUMERS_OF[$w]=$WL_CONSUMERS
+      APPLY_N[$w]=$WL_CHANGES
+      consumers_create "$w"
+      log "apply $w round $r: writing the backlog: $WL_DESC (pgbench, $PGBENCH_CLIENTS clients)"
+      per_client=$(( (WL_TXNS + PGBENCH_CLIENTS - 1) / PGBENCH_CLIENTS ))
+      if [ -n "$WL_SCRIPT" ]; then script=(-f "$WL_SCRIPT"); else script=(-b tpcb-like); fi
+      PGOPTIONS='-c synchronous_commit=off' "$PG_BIN/pgbench" -n -h 127.0.0.1 -p "$SRC_PORT" -U postgres \
+        -c "$PGBENCH_CLIENTS" -j 2 -t "$per_client" "${script[@]}" bench >"$BENCH_DIR/pgbench.log" 2>&1 \
+        || { cat "$BENCH_DIR/pgbench.log"; die "pgbench ($w)"; }
+      MARK=$((MARK + 1))
+      src -c "INSERT INTO bench_marker VALUES ($MARK)"
+      WL_SRC_CHECK=$(src -c "$WL_CHECK")
+      for c in $WL_CONSUMERS; do consumer_drain "$c" "$w" "$r"; done
+    done
+  done
+fi
 
 # ------------------------------------------------------------------------------------------
-# 3. Report
+# 3. Sustained load
+# ------------------------------------------------------------------------------------------
+# pgbench TPC-B at fixed rates (-R), BENCH_SUSTAIN_S seconds each, one consumer at a time
+# following it live. Lag = the source's current WAL position minus the position the target
+# committed (its replication origin), sampled every 0.25 s. A rate is kept up with when
+# pgbench reached 95 % of it and, in every 5 s window of the run's second half, the lag came
+# back under 1 MB ("returns to near zero between bursts"). Climbs until a rate is not.
+declare -A SUS_RES SUS_MAX
+# lag_sampler CONSUMER SUB OUT: origin of the consumer's subscription on the target.
+lag_sampler() {
+  local c=$1 sub=$2 out=$3 db origin_q
+  db=$(consumer_db "$c")
+  if [ "$c" = native ]; then
+    origin_q="SELECT remote_lsn FROM pg_replication_origin_status WHERE external_id = 'pg_' || (SELECT oid FROM pg_subscription WHERE subname = '$sub')"
+  else
+    origin_q="SELECT remote_lsn FROM pg_replication_origin_status WHERE external_id = 'livesync_' || (SELECT oid FROM pg_database WHERE datname = current_database()) || '_' || (SELECT subid FROM livesync.sync WHERE subname = '$sub')"
+  fi
+  (
+    while :; do
+      # The target's position first: the source's, read after it, is never behind it.
+      o=$(tgt "$db" -c "$origin_q") || o=
+      s=$(src -c "SELECT pg_current_wal_lsn()") || s=
+      [ -n "$s" ] && [ -n "$o" ] && [ "$o" != 0/0 ] && printf '%s\t%s\n' "$(date +%s.%N)" "$(src -c "SELECT pg_wal_lsn_diff('$s', '$o')::bigint")"
+      sleep 0.25
+    done
+  ) >"$out" 2>/dev/null &
+  LAG_PID=$!
+}
+sustain_consumer() {  # consumer
+  local c=$1 db sub rate out tps ok p50 p99 drain t0
+  db=$(consumer_db "$c"); sub=$(consumer_sub "$c" sustain)
+  workload_setup tpcb
+  src -c "DROP PUBLICATION IF EXISTS p_sustain" -c "ALTER PUBLICATION p_tpcb RENAME TO p_sustain"
+  if [ "$c" = native ]; then
+    tgt native -c "CREATE SUBSCRIPTION $sub CONNECTION '$SRC_CONN' PUBLICATION p_sustain WITH (copy_data = false)"
+    bench_wait native "SELECT count(*) > 0 FROM pg_stat_subscription WHERE subname = '$sub' AND latest_end_lsn IS NOT NULL" 0.1
+  else
+    tgt "$db" -c "SELECT livesync_start(source => '$SRC_CONN', publication => 'p_sustain', subscription => '$sub', copy_data => false)" >/dev/null
+    bench_wait "$db" "SELECT coalesce(bool_and(state = 'r'), false) AND count(*) > 1 FROM livesync.subscription_rel WHERE subname = '$sub'" 0.1
+  fi
+  SUS_MAX[$c]=0
+  start_sampler "$BENCH_DIR/rss-sustain-$c.tsv"
+  for rate in $BENCH_RATES; do
+    out=$BENCH_DIR/lag-$c-$rate.tsv
+    lag_sampler "$c" "$sub" "$out"
+    t0=$(now)
+    PGOPTIONS='-c synchronous_commit=off' "$PG_BIN/pgbench" -n -h 127.0.0.1 -p "$SRC_PORT" -U postgres -c 8 -j 2 -R "$rate" \
+      -T "$BENCH_SUSTAIN_S" -b tpcb-like bench >"$BENCH_DIR/pgbench-R$rate.log" 2>&1 || { cat "$BENCH_DIR/pgbench-R$rate.log"; die "pgbench -R $rate"; }
+    # Drain: until the lag is under 1 MB again.
+    local d0; d0=$(now)
+    for i in $(seq 1 1200); do
+      l=$(tail -1 "$out" | cut -f2); [ -n "$l" ] && [ "$l" -lt 1048576 ] && break; sleep 0.25
+    done
+    drain=$(elapsed "$d0" "$(now)")
+    kill "$LAG_PID" 2>/dev/null; wait "$LAG_PID" 2>/dev/null || true
+    tps=$(awk '/^tps = / { printf "%.0f", $3 }' "$BENCH_DIR/pgbench-R$rate.log")
+    # Samples taken while pgbench ran: p50/p99 over all, and the bounded test on the 2nd half.
+    awk -F'\t' -v t0="$t0" -v dur="$BENCH_SUSTAIN_S" '$1 - t0 <= dur { print $2 }' "$out" | sort -n >"$out.sorted"
+    n=$(wc -l <"$out.sorted")
+    pct() { [ "$n" -gt 0 ] && sed -n "$(( (n * $1 + 99) / 100 ))p" "$out.sorted" | awk '{ printf "%.0f", $1 / 1024 }' || echo -; }
+    p50=$(pct 50); p99=$(pct 99)
+    # Bounded: in every 5 s window of the run's second half the lag came under 1 MB.
+    ok=$(awk -F'\t' -v t0="$t0" -v dur="$BENCH_SUSTAIN_S" '
+      $1 - t0 <= dur && $1 - t0 >= dur / 2 { w = int(($1 - t0 - dur / 2) / 5); seen[w] = 1; if ($2 < 1048576) low[w] = 1 }
+      END { ok = 0; for (k in seen) { ok = 1 } for (k in seen) if (!(k in low)) ok = 0; print ok }' "$out")
+    [ "$tps" -ge $((rate * 95 / 100)) ] || ok=0
+    SUS_RES[$c,$rate]="$(printf '%6s %9s %9s %9s %6s' "$tps" "$p50" "$p99" "$drain" "$([ "$ok" = 1 ] && echo yes || echo no)")"
+    log "sustain $c -R $rate: tps $tps, lag p50 ${p50} kB p99 ${p99} kB, drained in ${drain} s, kept up: $ok"
+    [ "$ok" = 1 ] || break
+    SUS_MAX[$c]=$rate
+  done
+  stop_sampler
+  SUS_RSS[$c]=$(rss_summary "$BENCH_DIR/rss-sustain-$c.tsv" "$([ "$c" = native ] && echo "logical replication" || echo "livesync apply")" | cut -d/ -f2)
+  WL_SRC_CHECK=$(src -c "$CHECK_TPCB")
+  bench_wait "$db" "SELECT ($CHECK_TPCB) = '$WL_SRC_CHECK'" 0.2 >/dev/null 2>&1 || true
+  got=$(tgt "$db" -c "$CHECK_TPCB")
+  if [ "$got" = "$WL_SRC_CHECK" ]; then STATUS[sustain_$c]=ok; else STATUS[sustain_$c]="MISMATCH target=$got source=$WL_SRC_CHECK"; fi
+  if [ "$c" = native ]; then tgt native -c "DROP SUBSCRIPTION $sub" >/dev/null
+  else tgt "$db" -c "SELECT livesync_drop('$sub')" >/dev/null; fi
+}
+declare -A SUS_RSS
+if want sustain; then
+  for c in native ls_plain; do sustain_consumer "$c"; done
+fi
+
+# ------------------------------------------------------------------------------------------
+# 4. Report
 # ------------------------------------------------------------------------------------------
 [ "$(md5sum "$LS_SO" | cut -c1-12)" = "$LS_MD5" ] || LS_BUILD="$LS_BUILD; WARNING: the file was replaced during the run (now $(ls_so_id)): the target ran the one loaded at its start"
 # Known, expected lines: the Apache-licensed TimescaleDB's job error, native workers ended by DISABLE/DROP.
@@ -477,50 +677,75 @@ TOTAL_S=$(( $(date +%s) - RUN_START ))
   echo "machine:  $(nproc) CPU cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/^Mem/ {print $2}') GB RAM, $(uname -r)"
   echo "postgres: $(src -c 'SHOW server_version' | cut -d' ' -f1); timescaledb $(tgt ls_hyper -c "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"); livesync $(tgt ls_plain -c "SELECT extversion FROM pg_extension WHERE extname = 'livesync'")"
   echo "livesync.so: $LS_SO ($LS_BUILD)"
-  echo "both:     shared_buffers=1GB max_wal_size=8GB checkpoint_timeout=30min fsync=on synchronous_commit=on, on 127.0.0.1 (TCP)"
+  echo "both:     shared_buffers=1GB max_wal_size=8GB checkpoint_timeout=30min fsync=on synchronous_commit=on (pgbench: off), on 127.0.0.1 (TCP)"
   echo "source:   wal_level=logical max_replication_slots=20 max_wal_senders=20"
   echo "target:   shared_preload_libraries='timescaledb,livesync' max_worker_processes=32 wal_level=replica (default)"
   echo "          livesync GUCs: $(tgt ls_plain -c "SELECT string_agg(name || '=' || setting, ' ' ORDER BY name) FROM pg_settings WHERE name LIKE 'livesync.%'")"
   echo
-  echo "1. INITIAL COPY of big: $BIG_ROWS rows, heap $BIG_HEAP_MB MB (pg_relation_size), $BIG_TOTAL_MB MB with PK index"
-  echo "   timed from CREATE SUBSCRIPTION / livesync_start to state 'r'; MB/s = source heap MB / s"
-  printf '   %-38s %9s %9s %12s %9s  %-22s %s\n' "" "seconds" "MB/s" "rows/s" "ratio**" "worker RssAnon MB*" "check"
-  for k in $COPY_KEYS; do
-    case $k in
-      native) n="native subscription -> plain"; base=native;;
-      pipe_plain) n="psql COPY pipe -> plain table"; base=native;;
-      pipe_hyper) n="psql COPY pipe -> hypertable"; base=pipe_hyper;;
-      livesync_plain_text) n="livesync -> plain, 2 workers, text"; base=native;;
-      livesync_hyper_text) n="livesync -> hypertable, 2 workers, text"; base=pipe_hyper;;
-      livesync_plain_*) n="livesync -> plain, ${k##*_} worker(s)"; base=native;;
-      livesync_hyper_*) n="livesync -> hypertable, ${k##*_} worker(s)"; base=pipe_hyper;;
-    esac
-    printf '   %-38s %9s %9s %12s %9s  %-22s %s\n' "$n" "${COPY_S[$k]}" "$(div "$BIG_HEAP_MB" "${COPY_S[$k]}")" \
-      "$(div "$BIG_ROWS" "${COPY_S[$k]}" %.0f)" "$(div "${COPY_S[$k]}" "${COPY_S[$base]}" %.2f)" "${COPY_RSS[$k]}" "${STATUS[copy_$k]}"
-  done
-  echo "   ** time / time of native tablesync (plain rows) or of the psql COPY pipe into the same hypertable"
-  echo "   where the time goes (psql alone, same tables):"
-  echo "     source COPY TO /dev/null: text ${PART_S[read_text]} s, binary ${PART_S[read_binary]} s"
-  echo "     pipe -> plain: text ${COPY_S[pipe_plain]} s, binary ${PART_S[pipe_binary_plain]} s"
-  echo "     pipe -> hypertable: with its ts index ${COPY_S[pipe_hyper]} s; without it ${PART_S[pipe_hyper_noindex]} s + CREATE INDEX afterwards ${PART_S[index_after]} s"
-  echo "   hypertable: $HYPER_CHUNKS chunks, $HYPER_ROOT_ROWS rows in the root table (must be 0)"
-  echo
-  echo "2. APPLY OF A BACKLOG: $BENCH_TXNS single-row INSERT transactions into ev, $(div "$BACKLOG_WAL" 1048576) MB of WAL"
-  echo "   (written by pgbench -c $PGBENCH_CLIENTS in $BACKLOG_S s while every consumer was stopped),"
-  echo "   timed from ALTER SUBSCRIPTION ENABLE / livesync_start until count(*) on the target = $BENCH_TXNS"
-  printf '   %-34s %9s %12s  %-22s %s\n' "" "seconds" "rows/s" "worker RssAnon MB*" "check"
-  for k in native livesync_plain livesync_hyper; do
-    case $k in native) n="native subscription -> plain";; livesync_plain) n="livesync -> plain table";; livesync_hyper) n="livesync -> hypertable (1 day)";; esac
-    printf '   %-34s %9s %12s  %-22s %s\n' "$n" "${APPLY_S[$k]}" "$(div "$BENCH_TXNS" "${APPLY_S[$k]}" %.0f)" \
-      "${APPLY_RSS[$k]}" "${STATUS[apply_$k]}"
-  done
-  echo
+  if want copy; then
+    echo "1. INITIAL COPY of big: $BIG_ROWS rows, heap $BIG_HEAP_MB MB (pg_relation_size), $BIG_TOTAL_MB MB with PK index"
+    echo "   timed from CREATE SUBSCRIPTION / livesync_start to state 'r'; MB/s = source heap MB / s"
+    printf '   %-38s %9s %9s %12s %9s  %-22s %s\n' "" "seconds" "MB/s" "rows/s" "ratio**" "worker RssAnon MB*" "check"
+    for k in $COPY_KEYS; do
+      case $k in
+        native) n="native subscription -> plain"; base=native;;
+        pipe_plain) n="psql COPY pipe -> plain table"; base=native;;
+        pipe_hyper) n="psql COPY pipe -> hypertable"; base=pipe_hyper;;
+        livesync_plain_text) n="livesync -> plain, 2 workers, text"; base=native;;
+        livesync_hyper_text) n="livesync -> hypertable, 2 workers, text"; base=pipe_hyper;;
+        livesync_plain_*) n="livesync -> plain, ${k##*_} worker(s)"; base=native;;
+        livesync_hyper_*) n="livesync -> hypertable, ${k##*_} worker(s)"; base=pipe_hyper;;
+      esac
+      printf '   %-38s %9s %9s %12s %9s  %-22s %s\n' "$n" "${COPY_S[$k]}" "$(div "$BIG_HEAP_MB" "${COPY_S[$k]}")" \
+        "$(div "$BIG_ROWS" "${COPY_S[$k]}" %.0f)" "$(div "${COPY_S[$k]}" "${COPY_S[$base]}" %.2f)" "${COPY_RSS[$k]}" "${STATUS[copy_$k]}"
+    done
+    echo "   ** time / time of native tablesync (plain rows) or of the psql COPY pipe into the same hypertable"
+    echo "   where the time goes (psql alone, same tables):"
+    echo "     source COPY TO /dev/null: text ${PART_S[read_text]} s, binary ${PART_S[read_binary]} s"
+    echo "     pipe -> plain: text ${COPY_S[pipe_plain]} s, binary ${PART_S[pipe_binary_plain]} s"
+    echo "     pipe -> hypertable: with its ts index ${COPY_S[pipe_hyper]} s; without it ${PART_S[pipe_hyper_noindex]} s + CREATE INDEX afterwards ${PART_S[index_after]} s"
+    echo "   hypertable: $HYPER_CHUNKS chunks, $HYPER_ROOT_ROWS rows in the root table (must be 0)"
+    echo
+  fi
+  if want apply; then
+    echo "2. APPLY OF A BACKLOG, per workload: seconds from ALTER SUBSCRIPTION ENABLE / livesync_start"
+    echo "   until the marker written after the backlog is on the target; median of $BENCH_ROUNDS round(s)"
+    echo "   (every round's time in brackets); ratio = livesync / native (hypertable: / livesync plain)"
+    printf '   %-10s %-10s %9s %10s %7s  %-24s %9s  %s\n' "workload" "consumer" "seconds" "changes/s" "ratio" "rounds" "peak MB*" "check"
+    for w in $BENCH_WORKLOADS; do
+      echo "   $w: ${APPLY_DESC[$w]}"
+      for c in ${APPLY_CONSUMERS_OF[$w]}; do
+        med=$(echo "${APPLY_T[$w,$c]}" | median)
+        case $c in native) ratio=-;; ls_plain) ratio=$(div "$med" "$(echo "${APPLY_T[$w,native]}" | median)" %.2f);;
+          ls_hyper) ratio=$(div "$med" "$(echo "${APPLY_T[$w,ls_plain]}" | median)" %.2f);; esac
+        printf '   %-10s %-10s %9s %10s %7s  %-24s %9s  %s\n' "" "$c" "$med" "$(div "${APPLY_N[$w]}" "$med" %.0f)" "$ratio" \
+          "[$(echo ${APPLY_T[$w,$c]} | tr ' ' ',')]" "${APPLY_RSS[$w,$c]}" "${STATUS[apply_${w}_$c]}"
+      done
+    done
+    echo "   changes/s: row changes of the backlog / seconds; peak MB: the apply worker's peak RssAnon"
+    echo
+  fi
+  if want sustain; then
+    echo "3. SUSTAINED LOAD: pgbench TPC-B -R rate for $BENCH_SUSTAIN_S s, one consumer following live;"
+    echo "   lag = source WAL position - target origin position, every 0.25 s; kept up = pgbench reached 95 %"
+    echo "   of the rate and the lag came under 1 MB in every 5 s window of the run's second half"
+    printf '   %-10s %7s %6s %9s %9s %9s %6s\n' "consumer" "rate" "tps" "p50 kB" "p99 kB" "drain s" "kept"
+    for c in native ls_plain; do
+      for rate in $BENCH_RATES; do
+        [ -n "${SUS_RES[$c,$rate]:-}" ] && printf '   %-10s %7s %s\n' "$c" "$rate" "${SUS_RES[$c,$rate]}"
+      done
+      echo "   $c: highest rate kept up with: ${SUS_MAX[$c]} tps; peak RssAnon ${SUS_RSS[$c]} MB; tables equal afterwards: ${STATUS[sustain_$c]}"
+    done
+    echo
+  fi
   echo "   * first/max/last RssAnon (private memory, MB) of the worker processes sampled every 0.25 s"
   echo "     (copy: all livesync / logical replication workers; apply: the apply worker)"
   echo
-  echo "livesync's own log lines about the copies:"
-  grep livesync "$BENCH_DIR/target.log" | grep -E 'copied|caught up|is ready' | sed 's/^/   /'
-  echo
+  if want copy; then
+    echo "livesync's own log lines about the copies:"
+    grep livesync "$BENCH_DIR/target.log" | grep -E 'copied|caught up|is ready' | sed 's/^/   /' || true
+    echo
+  fi
   echo "target server log: $TARGET_ERRORS unexpected WARNING/ERROR/FATAL/PANIC lines (ignored as expected: $BENIGN)"
   head -30 "$BENCH_DIR/target-errors.txt" | sed 's/^/   /'
 } | tee "$RESULTS"

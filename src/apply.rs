@@ -1,20 +1,26 @@
 //! Decoded changes -> rows on the target, through SPI.
 //!
 //! Speed is designed in (shared/DESIGN.md):
-//! - one prepared plan per (relation, kind of change, set of unchanged-TOAST columns),
-//!   kept across transactions; no SQL text is built per row;
-//! - runs of INSERTs into one table are buffered and written by one statement,
-//!   `INSERT ... SELECT CAST(u.aN AS type) ... FROM ROWS FROM (pg_catalog.unnest($1), ...)`, which the
-//!   executor routes into hypertable chunks (a direct COPY into the root would not);
+//! - changes are buffered per table in runs of one kind, and each run is written by one
+//!   statement (see "Runs" in [`Applier`]): INSERTs as
+//!   `INSERT ... SELECT CAST(u.aN AS type) ... FROM ROWS FROM (pg_catalog.unnest($1), ...)`,
+//!   which the executor routes into hypertable chunks (a direct COPY into the root would
+//!   not); UPDATEs as one `UPDATE ... FROM ROWS FROM (unnest ...)` joined by key, with a
+//!   row updated several times written once with its newest image; DELETEs as one
+//!   `DELETE ... USING ROWS FROM (unnest ...)`;
+//! - one prepared plan per (relation, statement, set of columns), kept across
+//!   transactions; no SQL text is built per row;
 //! - values travel as text, exactly as the source printed them, and are converted by the
 //!   target's input functions, as COPY and native logical replication do.
 //!
+//! Changes that cannot join a run (a changed key, REPLICA IDENTITY FULL without a target
+//! key, tables with triggers that fire during apply) are applied one at a time, in order.
 //! The initial copy (`worker::tablesync`) feeds its rows through the same buffered insert.
 //! The caller (a worker) decides which changes to apply and owns transactions; every
 //! method here must run inside a transaction.
 
 use crate::error::{Error, Result};
-use crate::pgoutput::{Datum, OldKind, RelId, Relation, ReplicaIdentity, TupleData};
+use crate::pgoutput::{Datum, Lsn, OldKind, RelId, Relation, ReplicaIdentity, TupleData, Xid};
 use crate::relmap::{self, Mapping, Target};
 use bytes::Bytes;
 use pgrx::datum::DatumWithOid;
@@ -27,11 +33,11 @@ use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-/// Rows buffered for one multi-row INSERT before it is flushed...
-const INSERT_BATCH: usize = 2000;
-/// ... or bytes of values: wide rows must not build arrays near PostgreSQL's 1 GB
-/// allocation limit, and the worker's memory stays bounded.
-const INSERT_BATCH_BYTES: usize = 8 << 20;
+/// Rows buffered in one run before it is flushed...
+const RUN_ROWS: usize = 2000;
+/// ... or bytes of values, over every table's run: wide rows must not build arrays near
+/// PostgreSQL's 1 GB allocation limit, and the worker's memory stays bounded.
+const PENDING_BYTES: usize = 8 << 20;
 
 thread_local! {
     /// Relations invalidated since the applier last looked (relcache callback).
@@ -44,14 +50,61 @@ unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys
     INVALIDATED.with(|v| v.borrow_mut().push(relid));
 }
 
-/// One buffered run of INSERTs into one relation, column-major.
-struct Pending {
-    relid: RelId,
-    cols: Vec<Vec<Option<Bytes>>>,
-    rows: usize,
-    bytes: usize,
+/// The source transaction a change comes from, for an error's context.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Origin {
+    pub xid: Option<Xid>,
+    /// Its finish (commit) LSN; 0: outside a source transaction.
+    pub finish_lsn: Lsn,
 }
 
+/// What a run that failed to flush held: its kind of change, its relation, and its
+/// source transaction (None: rows of several, which an error cannot be pinned on).
+#[derive(Clone, Copy, Debug)]
+pub struct RunContext {
+    pub action: &'static str,
+    pub rel: RelId,
+    pub origin: Option<Origin>,
+}
+
+/// Buffered changes of one kind to one source relation, written by one statement.
+enum Body {
+    /// New rows, column-major.
+    Insert { cols: Vec<Vec<Option<Bytes>>> },
+    /// Rows to update, by key: the newest image of each row (remote column order) and
+    /// how many source UPDATEs it stands for. Every row SETs the same columns.
+    Update {
+        set: Vec<bool>,
+        index: HashMap<Vec<Bytes>, usize>,
+        rows: Vec<(Vec<Datum>, u32)>,
+    },
+    /// Keys of rows to delete, column-major (the mapping's key columns).
+    Delete { keys: Vec<Vec<Bytes>> },
+}
+
+impl Body {
+    fn action(&self) -> &'static str {
+        match self {
+            Body::Insert { .. } => "INSERT",
+            Body::Update { .. } => "UPDATE",
+            Body::Delete { .. } => "DELETE",
+        }
+    }
+}
+
+struct Run {
+    relid: RelId,
+    /// The target table (runs of two source relations into one table keep their order).
+    local_oid: pg_sys::Oid,
+    body: Body,
+    rows: usize,
+    /// Bytes of values it holds (counted in `Applier::pending_bytes`).
+    bytes: usize,
+    /// The source transaction of its changes; None once they come from several.
+    origin: Option<Origin>,
+}
+
+/// Applies decoded changes, batching them (see the module header and [`Applier::insert`]).
 #[derive(Default)]
 pub struct Applier {
     remote: HashMap<RelId, Relation>,
@@ -62,21 +115,33 @@ pub struct Applier {
     update_plans: HashMap<RelId, HashMap<Vec<bool>, OwnedPreparedStatement>>,
     /// Per relation, per set of NULL key values (REPLICA IDENTITY FULL only).
     delete_plans: HashMap<RelId, HashMap<Vec<bool>, OwnedPreparedStatement>>,
-    pending: Option<Pending>,
+    /// Batched UPDATE (per set of SET columns) and DELETE statements.
+    update_run_plans: HashMap<RelId, HashMap<Vec<bool>, OwnedPreparedStatement>>,
+    delete_run_plans: HashMap<RelId, OwnedPreparedStatement>,
+    /// Buffered changes, at most one run per source relation, in the order they began.
+    runs: Vec<Run>,
+    /// Bytes of values buffered in `runs`.
+    pending_bytes: usize,
+    /// The source transaction of the changes being handed in (set by the stream).
+    pub current: Origin,
+    /// The run whose flush is under way (an error now comes from its rows).
+    flushing_run: Option<RunContext>,
     /// Conflicts since [`Applier::take_missing`]: rows to update or delete not found.
     update_missing: u64,
     delete_missing: u64,
     /// `add_columns`: a column the source has and the target table lacks is added.
     pub add_columns: bool,
-    /// A flush of buffered INSERTs is under way (an error now comes from those rows).
-    pub flushing: bool,
     /// The target table (schema, name) of each source relation the caller told us about;
     /// others go to the table of the source's schema and name.
     targets: HashMap<RelId, (String, String)>,
 }
 
 fn prepare(sql: &str, nargs: usize, argtype: pg_sys::Oid) -> Result<OwnedPreparedStatement> {
-    let types = vec![pgrx::PgOid::from(argtype); nargs];
+    prepare_typed(sql, &vec![argtype; nargs])
+}
+
+fn prepare_typed(sql: &str, types: &[pg_sys::Oid]) -> Result<OwnedPreparedStatement> {
+    let types: Vec<_> = types.iter().map(|t| pgrx::PgOid::from(*t)).collect();
     Ok(Spi::connect(|c| {
         c.prepare_mut(sql, &types).map(|p| p.keep())
     })?)
@@ -120,7 +185,7 @@ impl Applier {
     pub fn set_target(&mut self, relid: RelId, schema: &str, name: &str) {
         let t = (schema.to_string(), name.to_string());
         if self.targets.get(&relid) != Some(&t) {
-            debug_assert!(self.pending_relid() != Some(relid));
+            debug_assert!(!self.runs.iter().any(|r| r.relid == relid));
             self.targets.insert(relid, t);
             self.forget(relid);
         }
@@ -165,6 +230,8 @@ impl Applier {
         self.insert_plans.remove(&relid);
         self.delete_plans.remove(&relid);
         self.update_plans.remove(&relid);
+        self.update_run_plans.remove(&relid);
+        self.delete_run_plans.remove(&relid);
     }
 
     /// Drop mappings and plans of target tables that changed (ALTER TABLE, new chunks...).
@@ -248,6 +315,141 @@ impl Applier {
         Ok(())
     }
 
+    // ---- Runs -----------------------------------------------------------------------
+    //
+    // Changes are buffered per source relation in a run of one kind (INSERT, UPDATE or
+    // DELETE) and written by one statement per run. Within a table, changes keep their
+    // source order: a change of another kind first writes the table's run. Across tables
+    // they need not: the target transaction commits them together, replica mode fires no
+    // foreign-key triggers, and no constraint spans two tables. Except where the order
+    // can be seen: a table with triggers that fire during apply (every other run is
+    // written before its changes, which are applied one at a time), and two source
+    // relations writing into one target table (the chunks of one hypertable, where a row
+    // moving between chunks is a DELETE in one and an INSERT in the other).
+    //
+    // An UPDATE run keeps one image per key: a row updated again in the same run gets the
+    // newer image (what the source's row became), so a hot row is written once per run
+    // instead of once per source UPDATE, which also keeps it from growing a chain of row
+    // versions that every later lookup in the transaction would walk.
+
+    /// Make room for a change of `kind` to `relid`: write what must come before it.
+    fn prepare_run(&mut self, relid: RelId, m: &Mapping, kind: &'static str) -> Result<()> {
+        let ordered = m.triggers
+            || self
+                .runs
+                .iter()
+                .any(|r| r.relid != relid && self.run_has_triggers(r));
+        let conflicting: Vec<RelId> = self
+            .runs
+            .iter()
+            .filter(|r| {
+                (r.relid == relid && r.body.action() != kind)
+                    || (r.relid != relid && (ordered || r.local_oid == m.local_oid))
+            })
+            .map(|r| r.relid)
+            .collect();
+        for r in conflicting {
+            self.flush_relid(r)?;
+        }
+        Ok(())
+    }
+
+    fn run_has_triggers(&self, r: &Run) -> bool {
+        self.maps.get(&r.relid).is_none_or(|m| m.triggers)
+    }
+
+    /// The run of `relid` (created empty with `body` if there is none).
+    fn run_mut(
+        &mut self,
+        relid: RelId,
+        local_oid: pg_sys::Oid,
+        body: impl FnOnce() -> Body,
+    ) -> &mut Run {
+        let origin = self.current;
+        let i = match self.runs.iter().position(|r| r.relid == relid) {
+            Some(i) => i,
+            None => {
+                self.runs.push(Run {
+                    relid,
+                    local_oid,
+                    body: body(),
+                    rows: 0,
+                    bytes: 0,
+                    origin: Some(origin),
+                });
+                self.runs.len() - 1
+            }
+        };
+        let run = &mut self.runs[i];
+        if run.origin != Some(origin) {
+            run.origin = None;
+        }
+        run
+    }
+
+    /// After a change was added to the run of `relid`: write it when it is full.
+    fn after_push(&mut self, relid: RelId, bytes: usize) -> Result<()> {
+        self.pending_bytes += bytes;
+        let mut full = false;
+        if let Some(r) = self.runs.iter_mut().find(|r| r.relid == relid) {
+            r.bytes += bytes;
+            full = r.rows >= RUN_ROWS;
+        }
+        if full {
+            self.flush_relid(relid)?;
+        }
+        if self.pending_bytes >= PENDING_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Write every buffered change. Must be called before commit.
+    pub fn flush(&mut self) -> Result<()> {
+        while let Some(run) = (!self.runs.is_empty()).then(|| self.runs.remove(0)) {
+            self.flush_run(run)?;
+        }
+        Ok(())
+    }
+
+    fn flush_relid(&mut self, relid: RelId) -> Result<()> {
+        if let Some(i) = self.runs.iter().position(|r| r.relid == relid) {
+            let run = self.runs.remove(i);
+            self.flush_run(run)?;
+        }
+        Ok(())
+    }
+
+    /// Forget buffered changes (their transaction was aborted).
+    pub fn discard(&mut self) {
+        self.runs.clear();
+        self.pending_bytes = 0;
+    }
+
+    /// What the failing flush held, while one is under way (None: the error comes from
+    /// the change being handed in).
+    pub fn flushing(&self) -> Option<RunContext> {
+        self.flushing_run
+    }
+
+    fn flush_run(&mut self, run: Run) -> Result<()> {
+        self.pending_bytes -= run.bytes;
+        self.flushing_run = Some(RunContext {
+            action: run.body.action(),
+            rel: run.relid,
+            origin: run.origin,
+        });
+        let r = match run.body {
+            Body::Insert { cols } => self.flush_inserts(run.relid, cols, run.rows),
+            Body::Update { set, rows, .. } => self.flush_updates(run.relid, set, rows),
+            Body::Delete { keys } => self.flush_deletes(run.relid, keys, run.rows),
+        };
+        if r.is_ok() {
+            self.flushing_run = None;
+        }
+        r
+    }
+
     // ---- INSERT ---------------------------------------------------------------------
 
     pub fn insert(&mut self, relid: RelId, new: &TupleData) -> Result<()> {
@@ -270,49 +472,33 @@ impl Applier {
 
     /// Buffer one row (values in the remote relation's column order).
     pub fn push_row(&mut self, relid: RelId, row: Vec<Option<Bytes>>) -> Result<()> {
-        if self.pending.as_ref().is_some_and(|p| p.relid != relid) {
-            self.flush()?;
-        }
-        let p = self.pending.get_or_insert_with(|| Pending {
-            relid,
-            cols: vec![Vec::with_capacity(INSERT_BATCH); row.len()],
-            rows: 0,
-            bytes: 0,
+        let m = self.resolved(relid)?;
+        self.prepare_run(relid, &m, "INSERT")?;
+        let width = row.len();
+        let run = self.run_mut(relid, m.local_oid, || Body::Insert {
+            cols: vec![Vec::with_capacity(RUN_ROWS); width],
         });
-        for (col, v) in p.cols.iter_mut().zip(row) {
-            p.bytes += v.as_ref().map_or(0, |b| b.len());
+        let Body::Insert { cols } = &mut run.body else {
+            unreachable!("prepare_run wrote the run of another kind")
+        };
+        let mut bytes = 0;
+        for (col, v) in cols.iter_mut().zip(row) {
+            bytes += v.as_ref().map_or(0, |b| b.len());
             col.push(v);
         }
-        p.rows += 1;
-        if p.rows >= INSERT_BATCH || p.bytes >= INSERT_BATCH_BYTES {
-            self.flush()?;
-        }
-        Ok(())
+        run.rows += 1;
+        self.after_push(relid, bytes)
     }
 
-    /// Write buffered INSERTs. Must be called before commit and before any other change.
-    pub fn flush(&mut self) -> Result<()> {
-        self.flushing = false;
-        let Some(p) = self.pending.take() else {
-            return Ok(());
-        };
-        self.flushing = true;
-        let r = self.flush_rows(p);
-        if r.is_ok() {
-            self.flushing = false;
-        }
-        r
-    }
-
-    /// The source relation whose INSERTs are buffered, if any.
-    pub fn pending_relid(&self) -> Option<RelId> {
-        self.pending.as_ref().map(|p| p.relid)
-    }
-
-    fn flush_rows(&mut self, p: Pending) -> Result<()> {
-        let m = self.mapping(p.relid)?;
+    fn flush_inserts(
+        &mut self,
+        relid: RelId,
+        cols: Vec<Vec<Option<Bytes>>>,
+        rows: usize,
+    ) -> Result<()> {
+        let m = self.mapping(relid)?;
         // Once per batch, only for columns whose type modifier limits them.
-        for (t, col) in m.cols.iter().zip(&p.cols) {
+        for (t, col) in m.cols.iter().zip(&cols) {
             if let Some(t) = t.as_ref().filter(|t| t.limit.is_some()) {
                 for v in col.iter().flatten() {
                     check_limit(&m, t, v)?;
@@ -320,7 +506,7 @@ impl Applier {
             }
         }
         let width = m.cols.iter().flatten().count();
-        let plan = match self.insert_plans.entry(p.relid) {
+        let plan = match self.insert_plans.entry(relid) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) if width == 0 => {
                 e.insert(prepare(&insert_sql(&m), 1, pg_sys::INT4OID)?)
@@ -332,7 +518,7 @@ impl Applier {
             // Nothing to write but the rows themselves (a table without columns).
             return as_owner(&m, || {
                 Spi::connect_mut(|c| {
-                    c.update(plan, None, &[(p.rows as i32).into()])?;
+                    c.update(plan, None, &[(rows as i32).into()])?;
                     Ok(())
                 })
             });
@@ -342,11 +528,7 @@ impl Applier {
                 let mut args: Vec<DatumWithOid> = Vec::with_capacity(m.cols.len());
                 for (i, t) in m.cols.iter().enumerate() {
                     if t.is_some() {
-                        let vals = p.cols[i]
-                            .iter()
-                            .map(|v| v.as_deref().map(text_of).transpose())
-                            .collect::<Result<Vec<Option<&str>>>>()?;
-                        args.push(vals.into());
+                        args.push(text_array(&cols[i])?.into());
                     }
                 }
                 c.update(plan, None, &args)?;
@@ -371,47 +553,169 @@ impl Applier {
         Ok(())
     }
 
+    /// Apply (or buffer: see "Runs" above) the UPDATE of a row. `old`: the old key (or
+    /// whole old row) when the source sent it.
     pub fn update(
         &mut self,
         relid: RelId,
         old: Option<(OldKind, &TupleData)>,
         new: &TupleData,
     ) -> Result<()> {
-        self.flush()?;
         self.check_width(relid, new)?;
-        let m = self.mapping(relid)?;
+        if let Some((_, o)) = old {
+            self.check_width(relid, o)?;
+        }
+        let m = self.resolved(relid)?;
         Self::require_identity(&m)?;
-        if identity_always_changed(&m, old, new) {
+        let Some(key) = run_key(&m, old, new) else {
+            self.prepare_run(relid, &m, "")?;
+            let m = self.mapping(relid)?;
+            return self.update_now(relid, &m, old, new, 1);
+        };
+        self.prepare_run(relid, &m, "UPDATE")?;
+        let set = set_columns(&m, new);
+        let other_set = self.runs.iter().any(|r| {
+            r.relid == relid && matches!(&r.body, Body::Update { set: s, .. } if *s != set)
+        });
+        if other_set {
+            self.flush_relid(relid)?;
+        }
+        let bytes: usize = new
+            .0
+            .iter()
+            .map(|d| match d {
+                Datum::Text(b) => b.len(),
+                _ => 0,
+            })
+            .sum();
+        let run = self.run_mut(relid, m.local_oid, || Body::Update {
+            set,
+            index: HashMap::new(),
+            rows: Vec::new(),
+        });
+        let Body::Update { index, rows, .. } = &mut run.body else {
+            unreachable!("prepare_run wrote the run of another kind")
+        };
+        match index.entry(key) {
+            Entry::Occupied(e) => {
+                // The same row again: its newest image is what the source's row became.
+                let (image, n) = &mut rows[*e.get()];
+                image.clone_from(&new.0);
+                *n += 1;
+            }
+            Entry::Vacant(e) => {
+                e.insert(rows.len());
+                rows.push((new.0.clone(), 1));
+                run.rows += 1;
+            }
+        }
+        self.after_push(relid, bytes)
+    }
+
+    /// Write a run of UPDATEs: one statement joins the new images to the rows by key and
+    /// returns which it found. A row not found is missing, or, for a hypertable, may
+    /// have to move to another chunk: those go through [`Applier::update_now`].
+    fn flush_updates(
+        &mut self,
+        relid: RelId,
+        set: Vec<bool>,
+        rows: Vec<(Vec<Datum>, u32)>,
+    ) -> Result<()> {
+        let m = self.mapping(relid)?;
+        for (image, _) in &rows {
+            for ((t, d), s) in m.cols.iter().zip(image).zip(&set) {
+                if let (Some(t), Datum::Text(b), true) = (t, d, *s) {
+                    check_limit(&m, t, b)?;
+                }
+            }
+        }
+        let guard = guard_dims(&m, &set);
+        let plan = match self
+            .update_run_plans
+            .entry(relid)
+            .or_default()
+            .entry(set.clone())
+        {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let (sql, n) = update_run_sql(&m, &set);
+                let mut types = vec![pg_sys::TEXTARRAYOID; n];
+                types[0] = pg_sys::INT4ARRAYOID;
+                e.insert(prepare_typed(&sql, &types)?)
+            }
+        };
+        let plan = &*plan;
+        let ordinals: Vec<i32> = (0..rows.len() as i32).collect();
+        let column = |i: usize| -> Result<Vec<Option<&str>>> {
+            rows.iter()
+                .map(|(image, _)| datum_text(&image[i]))
+                .collect()
+        };
+        let mut args: Vec<DatumWithOid> = vec![ordinals.into()];
+        for i in (0..m.cols.len()).filter(|i| set[*i] && !m.dims.contains(i)) {
+            args.push(column(i)?.into());
+        }
+        for &k in &m.key {
+            args.push(column(k)?.into());
+        }
+        for &g in &guard {
+            args.push(column(g)?.into());
+        }
+        let found = as_owner(&m, || {
+            Spi::connect_mut(|c| {
+                let mut found = vec![false; rows.len()];
+                for row in c.update(plan, None, &args)? {
+                    if let Some(n) = row.get::<i32>(1)? {
+                        found[n as usize] = true;
+                    }
+                }
+                Ok::<_, Error>(found)
+            })
+        })?;
+        drop(args);
+        for ((image, n), found) in rows.into_iter().zip(found) {
+            if found {
+                continue;
+            }
+            if guard.is_empty() {
+                self.update_missing += u64::from(n);
+                pgrx::debug1!("livesync: row to update in \"{}\" not found", m.display);
+            } else {
+                self.update_now(relid, &m, None, &TupleData(image), n)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply one UPDATE now (`n`: how many source UPDATEs it stands for, counted when
+    /// the row is missing).
+    fn update_now(
+        &mut self,
+        relid: RelId,
+        m: &Mapping,
+        old: Option<(OldKind, &TupleData)>,
+        new: &TupleData,
+        n: u32,
+    ) -> Result<()> {
+        if identity_always_changed(m, old, new) {
             // UPDATE cannot set a GENERATED ALWAYS identity column: re-insert the row.
             let (_, old) = old.expect("a change was seen in the old row");
-            self.delete(relid, old)?;
-            return self.insert(relid, new);
+            return self.move_row(relid, m, old, new);
         }
-        // Columns to SET: mapped and sent (unchanged TOAST keeps the target's value), never
-        // a GENERATED ALWAYS identity column (unchanged, as checked above).
-        let set: Vec<bool> = m
-            .cols
-            .iter()
-            .zip(&new.0)
-            .map(|(t, d)| {
-                t.as_ref().is_some_and(|t| !t.always_identity)
-                    && !matches!(d, Datum::UnchangedToast)
-            })
-            .collect();
+        let set = set_columns(m, new);
         let key_source = old.map(|(_, t)| t).unwrap_or(new);
-        self.check_width(relid, key_source)?;
         for ((t, d), s) in m.cols.iter().zip(&new.0).zip(&set) {
             if let (Some(t), Datum::Text(b), true) = (t, d, *s) {
-                check_limit(&m, t, b)?;
+                check_limit(m, t, b)?;
             }
         }
         // Hypertables: UPDATE cannot move a row to another chunk. A dimension column in
         // the key: the old key image tells whether it changed. Otherwise the UPDATE is
         // guarded with "dimension unchanged" and a miss means the row moves.
-        if dimension_in_key_changed(&m, old, new) {
-            return self.move_row(relid, &m, key_source, new);
+        if dimension_in_key_changed(m, old, new) {
+            return self.move_row(relid, m, key_source, new);
         }
-        let guard = guard_dims(&m, &set);
+        let guard = guard_dims(m, &set);
         let mut set_vals: Vec<Option<&str>> = Vec::new();
         let mut dim_vals: Vec<Option<&str>> = Vec::new();
         for (i, d) in new.0.iter().enumerate() {
@@ -429,12 +733,12 @@ impl Applier {
             .collect::<Result<Vec<_>>>()?;
 
         let mut shape = set;
-        shape.extend(key_nulls(&m, key_source));
+        shape.extend(key_nulls(m, key_source));
         // Looked up by the borrowed mask: no allocation per row once the plan exists.
         let by_set = self.update_plans.entry(relid).or_default();
         if !by_set.contains_key(shape.as_slice()) {
             let (set, nulls) = shape.split_at(m.cols.len());
-            let (sql, n) = update_sql(&m, set, nulls);
+            let (sql, n) = update_sql(m, set, nulls);
             by_set.insert(shape.clone(), prepare(&sql, n, pg_sys::TEXTOID)?);
         }
         let plan = &by_set[shape.as_slice()];
@@ -444,13 +748,13 @@ impl Applier {
             .chain(dim_vals.iter())
             .copied()
             .collect();
-        let n = as_owner(&m, || exec_text(plan, &vals))?;
-        if n == 0 && !guard.is_empty() {
+        let found = as_owner(m, || exec_text(plan, &vals))?;
+        if found == 0 && !guard.is_empty() {
             // The row moves to another chunk, which UPDATE cannot do on a hypertable.
-            return self.move_row(relid, &m, key_source, new);
+            return self.move_row(relid, m, key_source, new);
         }
-        if n == 0 {
-            self.update_missing += 1;
+        if found == 0 {
+            self.update_missing += u64::from(n);
             pgrx::debug1!("livesync: row to update in \"{}\" not found", m.display);
         }
         Ok(())
@@ -498,7 +802,7 @@ impl Applier {
             return Ok(());
         }
         self.push_row(relid, row)?;
-        self.flush()
+        self.flush_relid(relid)
     }
 
     /// The text values of some columns of the row `key` identifies (a rare path: per-call SQL).
@@ -545,14 +849,62 @@ impl Applier {
         })
     }
 
+    /// Apply (or buffer: see "Runs" above) the DELETE of the row `old` identifies.
     pub fn delete(&mut self, relid: RelId, old: &TupleData) -> Result<()> {
-        self.flush()?;
         self.check_width(relid, old)?;
-        let m = self.mapping(relid)?;
+        let m = self.resolved(relid)?;
         Self::require_identity(&m)?;
-        if self.delete_by_key(relid, &m, old)? == 0 {
-            self.delete_missing += 1;
-            pgrx::debug1!("livesync: row to delete in \"{}\" not found", m.display);
+        let Some(key) = run_key(&m, None, old) else {
+            self.prepare_run(relid, &m, "")?;
+            let m = self.mapping(relid)?;
+            if self.delete_by_key(relid, &m, old)? == 0 {
+                self.delete_missing += 1;
+                pgrx::debug1!("livesync: row to delete in \"{}\" not found", m.display);
+            }
+            return Ok(());
+        };
+        self.prepare_run(relid, &m, "DELETE")?;
+        let width = key.len();
+        let bytes = key.iter().map(|b| b.len()).sum();
+        let run = self.run_mut(relid, m.local_oid, || Body::Delete {
+            keys: vec![Vec::new(); width],
+        });
+        let Body::Delete { keys } = &mut run.body else {
+            unreachable!("prepare_run wrote the run of another kind")
+        };
+        for (col, v) in keys.iter_mut().zip(key) {
+            col.push(v);
+        }
+        run.rows += 1;
+        self.after_push(relid, bytes)
+    }
+
+    /// Write a run of DELETEs: one statement for every key; keys it did not find
+    /// (also a key deleted twice) are counted as missing.
+    fn flush_deletes(&mut self, relid: RelId, keys: Vec<Vec<Bytes>>, rows: usize) -> Result<()> {
+        let m = self.mapping(relid)?;
+        let plan = match self.delete_run_plans.entry(relid) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let sql = delete_run_sql(&m);
+                e.insert(prepare(&sql, m.key.len(), pg_sys::TEXTARRAYOID)?)
+            }
+        };
+        let plan = &*plan;
+        let mut args: Vec<DatumWithOid> = Vec::with_capacity(keys.len());
+        for col in &keys {
+            let vals = col
+                .iter()
+                .map(|b| text_of(b).map(Some))
+                .collect::<Result<Vec<Option<&str>>>>()?;
+            args.push(vals.into());
+        }
+        let deleted = as_owner(&m, || {
+            Spi::connect_mut(|c| Ok::<_, Error>(c.update(plan, None, &args)?.len()))
+        })?;
+        if deleted < rows {
+            self.delete_missing += (rows - deleted) as u64;
+            pgrx::debug1!("livesync: rows to delete in \"{}\" not found", m.display);
         }
         Ok(())
     }
@@ -718,6 +1070,52 @@ fn add_missing_columns(rel: &Relation) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The key by which a change may join a run, or None when it must be applied alone: a
+/// table with triggers that fire during apply, rows found by all their columns, a key
+/// that changed (or a GENERATED ALWAYS identity column), a key column not written or
+/// without an equality operator, a key value not sent as text.
+fn run_key(m: &Mapping, old: Option<(OldKind, &TupleData)>, new: &TupleData) -> Option<Vec<Bytes>> {
+    if m.triggers || m.by_all_columns || identity_always_changed(m, old, new) {
+        return None;
+    }
+    let mut key = Vec::with_capacity(m.key.len());
+    for &k in &m.key {
+        if m.cols[k].as_ref().is_none_or(|t| t.eq_op.is_none()) {
+            return None;
+        }
+        let v = match new.0.get(k) {
+            Some(Datum::Text(b)) => b,
+            _ => return None,
+        };
+        if let Some((_, old)) = old {
+            if old.0.get(k) != new.0.get(k) {
+                return None;
+            }
+        }
+        key.push(v.clone());
+    }
+    Some(key)
+}
+
+/// The columns an UPDATE sets: mapped and sent (unchanged TOAST keeps the target's
+/// value), never a GENERATED ALWAYS identity column.
+fn set_columns(m: &Mapping, new: &TupleData) -> Vec<bool> {
+    m.cols
+        .iter()
+        .zip(&new.0)
+        .map(|(t, d)| {
+            t.as_ref().is_some_and(|t| !t.always_identity) && !matches!(d, Datum::UnchangedToast)
+        })
+        .collect()
+}
+
+/// One column of buffered values as a text[] argument.
+fn text_array(col: &[Option<Bytes>]) -> Result<Vec<Option<&str>>> {
+    col.iter()
+        .map(|v| v.as_deref().map(text_of).transpose())
+        .collect()
 }
 
 fn datum_text(d: &Datum) -> Result<Option<&str>> {
@@ -1027,6 +1425,86 @@ pub fn update_sql(m: &Mapping, set: &[bool], nulls: &[bool]) -> (String, usize) 
     (sql, total)
 }
 
+/// `t.column = CAST(u.param AS type)` by the column type's btree equality (run keys
+/// always have one, see [`run_key`]).
+fn equals_joined(t: &Target, param: &str) -> String {
+    let op = t.eq_op.as_deref().unwrap_or("OPERATOR(pg_catalog.=)");
+    format!("t.{} {op} {}", t.column, cast(param, &t.type_name))
+}
+
+/// The batched UPDATE of a run: `$1` the rows' ordinals, then a text[] per SET column
+/// (dimension columns excluded), per key column and per guarded dimension column.
+/// Returns the ordinals of the rows it found.
+///
+/// `UPDATE t SET a = CAST(u.s1 AS ...) FROM ROWS FROM (unnest($1::int4[]), unnest($2::text[]), ...)
+/// AS u(n, s1, k1) WHERE t.id = CAST(u.k1 AS ...) RETURNING u.n`
+pub fn update_run_sql(m: &Mapping, set: &[bool]) -> (String, usize) {
+    let guard = guard_dims(m, set);
+    let mut aliases = vec!["n".to_string()];
+    let assignments: Vec<String> = (0..m.cols.len())
+        .filter(|i| set[*i] && !m.dims.contains(i))
+        .map(|i| {
+            let t = m.cols[i].as_ref().expect("set only for mapped columns");
+            aliases.push(format!("s{}", aliases.len()));
+            format!(
+                "{} = {}",
+                t.column,
+                cast(&format!("u.{}", aliases.last().unwrap()), &t.type_name)
+            )
+        })
+        .collect();
+    let mut pred = Vec::new();
+    for &k in m.key.iter().chain(&guard) {
+        let t = m.cols[k]
+            .as_ref()
+            .expect("run keys and dimensions are mapped");
+        aliases.push(format!("k{}", aliases.len()));
+        pred.push(equals_joined(t, &format!("u.{}", aliases.last().unwrap())));
+    }
+    // Nothing left to SET: a no-op assignment still finds (and counts) the row.
+    let assignments = if assignments.is_empty() {
+        let t = m.cols[m.key[0]].as_ref().expect("run keys are mapped");
+        format!("{0} = t.{0}", t.column)
+    } else {
+        assignments.join(", ")
+    };
+    let params: Vec<String> = (1..=aliases.len())
+        .map(|i| {
+            let ty = if i == 1 { "int4" } else { "text" };
+            format!("pg_catalog.unnest(${i}::pg_catalog.{ty}[])")
+        })
+        .collect();
+    let sql = format!(
+        "UPDATE {} AS t SET {assignments} FROM ROWS FROM ({}) AS u({}) WHERE {} RETURNING u.n",
+        m.qualified,
+        params.join(", "),
+        aliases.join(", "),
+        pred.join(" AND ")
+    );
+    (sql, aliases.len())
+}
+
+/// The batched DELETE of a run: a text[] per key column.
+pub fn delete_run_sql(m: &Mapping) -> String {
+    let mut aliases = Vec::new();
+    let mut pred = Vec::new();
+    for &k in &m.key {
+        let t = m.cols[k].as_ref().expect("run keys are mapped");
+        aliases.push(format!("k{}", aliases.len() + 1));
+        pred.push(equals_joined(t, &format!("u.{}", aliases.last().unwrap())));
+    }
+    let params: Vec<String> = (1..=aliases.len())
+        .map(|i| format!("pg_catalog.unnest(${i}::pg_catalog.text[])"))
+        .collect();
+    format!(
+        "DELETE FROM {} AS t USING ROWS FROM ({}) AS u({}) WHERE {}",
+        m.qualified,
+        params.join(", "),
+        aliases.join(", "),
+        pred.join(" AND ")
+    )
+}
+
 pub fn delete_sql(m: &Mapping, nulls: &[bool]) -> (String, usize) {
     let (with, pred) = locate(m, 1, "", nulls);
     let sql = if m.by_all_columns {
@@ -1070,7 +1548,80 @@ mod tests {
             partitioned: false,
             by_all_columns: false,
             owner: pg_sys::InvalidOid,
+            triggers: false,
         }
+    }
+
+    fn text(v: &str) -> Datum {
+        Datum::Text(Bytes::from(v.to_string()))
+    }
+
+    #[test]
+    fn run_statements() {
+        let m = mapping(ReplicaIdentity::Default);
+        let (sql, n) = update_run_sql(&m, &[true, false, true]);
+        assert_eq!(
+            sql,
+            format!(
+                "UPDATE \"public\".\"t\" AS t SET \"id\" = CAST(u.s1 AS \"pg_catalog\".\"int4\"), \
+                 \"v\" = CAST(u.s2 AS \"pg_catalog\".\"text\") \
+                 FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int4[]), \
+                 pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.text[]), \
+                 pg_catalog.unnest($4::pg_catalog.text[])) AS u(n, s1, s2, k3) \
+                 WHERE t.\"id\" {EQ} CAST(u.k3 AS \"pg_catalog\".\"int4\") RETURNING u.n"
+            )
+        );
+        assert_eq!(n, 4);
+        // Nothing to SET: a no-op assignment still finds the row.
+        let (sql, n) = update_run_sql(&m, &[false, false, false]);
+        assert!(sql.contains("SET \"id\" = t.\"id\" FROM"), "{sql}");
+        assert_eq!(n, 2);
+        // A hypertable's dimension is never SET, and guards the row (a miss is a move).
+        let mut h = mapping(ReplicaIdentity::Default);
+        h.cols[1] = Some(target("ts", "timestamptz"));
+        h.dims = vec![1];
+        let (sql, n) = update_run_sql(&h, &[true, true, true]);
+        assert!(!sql.contains("\"ts\" = CAST"), "{sql}");
+        assert!(
+            sql.contains(&format!(
+                "AND t.\"ts\" {EQ} CAST(u.k4 AS \"pg_catalog\".\"timestamptz\")"
+            )),
+            "{sql}"
+        );
+        assert_eq!(n, 5);
+        assert_eq!(
+            delete_run_sql(&m),
+            format!(
+                "DELETE FROM \"public\".\"t\" AS t USING ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[])) \
+                 AS u(k1) WHERE t.\"id\" {EQ} CAST(u.k1 AS \"pg_catalog\".\"int4\")"
+            )
+        );
+    }
+
+    #[test]
+    fn which_changes_join_a_run() {
+        let m = mapping(ReplicaIdentity::Default);
+        let new = TupleData(vec![text("1"), text("x"), text("a")]);
+        assert_eq!(run_key(&m, None, &new), Some(vec![Bytes::from("1")]));
+        // The key changed: applied alone.
+        let old = TupleData(vec![text("2"), Datum::Null, Datum::Null]);
+        assert_eq!(run_key(&m, Some((OldKind::Key, &old)), &new), None);
+        // A full old image with the same key joins.
+        let same = TupleData(vec![text("1"), text("y"), text("b")]);
+        assert!(run_key(&m, Some((OldKind::Full, &same)), &new).is_some());
+        // Triggers that fire during apply, rows found by all columns, a NULL key: alone.
+        let mut t = mapping(ReplicaIdentity::Default);
+        t.triggers = true;
+        assert_eq!(run_key(&t, None, &new), None);
+        let mut f = mapping(ReplicaIdentity::Full);
+        f.by_all_columns = true;
+        assert_eq!(run_key(&f, None, &new), None);
+        let null_key = TupleData(vec![Datum::Null, text("x"), text("a")]);
+        assert_eq!(run_key(&m, None, &null_key), None);
+        // A key column without an equality operator cannot be joined on.
+        let mut j = mapping(ReplicaIdentity::Default);
+        j.cols[0].as_mut().unwrap().eq_op = None;
+        assert_eq!(run_key(&j, None, &new), None);
     }
 
     #[test]

@@ -140,6 +140,10 @@ pub struct Mapping {
     /// The target table's owner: changes and copies run as this role (see
     /// `apply::as_owner`).
     pub owner: pg_sys::Oid,
+    /// The target (or one of its partitions) has user triggers that fire during apply
+    /// (`ENABLE ALWAYS` / `ENABLE REPLICA`): its changes are applied in source order
+    /// with every other table's, one row at a time, never merged (`apply::Applier`).
+    pub triggers: bool,
 }
 
 pub fn quote_ident(s: &str) -> String {
@@ -313,7 +317,15 @@ pub fn resolve(rel: &Relation) -> Result<Mapping> {
         .map(|(i, _)| i)
         .collect();
     let (key, by_all_columns) = key_and_scan(rel, &local);
+    let triggers = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger \
+          WHERE tgrelid OPERATOR(pg_catalog.=) ANY (SELECT relid FROM pg_catalog.pg_partition_tree($1)) \
+            AND NOT tgisinternal AND tgenabled OPERATOR(pg_catalog.=) ANY ('{A,R}'::pg_catalog.\"char\"[]))",
+        &[local_oid.into()],
+    )?
+    .unwrap_or(true);
     Ok(Mapping {
+        triggers,
         owner,
         by_all_columns,
         dims,

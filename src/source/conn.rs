@@ -883,6 +883,25 @@ impl Connection {
         self.ensure_idle().await
     }
 
+    /// The next replication message if it is already buffered whole, without touching the
+    /// socket (no runtime, no timer: the fast path of a stream that is behind). None: read
+    /// with [`Connection::next_replication_message`] (also for anything but data and
+    /// keepalives, which it handles).
+    pub fn next_buffered_message(&mut self) -> Result<Option<ReplMessage>, SourceError> {
+        if self.state != State::CopyBoth {
+            return Ok(None);
+        }
+        while self.rbuf.first() == Some(&b'd') {
+            let Some(f) = proto::take_frame(&mut self.rbuf)? else {
+                return Ok(None);
+            };
+            if let Some(m) = proto::parse_copy_both_payload(f.body)? {
+                return Ok(Some(m));
+            }
+        }
+        Ok(None)
+    }
+
     /// True when complete, unread protocol messages are already buffered (the caller must not
     /// wait on the socket before reading them).
     pub fn has_buffered_message(&self) -> bool {

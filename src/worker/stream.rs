@@ -19,7 +19,7 @@
 //! an UPDATE or DELETE did not find.
 
 use super::spool::Spool;
-use crate::apply::Applier;
+use crate::apply::{Applier, Origin};
 use crate::error::{Error, Result};
 use crate::pgoutput::{Datum, Decoder, Lsn, Message, PgTimestamp, RelId, TupleData, Xid};
 use crate::remote::{quote_ident, quote_literal};
@@ -29,6 +29,13 @@ use crate::worker;
 use pgrx::pg_sys;
 use pgrx::PgSqlErrorCode as Code;
 use std::time::{Duration, Instant};
+
+/// A stream that took buffered messages since it last read the socket, or read one this
+/// recently, counts as busy ([`Stream::recv`])...
+const GATHER_WHEN_BUSY: Duration = Duration::from_millis(2);
+/// ... and sleeps this long before it waits on the socket (measured: 0.2 to 1 ms help
+/// alike, 3 ms is too long).
+const GATHER_FOR: Duration = Duration::from_millis(1);
 
 /// Seconds between status updates to the source even when nothing changed.
 const FEEDBACK_EVERY: Duration = Duration::from_secs(10);
@@ -84,6 +91,10 @@ pub struct Stream {
     pub source_end: Lsn,
     /// End LSN of the last source transaction whose target commit succeeded.
     pub committed: Lsn,
+    /// Our commits not known to be flushed yet: (local commit end, source end LSN).
+    unflushed: std::collections::VecDeque<(Lsn, Lsn)>,
+    /// The source end LSN of the last commit known flushed.
+    flushed: Lsn,
     in_remote_txn: bool,
     remote_final_lsn: Lsn,
     /// A target transaction is open.
@@ -96,6 +107,8 @@ pub struct Stream {
     last_sent: (Lsn, Lsn),
     last_idle_advance: Instant,
     pub last_msg: Instant,
+    /// Buffered messages were taken since the socket was last read.
+    drained: bool,
     /// When streaming started.
     pub started: Instant,
     /// The source commit time of the last transaction committed here.
@@ -111,12 +124,7 @@ pub struct Stream {
     pub subid: Option<i32>,
     /// What is being applied, for an error's context.
     pub context: Context,
-    /// The context of the first buffered INSERT not yet flushed, and whether the buffer
-    /// holds rows of more than one source transaction (an error while flushing it then
-    /// cannot be pinned on one of them).
-    insert_context: Context,
-    insert_mixed: bool,
-    /// Flush buffered INSERTs at every source commit, so that an error names exactly the
+    /// Write buffered changes at every source commit, so that an error names exactly the
     /// transaction it comes from (after an error, until a target commit succeeds).
     pub careful: bool,
     /// The sync (database, subid) whose shared-memory progress this stream updates as
@@ -138,24 +146,28 @@ pub struct Context {
 }
 
 impl Stream {
-    /// What was being applied when an error happened: the buffered INSERTs' transaction
-    /// when they were being flushed. None outside a source transaction, or when the
+    /// What was being applied when an error happened: the buffered run's transaction
+    /// when a run was being written. None outside a source transaction, or when the
     /// failed rows may come from several transactions.
-    pub fn error_context(&self) -> Option<&Context> {
-        let c = if self.applier.flushing {
-            if self.insert_mixed {
-                return None;
+    pub fn error_context(&self) -> Option<Context> {
+        let c = match self.applier.flushing() {
+            Some(run) => {
+                let o = run.origin?;
+                Context {
+                    xid: o.xid,
+                    finish_lsn: o.finish_lsn,
+                    action: run.action,
+                    rel: Some(run.rel),
+                }
             }
-            &self.insert_context
-        } else {
-            &self.context
+            None => self.context.clone(),
         };
         (c.finish_lsn != 0).then_some(c)
     }
 
     /// [`Stream::error_context`] in words: `processing remote data during "INSERT" for
     /// replication target relation "public.t" in transaction 740, finished at 0/14C0378`.
-    pub fn describe_error_context(&self) -> Option<(String, &Context)> {
+    pub fn describe_error_context(&self) -> Option<(String, Context)> {
         let c = self.error_context()?;
         let mut s = format!("processing remote data during \"{}\"", c.action);
         if let Some(r) = c.rel.and_then(|r| self.applier.relation_name(r)) {
@@ -233,6 +245,8 @@ impl Stream {
             received: start,
             source_end: start,
             committed: start,
+            unflushed: Default::default(),
+            flushed: start,
             in_remote_txn: false,
             remote_final_lsn: 0,
             xact_open: false,
@@ -243,6 +257,7 @@ impl Stream {
             last_sent: (0, 0),
             last_idle_advance: Instant::now(),
             last_msg: Instant::now(),
+            drained: false,
             started: Instant::now(),
             last_commit_time: None,
             skip_lsn: None,
@@ -250,8 +265,6 @@ impl Stream {
             skipped: None,
             subid: None,
             context: Context::default(),
-            insert_context: Context::default(),
-            insert_mixed: false,
             careful: false,
             progress: None,
             last_progress: Instant::now(),
@@ -265,6 +278,29 @@ impl Stream {
         rt: &tokio::runtime::Runtime,
         wait: Duration,
     ) -> Result<Option<ReplMessage>> {
+        // A stream that is behind finds its next message buffered: no runtime, no timer.
+        match self.conn.next_buffered_message() {
+            Ok(Some(m)) => {
+                self.drained = true;
+                return Ok(Some(m));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return Err(Error::from_source(
+                    "lost the replication stream from the source",
+                    e,
+                ))
+            }
+        }
+        // Streaming, and nothing buffered: let the source's messages gather for a moment
+        // before waiting on the socket. A reader parked on the socket is woken by every
+        // message the walsender sends, one packet each, and on a busy source those
+        // wake-ups cost the walsender more than the messages themselves (its sends then
+        // slow the whole stream down); a reader that comes back after a short sleep finds
+        // many messages and takes them with one read.
+        if std::mem::take(&mut self.drained) || self.last_msg.elapsed() < GATHER_WHEN_BUSY {
+            std::thread::sleep(GATHER_FOR);
+        }
         match rt.block_on(async {
             tokio::time::timeout(wait, self.conn.next_replication_message()).await
         }) {
@@ -384,6 +420,10 @@ impl Stream {
                         action: "STREAM COMMIT",
                         rel: None,
                     };
+                    self.applier.current = Origin {
+                        xid: Some(xid),
+                        finish_lsn: commit_lsn,
+                    };
                     self.replay(rt, xid, commit_lsn, owner)?;
                 }
                 self.pending_commit = Some((end_lsn, commit_time));
@@ -485,6 +525,10 @@ impl Stream {
                     action: "BEGIN",
                     rel: None,
                 };
+                self.applier.current = Origin {
+                    xid: Some(xid),
+                    finish_lsn: final_lsn,
+                };
                 if self.skip_lsn == Some(final_lsn) {
                     self.skipping = true;
                 }
@@ -516,23 +560,7 @@ impl Stream {
             Message::Insert { rel, new, .. } => {
                 self.doing("INSERT", rel);
                 if owner.owns(rel, self.remote_final_lsn) && self.row_applies(owner, rel, &new)? {
-                    // Which source transactions the buffered rows come from, before the
-                    // insert (which may flush them, this row included).
-                    let before = self.applier.pending_relid();
-                    if before == Some(rel) {
-                        if self.insert_context.finish_lsn != self.context.finish_lsn {
-                            self.insert_mixed = true;
-                        }
-                    } else if before.is_none() {
-                        self.insert_context = self.context.clone();
-                        self.insert_mixed = false;
-                    }
                     self.applier.insert(rel, &new)?;
-                    // Another relation's rows were flushed first: a new buffer starts here.
-                    if before.is_some() && before != Some(rel) {
-                        self.insert_context = self.context.clone();
-                        self.insert_mixed = false;
-                    }
                     self.batch_changes += 1;
                 }
             }
@@ -694,7 +722,8 @@ impl Stream {
                 crate::catalog::clear_skip_lsn(subid, lsn)?;
             }
         }
-        commit_at_origin(end_lsn, commit_time);
+        let local_end = commit_at_origin_async(end_lsn, commit_time);
+        self.unflushed.push_back((local_end, end_lsn));
         self.xact_open = false;
         self.committed = self.committed.max(end_lsn);
         self.last_commit_time = Some(commit_time);
@@ -702,12 +731,31 @@ impl Stream {
         Ok(())
     }
 
-    /// The position we confirm to the source: always durable in the replication origin
-    /// (see [`Stream::advance_idle`]), so the slot never gets ahead of the target. That
-    /// invariant is what lets a restart detect a slot dropped and recreated, or advanced,
-    /// by someone else.
+    /// The end LSN of the last source transaction committed here (perhaps not yet
+    /// flushed: data commits are asynchronous, see [`commit_at_origin_async`]).
     pub fn confirmed(&self) -> Lsn {
         self.committed
+    }
+
+    /// The position we confirm to the source: durable in the replication origin, so the
+    /// slot never gets ahead of the target, even after a crash. That invariant is what
+    /// lets a restart detect a slot dropped and recreated, or advanced, by someone else.
+    /// As PostgreSQL's apply worker (`get_flush_position`): the source position of the
+    /// last of our commits that the WAL has flushed.
+    pub fn durable(&mut self) -> Lsn {
+        // SAFETY: reads the WAL flush position from shared memory.
+        let flushed = unsafe { pg_sys::GetFlushRecPtr(std::ptr::null_mut()) };
+        while let Some(&(local, remote)) = self.unflushed.front() {
+            if local > flushed {
+                break;
+            }
+            self.flushed = self.flushed.max(remote);
+            self.unflushed.pop_front();
+        }
+        if self.unflushed.is_empty() {
+            self.flushed = self.flushed.max(self.committed);
+        }
+        self.flushed
     }
 
     /// When idle (no transaction in flight) and the source reported a position past our
@@ -734,7 +782,7 @@ impl Stream {
 
     /// Send a status update if positions moved, if `force`, or every 10 s.
     pub fn feedback(&mut self, rt: &tokio::runtime::Runtime, force: bool) -> Result<()> {
-        let pos = (self.received, self.confirmed());
+        let pos = (self.received, self.durable());
         if !force && pos == self.last_sent && self.last_feedback.elapsed() < FEEDBACK_EVERY {
             return Ok(());
         }
@@ -768,7 +816,7 @@ impl Stream {
         if silent > Duration::from_secs(30)
             && self.last_feedback.elapsed() > Duration::from_secs(10)
         {
-            let pos = (self.received, self.confirmed());
+            let pos = (self.received, self.durable());
             worker::block_on(rt, self.conn.send_standby_status(pos.0, pos.1, pos.1, true))?
                 .map_err(|e| {
                     Error::from_source("could not send a status update to the source", e)
@@ -780,6 +828,7 @@ impl Stream {
 
     /// Abandon the open target transaction (after an error).
     pub fn abort(&mut self) {
+        self.applier.discard();
         if self.xact_open {
             worker::abort();
             self.xact_open = false;
@@ -808,6 +857,38 @@ pub fn commit_at_origin(lsn: Lsn, time: PgTimestamp) {
     worker::reset_origin_position();
     // SAFETY: flushes WAL up to our own commit record.
     unsafe { pg_sys::XLogFlush(pg_sys::XactLastCommitEnd) };
+}
+
+/// [`commit_at_origin`] without waiting for the WAL flush, as PostgreSQL's apply worker
+/// commits (`synchronous_commit = off` by default for subscriptions): a crash may lose the
+/// last commits, with their origin position, so they are applied again from the slot,
+/// which is confirmed only up to flushed commits ([`Stream::durable`]). Returns the end of
+/// the commit record in the local WAL.
+pub fn commit_at_origin_async(lsn: Lsn, time: PgTimestamp) -> Lsn {
+    /// Restores `synchronous_commit` also when the commit raises an ERROR.
+    struct Restore(std::ffi::c_int);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: a backend global, main thread.
+            unsafe { pg_sys::synchronous_commit = self.0 };
+        }
+    }
+    // SAFETY: inside an open transaction on the main thread; the replorigin globals are the
+    // per-transaction values pg_replication_origin_xact_setup() would set, and
+    // synchronous_commit is what RecordTransactionCommit reads (for this commit only).
+    let _restore = unsafe {
+        pg_sys::GetCurrentTransactionId();
+        pg_sys::replorigin_session_origin_lsn = lsn;
+        pg_sys::replorigin_session_origin_timestamp = time;
+        let r = Restore(pg_sys::synchronous_commit);
+        pg_sys::synchronous_commit =
+            pg_sys::SyncCommitLevel::SYNCHRONOUS_COMMIT_OFF as std::ffi::c_int;
+        r
+    };
+    worker::commit();
+    worker::reset_origin_position();
+    // SAFETY: this backend's last commit record.
+    unsafe { pg_sys::XactLastCommitEnd }
 }
 
 /// The (sub)transaction a streamed change belongs to.

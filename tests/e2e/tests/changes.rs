@@ -1629,3 +1629,112 @@ fn publication_row_filter_and_column_list_apply_to_copy_and_changes() {
         "an unpublished row or column reached the target"
     );
 }
+
+/// livesync groups source transactions into one target transaction and writes each table's
+/// changes in runs (one statement per run, repeated UPDATEs of a row merged into its newest
+/// image). Inside one such batch: the same key updated many times, deleted and inserted
+/// again, a key changed and its old value reused, a row that moves between hypertable chunks
+/// and back, an unchanged TOASTed value kept across merged updates, changes to two tables
+/// interleaved, and rows the target no longer has (each source UPDATE of a missing row
+/// counted, as PostgreSQL does, even when merged).
+#[test]
+fn changes_inside_one_batch_keep_source_order() {
+    let src = Db::fresh(source(), "batch_order_src");
+    let tgt = Db::fresh(target(), "batch_order_tgt");
+    src.exec(
+        "CREATE TABLE ord (id int PRIMARY KEY, v text, n int, big text); \
+         CREATE TABLE ord_ht (id int PRIMARY KEY, ts timestamptz NOT NULL, v text); \
+         CREATE TABLE side (id int PRIMARY KEY, v int)",
+    );
+    tgt.exec(
+        "CREATE TABLE ord (id int PRIMARY KEY, v text, n int, big text); \
+         CREATE TABLE ord_ht (id int, ts timestamptz NOT NULL, v text, PRIMARY KEY (id, ts)); \
+         SET client_min_messages = warning; \
+         SELECT create_hypertable('ord_ht', 'ts', chunk_time_interval => interval '1 day'); \
+         CREATE TABLE side (id int PRIMARY KEY, v int)",
+    );
+    src.exec(
+        "ALTER TABLE ord ALTER COLUMN big SET STORAGE EXTERNAL; \
+         INSERT INTO ord SELECT g, 'v' || g, 0, NULL FROM generate_series(1, 100) g; \
+         UPDATE ord SET big = (SELECT string_agg(md5(i::text), '') FROM generate_series(1, 400) i) WHERE id = 6; \
+         INSERT INTO ord_ht SELECT g, timestamptz '2024-01-01' + g * interval '1 hour', 'h' || g \
+           FROM generate_series(1, 100) g; \
+         INSERT INTO side SELECT g, 0 FROM generate_series(1, 10) g; \
+         CREATE PUBLICATION p FOR TABLE ord, ord_ht, side",
+    );
+    let sub = "batch_order";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    synced(&src, &tgt, sub, &["ord", "ord_ht", "side"]);
+
+    // Stopped, the source writes a backlog, which the restarted sync applies in one batch.
+    livesync_stop(&tgt, sub);
+    // Rows only the target lost: 3 source UPDATEs of row 7 and a DELETE of row 8 miss.
+    tgt.exec("DELETE FROM ord WHERE id IN (7, 8)");
+    let mut steps: Vec<String> = Vec::new();
+    for i in 1..=5 {
+        steps.push(format!("UPDATE ord SET v = 'a{i}', n = n + 1 WHERE id = 1"));
+        steps.push(format!("UPDATE side SET v = v + {i} WHERE id = {}", i % 3 + 1));
+    }
+    steps.extend(
+        [
+            "DELETE FROM ord WHERE id = 1",
+            "INSERT INTO ord VALUES (1, 'reborn', 100, NULL)",
+            "UPDATE ord SET n = n + 1 WHERE id = 1",
+            "UPDATE ord SET v = v || '!' WHERE id = 1",
+            // A key changes; its old value is used again, then the new key updated.
+            "UPDATE ord SET id = 1000 WHERE id = 2",
+            "INSERT INTO ord VALUES (2, 'second life', 0, NULL)",
+            "UPDATE ord SET n = 42 WHERE id = 1000",
+            "UPDATE ord SET n = 43 WHERE id = 2",
+            // All in one source transaction.
+            "BEGIN; UPDATE ord SET v = 'x' WHERE id = 4; UPDATE side SET v = -1 WHERE id = 9; \
+             UPDATE ord SET v = 'y' WHERE id = 4; DELETE FROM ord WHERE id = 4; \
+             INSERT INTO ord VALUES (4, 'z', 4, NULL); UPDATE ord SET n = 44 WHERE id = 4; COMMIT",
+            // The TOASTed value is not sent again: the merged images keep the target's.
+            "UPDATE ord SET n = 1 WHERE id = 6",
+            "UPDATE ord SET n = 2, v = 'six' WHERE id = 6",
+            "UPDATE ord SET v = 'gone', n = n + 1 WHERE id = 7",
+            "UPDATE ord SET n = n + 1 WHERE id = 7",
+            "UPDATE ord SET n = n + 1 WHERE id = 7",
+            "DELETE FROM ord WHERE id = 8",
+            "DELETE FROM ord WHERE id = 9",
+            "INSERT INTO ord VALUES (9, 'nine again', 9, NULL)",
+            "DELETE FROM ord WHERE id = 9",
+            // A row moves to another chunk, is updated there, and moves back.
+            "UPDATE ord_ht SET ts = ts + interval '10 days' WHERE id = 5",
+            "UPDATE ord_ht SET v = 'moved' WHERE id = 5",
+            "UPDATE ord_ht SET ts = ts - interval '10 days', v = v || ' back' WHERE id = 5",
+            "UPDATE ord_ht SET v = 'h6 once' WHERE id = 6",
+            "UPDATE ord_ht SET v = 'h6 twice' WHERE id = 6",
+            "DELETE FROM ord_ht WHERE id = 7",
+            "INSERT INTO ord_ht VALUES (7, timestamptz '2024-03-01', 'h7 later')",
+            "UPDATE ord_ht SET ts = ts + interval '1 day' WHERE id = 7",
+        ]
+        .map(String::from),
+    );
+    for s in &steps {
+        src.exec(s);
+    }
+    let _g2 = start_sync(&tgt, &src.uri(), "p", sub);
+    synced(&src, &tgt, sub, &["ord_ht", "side"]);
+    // Row 7 stays missing on the target.
+    let q = "(SELECT id, v, n, md5(big) FROM ord WHERE id <> 7)";
+    assert_same(&src, &tgt, q, q);
+    assert_eq!(count(&tgt, "ord WHERE id = 7"), 0);
+    assert_eq!(count(&tgt, "ord WHERE id = 6 AND big IS NOT NULL AND v = 'six' AND n = 2"), 1);
+    assert_eq!(count(&tgt, "ord_ht WHERE id = 7"), 1);
+    // Conflicts: every source UPDATE of the missing row 7 (3, though merged into one
+    // image) and the DELETE of row 8.
+    let (updates, deletes): (i64, i64) = {
+        let r = tgt
+            .client()
+            .query_one(
+                "SELECT update_missing::int8, delete_missing::int8 FROM livesync.subscription \
+                  WHERE subname = $1",
+                &[&sub],
+            )
+            .expect("counters");
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((updates, deletes), (3, 1), "update_missing, delete_missing");
+}
