@@ -715,11 +715,11 @@ TOTAL_S=$(( $(date +%s) - RUN_START ))
     for w in $BENCH_WORKLOADS; do
       echo "   $w: ${APPLY_DESC[$w]}"
       for c in ${APPLY_CONSUMERS_OF[$w]}; do
-        med=$(echo "${APPLY_T[$w,$c]}" | median)
-        case $c in native) ratio=-;; ls_plain) ratio=$(div "$med" "$(echo "${APPLY_T[$w,native]}" | median)" %.2f);;
-          ls_hyper) ratio=$(div "$med" "$(echo "${APPLY_T[$w,ls_plain]}" | median)" %.2f);; esac
+        med=$(echo "${APPLY_T[$w,$c]:-}" | median)
+        case $c in native) ratio=-;; ls_plain) ratio=$(div "$med" "$(echo "${APPLY_T[$w,native]:-}" | median)" %.2f);;
+          ls_hyper) ratio=$(div "$med" "$(echo "${APPLY_T[$w,ls_plain]:-}" | median)" %.2f);; esac
         printf '   %-10s %-10s %9s %10s %7s  %-24s %9s  %s\n' "" "$c" "$med" "$(div "${APPLY_N[$w]}" "$med" %.0f)" "$ratio" \
-          "[$(echo ${APPLY_T[$w,$c]} | tr ' ' ',')]" "${APPLY_RSS[$w,$c]}" "${STATUS[apply_${w}_$c]}"
+          "[$(echo ${APPLY_T[$w,$c]:-} | tr ' ' ',')]" "${APPLY_RSS[$w,$c]}" "${STATUS[apply_${w}_$c]}"
       done
     done
     echo "   changes/s: row changes of the backlog / seconds; peak MB: the apply worker's peak RssAnon"

@@ -78,8 +78,8 @@ enum Body {
         index: HashMap<Vec<Bytes>, usize>,
         rows: Vec<(Vec<Datum>, u32)>,
     },
-    /// Keys of rows to delete, column-major (the mapping's key columns).
-    Delete { keys: Vec<Vec<Bytes>> },
+    /// The old rows (key images, or whole rows under REPLICA IDENTITY FULL) to delete.
+    Delete { rows: Vec<Vec<Datum>> },
 }
 
 impl Body {
@@ -94,6 +94,9 @@ impl Body {
 
 struct Run {
     relid: RelId,
+    /// The mapping its changes were buffered under: if the target changed since, they are
+    /// applied one at a time under the new one.
+    mapping: Rc<Mapping>,
     /// The target table (runs of two source relations into one table keep their order).
     local_oid: pg_sys::Oid,
     body: Body,
@@ -359,19 +362,15 @@ impl Applier {
     }
 
     /// The run of `relid` (created empty with `body` if there is none).
-    fn run_mut(
-        &mut self,
-        relid: RelId,
-        local_oid: pg_sys::Oid,
-        body: impl FnOnce() -> Body,
-    ) -> &mut Run {
+    fn run_mut(&mut self, relid: RelId, m: &Rc<Mapping>, body: impl FnOnce() -> Body) -> &mut Run {
         let origin = self.current;
         let i = match self.runs.iter().position(|r| r.relid == relid) {
             Some(i) => i,
             None => {
                 self.runs.push(Run {
                     relid,
-                    local_oid,
+                    local_oid: m.local_oid,
+                    mapping: m.clone(),
                     body: body(),
                     rows: 0,
                     bytes: 0,
@@ -433,19 +432,25 @@ impl Applier {
     }
 
     fn flush_run(&mut self, run: Run) -> Result<()> {
-        self.pending_bytes -= run.bytes;
-        self.flushing_run = Some(RunContext {
+        self.pending_bytes = self.pending_bytes.saturating_sub(run.bytes);
+        let outer = self.flushing_run.replace(RunContext {
             action: run.body.action(),
             rel: run.relid,
             origin: run.origin,
         });
+        // Changes the flush itself buffers (a row moving between hypertable chunks) come
+        // from the run's transaction (none, where it holds several).
+        let current = std::mem::replace(&mut self.current, run.origin.unwrap_or_default());
         let r = match run.body {
             Body::Insert { cols } => self.flush_inserts(run.relid, cols, run.rows),
-            Body::Update { set, rows, .. } => self.flush_updates(run.relid, set, rows),
-            Body::Delete { keys } => self.flush_deletes(run.relid, keys, run.rows),
+            Body::Update { set, rows, .. } => {
+                self.flush_updates(run.relid, &run.mapping, set, rows)
+            }
+            Body::Delete { rows } => self.flush_deletes(run.relid, &run.mapping, rows),
         };
         if r.is_ok() {
-            self.flushing_run = None;
+            self.flushing_run = outer;
+            self.current = current;
         }
         r
     }
@@ -475,7 +480,7 @@ impl Applier {
         let m = self.resolved(relid)?;
         self.prepare_run(relid, &m, "INSERT")?;
         let width = row.len();
-        let run = self.run_mut(relid, m.local_oid, || Body::Insert {
+        let run = self.run_mut(relid, &m, || Body::Insert {
             cols: vec![Vec::with_capacity(RUN_ROWS); width],
         });
         let Body::Insert { cols } = &mut run.body else {
@@ -567,7 +572,7 @@ impl Applier {
         }
         let m = self.resolved(relid)?;
         Self::require_identity(&m)?;
-        let Some(key) = run_key(&m, old, new) else {
+        let Some(key) = run_key(&m, old, new, true) else {
             self.prepare_run(relid, &m, "")?;
             let m = self.mapping(relid)?;
             return self.update_now(relid, &m, old, new, 1);
@@ -580,15 +585,9 @@ impl Applier {
         if other_set {
             self.flush_relid(relid)?;
         }
-        let bytes: usize = new
-            .0
-            .iter()
-            .map(|d| match d {
-                Datum::Text(b) => b.len(),
-                _ => 0,
-            })
-            .sum();
-        let run = self.run_mut(relid, m.local_oid, || Body::Update {
+        // The images share their message's buffer, which holds the old row too.
+        let bytes = tuple_bytes(new) + old.map_or(0, |(_, o)| tuple_bytes(o));
+        let run = self.run_mut(relid, &m, || Body::Update {
             set,
             index: HashMap::new(),
             rows: Vec::new(),
@@ -618,10 +617,18 @@ impl Applier {
     fn flush_updates(
         &mut self,
         relid: RelId,
+        buffered: &Rc<Mapping>,
         set: Vec<bool>,
         rows: Vec<(Vec<Datum>, u32)>,
     ) -> Result<()> {
         let m = self.mapping(relid)?;
+        if !Rc::ptr_eq(&m, buffered) {
+            // The target changed meanwhile: one at a time, as they came.
+            for (image, n) in rows {
+                self.update_now(relid, &m, None, &TupleData(image), n)?;
+            }
+            return Ok(());
+        }
         for (image, _) in &rows {
             for ((t, d), s) in m.cols.iter().zip(image).zip(&set) {
                 if let (Some(t), Datum::Text(b), true) = (t, d, *s) {
@@ -630,21 +637,6 @@ impl Applier {
             }
         }
         let guard = guard_dims(&m, &set);
-        let plan = match self
-            .update_run_plans
-            .entry(relid)
-            .or_default()
-            .entry(set.clone())
-        {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => {
-                let (sql, n) = update_run_sql(&m, &set);
-                let mut types = vec![pg_sys::TEXTARRAYOID; n];
-                types[0] = pg_sys::INT4ARRAYOID;
-                e.insert(prepare_typed(&sql, &types)?)
-            }
-        };
-        let plan = &*plan;
         let ordinals: Vec<i32> = (0..rows.len() as i32).collect();
         let column = |i: usize| -> Result<Vec<Option<&str>>> {
             rows.iter()
@@ -661,17 +653,49 @@ impl Applier {
         for &g in &guard {
             args.push(column(g)?.into());
         }
-        let found = as_owner(&m, || {
-            Spi::connect_mut(|c| {
-                let mut found = vec![false; rows.len()];
-                for row in c.update(plan, None, &args)? {
-                    if let Some(n) = row.get::<i32>(1)? {
-                        found[n as usize] = true;
+        let joined: Vec<usize> = m.key.iter().chain(&guard).copied().collect();
+        let found = if let Some(bounds) = run_bounds(&m, &joined, column)? {
+            // A hypertable: planned for this run's chunks only.
+            let (sql, _) = update_run_sql(&m, &set, &bounds);
+            as_owner(&m, || {
+                Spi::connect_mut(|c| {
+                    let mut found = vec![false; rows.len()];
+                    for row in c.update(sql.as_str(), None, &args)? {
+                        if let Some(n) = row.get::<i32>(1)? {
+                            found[n as usize] = true;
+                        }
                     }
+                    Ok::<_, Error>(found)
+                })
+            })?
+        } else {
+            let plan = match self
+                .update_run_plans
+                .entry(relid)
+                .or_default()
+                .entry(set.clone())
+            {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    let (sql, n) = update_run_sql(&m, &set, &[]);
+                    let mut types = vec![pg_sys::TEXTARRAYOID; n];
+                    types[0] = pg_sys::INT4ARRAYOID;
+                    e.insert(prepare_typed(&sql, &types)?)
                 }
-                Ok::<_, Error>(found)
-            })
-        })?;
+            };
+            let plan = &*plan;
+            as_owner(&m, || {
+                Spi::connect_mut(|c| {
+                    let mut found = vec![false; rows.len()];
+                    for row in c.update(plan, None, &args)? {
+                        if let Some(n) = row.get::<i32>(1)? {
+                            found[n as usize] = true;
+                        }
+                    }
+                    Ok::<_, Error>(found)
+                })
+            })?
+        };
         drop(args);
         for ((image, n), found) in rows.into_iter().zip(found) {
             if found {
@@ -700,7 +724,7 @@ impl Applier {
         if identity_always_changed(m, old, new) {
             // UPDATE cannot set a GENERATED ALWAYS identity column: re-insert the row.
             let (_, old) = old.expect("a change was seen in the old row");
-            return self.move_row(relid, m, old, new);
+            return self.move_row(relid, m, old, new, n);
         }
         let set = set_columns(m, new);
         let key_source = old.map(|(_, t)| t).unwrap_or(new);
@@ -713,7 +737,7 @@ impl Applier {
         // the key: the old key image tells whether it changed. Otherwise the UPDATE is
         // guarded with "dimension unchanged" and a miss means the row moves.
         if dimension_in_key_changed(m, old, new) {
-            return self.move_row(relid, m, key_source, new);
+            return self.move_row(relid, m, key_source, new, n);
         }
         let guard = guard_dims(m, &set);
         let mut set_vals: Vec<Option<&str>> = Vec::new();
@@ -751,7 +775,7 @@ impl Applier {
         let found = as_owner(m, || exec_text(plan, &vals))?;
         if found == 0 && !guard.is_empty() {
             // The row moves to another chunk, which UPDATE cannot do on a hypertable.
-            return self.move_row(relid, m, key_source, new);
+            return self.move_row(relid, m, key_source, new, n);
         }
         if found == 0 {
             self.update_missing += u64::from(n);
@@ -769,6 +793,7 @@ impl Applier {
         m: &Mapping,
         key: &TupleData,
         new: &TupleData,
+        n: u32,
     ) -> Result<()> {
         let mut row: Vec<Option<Bytes>> = Vec::with_capacity(new.0.len());
         let missing: Vec<usize> = (0..new.0.len())
@@ -797,7 +822,7 @@ impl Applier {
         }
         let deleted = self.delete_by_key(relid, m, key)?;
         if deleted == 0 {
-            self.update_missing += 1;
+            self.update_missing += u64::from(n);
             pgrx::debug1!("livesync: row to update in \"{}\" not found", m.display);
             return Ok(());
         }
@@ -854,7 +879,7 @@ impl Applier {
         self.check_width(relid, old)?;
         let m = self.resolved(relid)?;
         Self::require_identity(&m)?;
-        let Some(key) = run_key(&m, None, old) else {
+        let Some(key) = run_key(&m, None, old, false) else {
             self.prepare_run(relid, &m, "")?;
             let m = self.mapping(relid)?;
             if self.delete_by_key(relid, &m, old)? == 0 {
@@ -864,46 +889,63 @@ impl Applier {
             return Ok(());
         };
         self.prepare_run(relid, &m, "DELETE")?;
-        let width = key.len();
-        let bytes = key.iter().map(|b| b.len()).sum();
-        let run = self.run_mut(relid, m.local_oid, || Body::Delete {
-            keys: vec![Vec::new(); width],
-        });
-        let Body::Delete { keys } = &mut run.body else {
+        drop(key);
+        let bytes = tuple_bytes(old);
+        let run = self.run_mut(relid, &m, || Body::Delete { rows: Vec::new() });
+        let Body::Delete { rows } = &mut run.body else {
             unreachable!("prepare_run wrote the run of another kind")
         };
-        for (col, v) in keys.iter_mut().zip(key) {
-            col.push(v);
-        }
+        rows.push(old.0.clone());
         run.rows += 1;
         self.after_push(relid, bytes)
     }
 
     /// Write a run of DELETEs: one statement for every key; keys it did not find
     /// (also a key deleted twice) are counted as missing.
-    fn flush_deletes(&mut self, relid: RelId, keys: Vec<Vec<Bytes>>, rows: usize) -> Result<()> {
+    fn flush_deletes(
+        &mut self,
+        relid: RelId,
+        buffered: &Rc<Mapping>,
+        rows: Vec<Vec<Datum>>,
+    ) -> Result<()> {
         let m = self.mapping(relid)?;
-        let plan = match self.delete_run_plans.entry(relid) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => {
-                let sql = delete_run_sql(&m);
-                e.insert(prepare(&sql, m.key.len(), pg_sys::TEXTARRAYOID)?)
+        if !Rc::ptr_eq(&m, buffered) {
+            // The target changed meanwhile: one at a time, as they came.
+            for row in rows {
+                if self.delete_by_key(relid, &m, &TupleData(row))? == 0 {
+                    self.delete_missing += 1;
+                }
             }
-        };
-        let plan = &*plan;
-        let mut args: Vec<DatumWithOid> = Vec::with_capacity(keys.len());
-        for col in &keys {
-            let vals = col
-                .iter()
-                .map(|b| text_of(b).map(Some))
-                .collect::<Result<Vec<Option<&str>>>>()?;
-            args.push(vals.into());
+            return Ok(());
         }
-        let deleted = as_owner(&m, || {
-            Spi::connect_mut(|c| Ok::<_, Error>(c.update(plan, None, &args)?.len()))
-        })?;
-        if deleted < rows {
-            self.delete_missing += (rows - deleted) as u64;
+        let column = |i: usize| -> Result<Vec<Option<&str>>> {
+            rows.iter().map(|r| datum_text(&r[i])).collect()
+        };
+        let mut args: Vec<DatumWithOid> = Vec::with_capacity(m.key.len());
+        for &k in &m.key {
+            args.push(column(k)?.into());
+        }
+        let deleted = if let Some(bounds) = run_bounds(&m, &m.key, column)? {
+            // A hypertable: planned for this run's chunks only.
+            let sql = delete_run_sql(&m, &bounds);
+            as_owner(&m, || {
+                Spi::connect_mut(|c| Ok::<_, Error>(c.update(sql.as_str(), None, &args)?.len()))
+            })?
+        } else {
+            let plan = match self.delete_run_plans.entry(relid) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    let sql = delete_run_sql(&m, &[]);
+                    e.insert(prepare(&sql, m.key.len(), pg_sys::TEXTARRAYOID)?)
+                }
+            };
+            let plan = &*plan;
+            as_owner(&m, || {
+                Spi::connect_mut(|c| Ok::<_, Error>(c.update(plan, None, &args)?.len()))
+            })?
+        };
+        if deleted < rows.len() {
+            self.delete_missing += (rows.len() - deleted) as u64;
             pgrx::debug1!("livesync: rows to delete in \"{}\" not found", m.display);
         }
         Ok(())
@@ -1073,11 +1115,22 @@ fn add_missing_columns(rel: &Relation) -> Result<()> {
 }
 
 /// The key by which a change may join a run, or None when it must be applied alone: a
-/// table with triggers that fire during apply, rows found by all their columns, a key
-/// that changed (or a GENERATED ALWAYS identity column), a key column not written or
-/// without an equality operator, a key value not sent as text.
-fn run_key(m: &Mapping, old: Option<(OldKind, &TupleData)>, new: &TupleData) -> Option<Vec<Bytes>> {
-    if m.triggers || m.by_all_columns || identity_always_changed(m, old, new) {
+/// table with triggers that fire during apply, rows found by all their columns, an
+/// UPDATE of a table with unique columns besides its key (see
+/// `Mapping::unique_elsewhere`), a key that changed (or a GENERATED ALWAYS identity
+/// column), a key column not written or without an equality operator, a key value not
+/// sent as text.
+fn run_key(
+    m: &Mapping,
+    old: Option<(OldKind, &TupleData)>,
+    new: &TupleData,
+    update: bool,
+) -> Option<Vec<Bytes>> {
+    if m.triggers
+        || m.by_all_columns
+        || (update && m.unique_elsewhere)
+        || identity_always_changed(m, old, new)
+    {
         return None;
     }
     let mut key = Vec::with_capacity(m.key.len());
@@ -1109,6 +1162,16 @@ fn set_columns(m: &Mapping, new: &TupleData) -> Vec<bool> {
             t.as_ref().is_some_and(|t| !t.always_identity) && !matches!(d, Datum::UnchangedToast)
         })
         .collect()
+}
+
+/// Bytes of the values of a row as received.
+fn tuple_bytes(t: &TupleData) -> usize {
+    t.0.iter()
+        .map(|d| match d {
+            Datum::Text(b) | Datum::Binary(b) => b.len(),
+            _ => 0,
+        })
+        .sum()
 }
 
 /// One column of buffered values as a text[] argument.
@@ -1425,6 +1488,53 @@ pub fn update_sql(m: &Mapping, set: &[bool], nulls: &[bool]) -> (String, usize) 
     (sql, total)
 }
 
+/// For a run into a hypertable: the dimension columns among `joined` (the columns the run
+/// joins on by equality) with the lowest and highest of the run's values in each. Written
+/// as constants into a statement planned for the one run, they let TimescaleDB leave out
+/// every chunk the run cannot touch: a prepared (generic) plan of the join probes every
+/// chunk for every row, which on a hypertable of hundreds of chunks costs a millisecond a
+/// row. None for a plain table (or values without bounds).
+fn run_bounds<'a>(
+    m: &Mapping,
+    joined: &[usize],
+    column: impl Fn(usize) -> Result<Vec<Option<&'a str>>>,
+) -> Result<Option<Vec<Bounds>>> {
+    if !m.hypertable {
+        return Ok(None);
+    }
+    let dims: Vec<usize> = m
+        .dims
+        .iter()
+        .copied()
+        .filter(|d| joined.contains(d) && m.cols[*d].is_some())
+        .collect();
+    if dims.is_empty() {
+        return Ok(None);
+    }
+    let mut bounds = Vec::with_capacity(dims.len());
+    for &d in &dims {
+        let t = m.cols[d].as_ref().expect("filtered on mapped columns");
+        let v = cast("v", &t.type_name);
+        let sql = format!(
+            "SELECT pg_catalog.quote_literal(pg_catalog.min({v})::pg_catalog.text), \
+                    pg_catalog.quote_literal(pg_catalog.max({v})::pg_catalog.text) \
+               FROM pg_catalog.unnest($1::pg_catalog.text[]) AS u(v)"
+        );
+        let vals = column(d)?;
+        let (lo, hi) = as_owner(m, || {
+            Spi::connect(|c| {
+                let row = c.select(&sql, Some(1), &[vals.into()])?.first();
+                Ok::<_, Error>((row.get::<String>(1)?, row.get::<String>(2)?))
+            })
+        })?;
+        let (Some(lo), Some(hi)) = (lo, hi) else {
+            return Ok(None);
+        };
+        bounds.push(Bounds { col: d, lo, hi });
+    }
+    Ok(Some(bounds))
+}
+
 /// `t.column = CAST(u.param AS type)` by the column type's btree equality (run keys
 /// always have one, see [`run_key`]).
 fn equals_joined(t: &Target, param: &str) -> String {
@@ -1438,7 +1548,7 @@ fn equals_joined(t: &Target, param: &str) -> String {
 ///
 /// `UPDATE t SET a = CAST(u.s1 AS ...) FROM ROWS FROM (unnest($1::int4[]), unnest($2::text[]), ...)
 /// AS u(n, s1, k1) WHERE t.id = CAST(u.k1 AS ...) RETURNING u.n`
-pub fn update_run_sql(m: &Mapping, set: &[bool]) -> (String, usize) {
+pub fn update_run_sql(m: &Mapping, set: &[bool], bounds: &[Bounds]) -> (String, usize) {
     let guard = guard_dims(m, set);
     let mut aliases = vec!["n".to_string()];
     let assignments: Vec<String> = (0..m.cols.len())
@@ -1461,6 +1571,8 @@ pub fn update_run_sql(m: &Mapping, set: &[bool]) -> (String, usize) {
         aliases.push(format!("k{}", aliases.len()));
         pred.push(equals_joined(t, &format!("u.{}", aliases.last().unwrap())));
     }
+    let nparams = aliases.len();
+    pred.extend(bounds_pred(m, bounds));
     // Nothing left to SET: a no-op assignment still finds (and counts) the row.
     let assignments = if assignments.is_empty() {
         let t = m.cols[m.key[0]].as_ref().expect("run keys are mapped");
@@ -1468,7 +1580,7 @@ pub fn update_run_sql(m: &Mapping, set: &[bool]) -> (String, usize) {
     } else {
         assignments.join(", ")
     };
-    let params: Vec<String> = (1..=aliases.len())
+    let params: Vec<String> = (1..=nparams)
         .map(|i| {
             let ty = if i == 1 { "int4" } else { "text" };
             format!("pg_catalog.unnest(${i}::pg_catalog.{ty}[])")
@@ -1481,11 +1593,40 @@ pub fn update_run_sql(m: &Mapping, set: &[bool]) -> (String, usize) {
         aliases.join(", "),
         pred.join(" AND ")
     );
-    (sql, aliases.len())
+    (sql, nparams)
 }
 
-/// The batched DELETE of a run: a text[] per key column.
-pub fn delete_run_sql(m: &Mapping) -> String {
+/// The lowest and highest value of a run in one of its hypertable's dimension columns, as
+/// quoted SQL literals (see [`run_bounds`]).
+pub struct Bounds {
+    col: usize,
+    lo: String,
+    hi: String,
+}
+
+/// `t.dim BETWEEN CAST('lo' AS type) AND CAST('hi' AS type)` for each of `bounds`: constants
+/// from the parser on, so TimescaleDB plans the run's statement for the chunks they overlap
+/// only (parameters, even of a statement planned once, are not: the cast from text is
+/// stable, not immutable).
+fn bounds_pred(m: &Mapping, bounds: &[Bounds]) -> Vec<String> {
+    bounds
+        .iter()
+        .map(|b| {
+            let t = m.cols[b.col]
+                .as_ref()
+                .expect("bounded dimensions are mapped");
+            format!(
+                "t.{} BETWEEN {} AND {}",
+                t.column,
+                cast(&b.lo, &t.type_name),
+                cast(&b.hi, &t.type_name)
+            )
+        })
+        .collect()
+}
+
+/// The batched DELETE of a run: a text[] per key column (`bounds`: see [`bounds_pred`]).
+pub fn delete_run_sql(m: &Mapping, bounds: &[Bounds]) -> String {
     let mut aliases = Vec::new();
     let mut pred = Vec::new();
     for &k in &m.key {
@@ -1493,6 +1634,7 @@ pub fn delete_run_sql(m: &Mapping) -> String {
         aliases.push(format!("k{}", aliases.len() + 1));
         pred.push(equals_joined(t, &format!("u.{}", aliases.last().unwrap())));
     }
+    pred.extend(bounds_pred(m, bounds));
     let params: Vec<String> = (1..=aliases.len())
         .map(|i| format!("pg_catalog.unnest(${i}::pg_catalog.text[])"))
         .collect();
@@ -1549,6 +1691,7 @@ mod tests {
             by_all_columns: false,
             owner: pg_sys::InvalidOid,
             triggers: false,
+            unique_elsewhere: false,
         }
     }
 
@@ -1559,7 +1702,7 @@ mod tests {
     #[test]
     fn run_statements() {
         let m = mapping(ReplicaIdentity::Default);
-        let (sql, n) = update_run_sql(&m, &[true, false, true]);
+        let (sql, n) = update_run_sql(&m, &[true, false, true], &[]);
         assert_eq!(
             sql,
             format!(
@@ -1573,14 +1716,14 @@ mod tests {
         );
         assert_eq!(n, 4);
         // Nothing to SET: a no-op assignment still finds the row.
-        let (sql, n) = update_run_sql(&m, &[false, false, false]);
+        let (sql, n) = update_run_sql(&m, &[false, false, false], &[]);
         assert!(sql.contains("SET \"id\" = t.\"id\" FROM"), "{sql}");
         assert_eq!(n, 2);
         // A hypertable's dimension is never SET, and guards the row (a miss is a move).
         let mut h = mapping(ReplicaIdentity::Default);
         h.cols[1] = Some(target("ts", "timestamptz"));
         h.dims = vec![1];
-        let (sql, n) = update_run_sql(&h, &[true, true, true]);
+        let (sql, n) = update_run_sql(&h, &[true, true, true], &[]);
         assert!(!sql.contains("\"ts\" = CAST"), "{sql}");
         assert!(
             sql.contains(&format!(
@@ -1589,8 +1732,22 @@ mod tests {
             "{sql}"
         );
         assert_eq!(n, 5);
+        // Planned for one run of a hypertable: its dimension's bounds come last.
+        let bounds = || Bounds {
+            col: 1,
+            lo: "'2024-01-01 00:00:00+00'".into(),
+            hi: "'2024-01-02 00:00:00+00'".into(),
+        };
+        let (sql, n) = update_run_sql(&h, &[true, true, true], &[bounds()]);
+        let between = "AND t.\"ts\" BETWEEN CAST('2024-01-01 00:00:00+00' AS \"pg_catalog\".\"timestamptz\") \
+                       AND CAST('2024-01-02 00:00:00+00' AS \"pg_catalog\".\"timestamptz\")";
+        assert!(sql.ends_with(&format!("{between} RETURNING u.n")), "{sql}");
+        assert_eq!(n, 5);
+        h.key = vec![0, 1];
+        let sql = delete_run_sql(&h, &[bounds()]);
+        assert!(sql.ends_with(between), "{sql}");
         assert_eq!(
-            delete_run_sql(&m),
+            delete_run_sql(&m, &[]),
             format!(
                 "DELETE FROM \"public\".\"t\" AS t USING ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[])) \
                  AS u(k1) WHERE t.\"id\" {EQ} CAST(u.k1 AS \"pg_catalog\".\"int4\")"
@@ -1602,26 +1759,31 @@ mod tests {
     fn which_changes_join_a_run() {
         let m = mapping(ReplicaIdentity::Default);
         let new = TupleData(vec![text("1"), text("x"), text("a")]);
-        assert_eq!(run_key(&m, None, &new), Some(vec![Bytes::from("1")]));
+        assert_eq!(run_key(&m, None, &new, true), Some(vec![Bytes::from("1")]));
         // The key changed: applied alone.
         let old = TupleData(vec![text("2"), Datum::Null, Datum::Null]);
-        assert_eq!(run_key(&m, Some((OldKind::Key, &old)), &new), None);
+        assert_eq!(run_key(&m, Some((OldKind::Key, &old)), &new, true), None);
         // A full old image with the same key joins.
         let same = TupleData(vec![text("1"), text("y"), text("b")]);
-        assert!(run_key(&m, Some((OldKind::Full, &same)), &new).is_some());
+        assert!(run_key(&m, Some((OldKind::Full, &same)), &new, true).is_some());
         // Triggers that fire during apply, rows found by all columns, a NULL key: alone.
         let mut t = mapping(ReplicaIdentity::Default);
         t.triggers = true;
-        assert_eq!(run_key(&t, None, &new), None);
+        assert_eq!(run_key(&t, None, &new, true), None);
         let mut f = mapping(ReplicaIdentity::Full);
         f.by_all_columns = true;
-        assert_eq!(run_key(&f, None, &new), None);
+        assert_eq!(run_key(&f, None, &new, true), None);
         let null_key = TupleData(vec![Datum::Null, text("x"), text("a")]);
-        assert_eq!(run_key(&m, None, &null_key), None);
+        assert_eq!(run_key(&m, None, &null_key, true), None);
         // A key column without an equality operator cannot be joined on.
         let mut j = mapping(ReplicaIdentity::Default);
         j.cols[0].as_mut().unwrap().eq_op = None;
-        assert_eq!(run_key(&j, None, &new), None);
+        assert_eq!(run_key(&j, None, &new, true), None);
+        // Unique columns besides the key: UPDATEs one at a time, DELETEs still in runs.
+        let mut u = mapping(ReplicaIdentity::Default);
+        u.unique_elsewhere = true;
+        assert_eq!(run_key(&u, None, &new, true), None);
+        assert!(run_key(&u, None, &new, false).is_some());
     }
 
     #[test]

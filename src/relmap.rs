@@ -144,6 +144,11 @@ pub struct Mapping {
     /// (`ENABLE ALWAYS` / `ENABLE REPLICA`): its changes are applied in source order
     /// with every other table's, one row at a time, never merged (`apply::Applier`).
     pub triggers: bool,
+    /// The target has a unique index or exclusion constraint on a column other than the
+    /// row's key and hypertable dimensions (or on an expression): rows updated together
+    /// could collide on it in an order the source never had (a swap of two values), so
+    /// UPDATEs are applied one at a time, in source order.
+    pub unique_elsewhere: bool,
 }
 
 pub fn quote_ident(s: &str) -> String {
@@ -309,7 +314,7 @@ pub fn resolve(rel: &Relation) -> Result<Mapping> {
     let dim_names = hypertable_dimensions(schema, &rel.name)?;
     let hypertable = dim_names.is_some();
     let dim_names = dim_names.unwrap_or_default();
-    let dims = rel
+    let dims: Vec<usize> = rel
         .columns
         .iter()
         .enumerate()
@@ -324,7 +329,24 @@ pub fn resolve(rel: &Relation) -> Result<Mapping> {
         &[local_oid.into()],
     )?
     .unwrap_or(true);
+    let fixed: Vec<String> = key
+        .iter()
+        .chain(&dims)
+        .filter_map(|&i: &usize| cols[i].as_ref().map(|t| t.name.clone()))
+        .collect();
+    let unique_elsewhere = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_index i \
+           CROSS JOIN LATERAL pg_catalog.unnest(i.indkey::pg_catalog.int2[]) AS k(attnum) \
+           LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid \
+                AND a.attnum OPERATOR(pg_catalog.=) k.attnum \
+          WHERE i.indrelid OPERATOR(pg_catalog.=) $1 AND (i.indisunique OR i.indisexclusion) \
+            AND (k.attnum OPERATOR(pg_catalog.=) 0 \
+                 OR NOT a.attname::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($2)))",
+        &[local_oid.into(), fixed.into()],
+    )?
+    .unwrap_or(true);
     Ok(Mapping {
+        unique_elsewhere,
         triggers,
         owner,
         by_all_columns,

@@ -282,6 +282,7 @@ impl Stream {
         match self.conn.next_buffered_message() {
             Ok(Some(m)) => {
                 self.drained = true;
+                self.last_msg = Instant::now();
                 return Ok(Some(m));
             }
             Ok(None) => {}
@@ -425,6 +426,9 @@ impl Stream {
                         finish_lsn: commit_lsn,
                     };
                     self.replay(rt, xid, commit_lsn, owner)?;
+                    if self.careful {
+                        self.applier.flush()?;
+                    }
                 }
                 self.pending_commit = Some((end_lsn, commit_time));
                 self.note_received(end_lsn);
@@ -941,7 +945,7 @@ pub fn setup_origin(name: &str) -> Result<Lsn> {
             &[name.into()],
         )?;
         let p: Option<String> = pgrx::spi::Spi::get_one(
-            "SELECT pg_catalog.pg_replication_origin_session_progress(false)::pg_catalog.text",
+            "SELECT pg_catalog.pg_replication_origin_session_progress(true)::pg_catalog.text",
         )?;
         Ok(p.and_then(|s| crate::lsn::parse(&s)).unwrap_or(0))
     })

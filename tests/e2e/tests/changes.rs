@@ -1673,7 +1673,10 @@ fn changes_inside_one_batch_keep_source_order() {
     let mut steps: Vec<String> = Vec::new();
     for i in 1..=5 {
         steps.push(format!("UPDATE ord SET v = 'a{i}', n = n + 1 WHERE id = 1"));
-        steps.push(format!("UPDATE side SET v = v + {i} WHERE id = {}", i % 3 + 1));
+        steps.push(format!(
+            "UPDATE side SET v = v + {i} WHERE id = {}",
+            i % 3 + 1
+        ));
     }
     steps.extend(
         [
@@ -1721,7 +1724,13 @@ fn changes_inside_one_batch_keep_source_order() {
     let q = "(SELECT id, v, n, md5(big) FROM ord WHERE id <> 7)";
     assert_same(&src, &tgt, q, q);
     assert_eq!(count(&tgt, "ord WHERE id = 7"), 0);
-    assert_eq!(count(&tgt, "ord WHERE id = 6 AND big IS NOT NULL AND v = 'six' AND n = 2"), 1);
+    assert_eq!(
+        count(
+            &tgt,
+            "ord WHERE id = 6 AND big IS NOT NULL AND v = 'six' AND n = 2"
+        ),
+        1
+    );
     assert_eq!(count(&tgt, "ord_ht WHERE id = 7"), 1);
     // Conflicts: every source UPDATE of the missing row 7 (3, though merged into one
     // image) and the DELETE of row 8.
@@ -1737,4 +1746,115 @@ fn changes_inside_one_batch_keep_source_order() {
         (r.get(0), r.get(1))
     };
     assert_eq!((updates, deletes), (3, 1), "update_missing, delete_missing");
+}
+
+/// Two rows swap the values of a UNIQUE column that is not their key (through a temporary
+/// value), as a list reordering does. Applied one row at a time, in source order, that never
+/// collides; written as one statement over the rows' newest images it would (the unique
+/// index is checked row by row), and the sync would be stuck on a transaction the source
+/// committed fine.
+#[test]
+fn unique_column_values_swapped_inside_one_batch() {
+    let src = Db::fresh(source(), "swap_src");
+    let tgt = Db::fresh(target(), "swap_tgt");
+    ddl_both(
+        &src,
+        &tgt,
+        "CREATE TABLE slots (id int PRIMARY KEY, pos int NOT NULL UNIQUE, label text)",
+    );
+    src.exec(
+        "INSERT INTO slots SELECT g, g, 'l' || g FROM generate_series(1, 20) g; \
+         CREATE PUBLICATION p FOR TABLE slots",
+    );
+    let sub = "swap_unique";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    synced(&src, &tgt, sub, &["slots"]);
+    livesync_stop(&tgt, sub);
+    // Swaps, each in one source transaction, and one spread over three.
+    src.exec(
+        "BEGIN; UPDATE slots SET pos = -1 WHERE id = 1; UPDATE slots SET pos = 1 WHERE id = 2; \
+         UPDATE slots SET pos = 2 WHERE id = 1; COMMIT; \
+         BEGIN; UPDATE slots SET pos = -1 WHERE id = 3; UPDATE slots SET pos = 3 WHERE id = 4; \
+         UPDATE slots SET pos = 4, label = 'moved' WHERE id = 3; COMMIT",
+    );
+    src.exec("UPDATE slots SET pos = -5 WHERE id = 5");
+    src.exec("UPDATE slots SET pos = 5 WHERE id = 6");
+    src.exec("UPDATE slots SET pos = 6 WHERE id = 5");
+    let _g2 = start_sync(&tgt, &src.uri(), "p", sub);
+    synced(&src, &tgt, sub, &["slots"]);
+    assert_eq!(
+        try_sub_info(&tgt, sub)
+            .ok()
+            .flatten()
+            .and_then(|i| i.last_error),
+        None
+    );
+}
+
+/// Runs of UPDATEs and DELETEs into a hypertable touch only the chunks their rows are in. A
+/// run is one statement joined by key; planned once and reused, it cannot exclude chunks,
+/// and probes every chunk for every row (on a hypertable of hundreds of chunks, a
+/// millisecond a row). The scans the chunks' statistics count tell which chunks a run read.
+#[test]
+fn hypertable_runs_touch_only_their_chunks() {
+    let src = Db::fresh(source(), "ht_runs_src");
+    let tgt = Db::fresh(target(), "ht_runs_tgt");
+    // The source's key holds the time column too: a DELETE's old key image has it (with
+    // only `id` there, no chunk could be left out).
+    src.exec("CREATE TABLE hts (id int, ts timestamptz NOT NULL, v int, PRIMARY KEY (id, ts))");
+    tgt.exec(
+        "CREATE TABLE hts (id int, ts timestamptz NOT NULL, v int, PRIMARY KEY (id, ts)); \
+         SET client_min_messages = warning; \
+         SELECT create_hypertable('hts', 'ts', chunk_time_interval => interval '1 day')",
+    );
+    // 30 days, 20 rows a day: ids 1..600, day 30 holds ids 581..600.
+    src.exec(
+        "INSERT INTO hts SELECT g, timestamptz '2024-01-01 00:30:00+00' + ((g - 1) / 20) * interval '1 day' \
+           + ((g - 1) % 20) * interval '1 minute' + interval '0.000123 second', 0 \
+           FROM generate_series(1, 600) g; \
+         CREATE PUBLICATION p FOR TABLE hts",
+    );
+    let sub = "ht_runs";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    synced(&src, &tgt, sub, &["hts"]);
+    assert_eq!(chunk_count(&tgt, "hts"), 30);
+    livesync_stop(&tgt, sub);
+    let old_chunk_scans = |tgt: &Db| -> i64 {
+        tgt.query_one(
+            "SELECT coalesce(sum(coalesce(seq_scan, 0) + coalesce(idx_scan, 0)), 0)::int8 \
+               FROM pg_stat_user_tables \
+              WHERE relid IN (SELECT show_chunks('hts', older_than => timestamptz '2024-01-29 00:00:00+00'))",
+        )
+    };
+    let before = old_chunk_scans(&tgt);
+    // The backlog: one transaction per change, in the two newest days only (the first and
+    // last rows of each included, which are the bounds of the runs).
+    for id in (561..=600).step_by(2) {
+        src.exec(&format!("UPDATE hts SET v = v + {id} WHERE id = {id}"));
+    }
+    for id in [561, 580, 581, 600] {
+        src.exec(&format!("UPDATE hts SET v = -1 WHERE id = {id}"));
+    }
+    for id in [562, 570, 582, 599] {
+        src.exec(&format!("DELETE FROM hts WHERE id = {id}"));
+    }
+    let _g2 = start_sync(&tgt, &src.uri(), "p", sub);
+    caught_up(&src, &tgt, sub);
+    // Stopped, the worker has reported its statistics.
+    livesync_stop(&tgt, sub);
+    assert_eq!(
+        old_chunk_scans(&tgt) - before,
+        0,
+        "the runs read chunks older than their rows"
+    );
+    assert_tables_equal(&src, &tgt, "hts");
+    let r = tgt
+        .client()
+        .query_one(
+            "SELECT update_missing::int8, delete_missing::int8 FROM livesync.subscription \
+              WHERE subname = $1",
+            &[&sub],
+        )
+        .expect("counters");
+    assert_eq!((r.get::<_, i64>(0), r.get::<_, i64>(1)), (0, 0));
 }
