@@ -14,7 +14,7 @@
 #   BENCH_TPCB_TXNS TPC-B transactions of the tpcb backlog, default 100000 (scale BENCH_TPCB_SCALE, 10)
 #   BENCH_ROUNDS    rounds of each apply workload (the median is reported), default 3
 #   BENCH_RATES     TPC-B rates (transactions/s) the sustained-load part climbs, default
-#                   "500 1000 2000 3000 4000 5000 6000 8000 10000"
+#                   "500 1000 1500 2000 2500 3000 4000 5000 6000 8000 10000"
 #   BENCH_SUSTAIN_S seconds at each rate, default 20
 #   BENCH_QUICK=1   BENCH_COPY_MB=50, BENCH_ROWS=30000, BENCH_TPCB_TXNS=10000, BENCH_ROUNDS=1,
 #                   BENCH_SUSTAIN_S=10 (unless set explicitly)
@@ -65,7 +65,7 @@ BENCH_ROWS=${BENCH_ROWS:-300000}
 BENCH_TPCB_TXNS=${BENCH_TPCB_TXNS:-100000}
 BENCH_TPCB_SCALE=${BENCH_TPCB_SCALE:-10}
 BENCH_ROUNDS=${BENCH_ROUNDS:-3}
-BENCH_RATES=${BENCH_RATES:-500 1000 2000 3000 4000 5000 6000 8000 10000}
+BENCH_RATES=${BENCH_RATES:-500 1000 1500 2000 2500 3000 4000 5000 6000 8000 10000}
 BENCH_SUSTAIN_S=${BENCH_SUSTAIN_S:-20}
 want() { case " $BENCH_SECTIONS " in *" $1 "*) return 0;; *) return 1;; esac; }
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-1800}
@@ -401,7 +401,7 @@ fi
 # source, followed by a marker row; each consumer is started alone and timed until the
 # marker's row is on its target (changes apply in source order, so everything before it is
 # there too). Then its tables are compared with the source's. Medians over BENCH_ROUNDS.
-declare -A APPLY_T APPLY_RSS APPLY_DESC APPLY_N APPLY_CONSUMERS_OF
+declare -A APPLY_T APPLY_WS APPLY_AP APPLY_RSS APPLY_DESC APPLY_N APPLY_CONSUMERS_OF
 APPLY_CONSUMERS=()
 src -c "CREATE TABLE bench_marker (id int PRIMARY KEY)"
 for db in native ls_plain ls_hyper; do tgt "$db" -c "CREATE TABLE bench_marker (id int PRIMARY KEY)"; done
@@ -518,6 +518,10 @@ consumer_drain() {  # consumer workload round
       || { stop_sampler; livesync_failure "$db"; die "livesync $sub did not catch up"; }
   fi
   t1=$(now)
+  # CPU seconds of the walsender and of the apply worker, both started for this drain.
+  local ws ap; ws=$(src -c "SELECT active_pid FROM pg_replication_slots WHERE active AND slot_name LIKE 'b\_${w}\_%' LIMIT 1")
+  if [ "$c" = native ]; then ap=$(pgrep -f "logical replication.*worker" | head -1); else ap=$(pgrep -f "livesync apply" | head -1); fi
+  APPLY_WS[$w,$c]="${APPLY_WS[$w,$c]:-} $(cpu_s "$ws")"; APPLY_AP[$w,$c]="${APPLY_AP[$w,$c]:-} $(cpu_s "$ap")"
   stop_sampler
   perf_stop
   APPLY_T[$w,$c]="${APPLY_T[$w,$c]:-} $(elapsed "$t0" "$t1")"
@@ -551,6 +555,9 @@ perf_stop() {
   wait $PERF_PIDS 2>/dev/null || true
   PERF_PIDS=
 }
+
+# cpu_s PID: user + system CPU seconds a process has used (n/a if it is gone).
+cpu_s() { [ -n "$1" ] && [ -r "/proc/$1/stat" ] && awk -v t="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$1/stat" || echo n/a; }
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "n/a"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.2f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
@@ -711,18 +718,21 @@ TOTAL_S=$(( $(date +%s) - RUN_START ))
     echo "2. APPLY OF A BACKLOG, per workload: seconds from ALTER SUBSCRIPTION ENABLE / livesync_start"
     echo "   until the marker written after the backlog is on the target; median of $BENCH_ROUNDS round(s)"
     echo "   (every round's time in brackets); ratio = livesync / native (hypertable: / livesync plain)"
-    printf '   %-10s %-10s %9s %10s %7s  %-24s %9s  %s\n' "workload" "consumer" "seconds" "changes/s" "ratio" "rounds" "peak MB*" "check"
+    printf '   %-10s %-10s %9s %10s %7s  %-24s %9s %9s %9s  %s\n' "workload" "consumer" "seconds" "changes/s" "ratio" "rounds" "wsnd CPU" "apply CPU" "peak MB*" "check"
     for w in $BENCH_WORKLOADS; do
       echo "   $w: ${APPLY_DESC[$w]}"
       for c in ${APPLY_CONSUMERS_OF[$w]}; do
         med=$(echo "${APPLY_T[$w,$c]:-}" | median)
         case $c in native) ratio=-;; ls_plain) ratio=$(div "$med" "$(echo "${APPLY_T[$w,native]:-}" | median)" %.2f);;
           ls_hyper) ratio=$(div "$med" "$(echo "${APPLY_T[$w,ls_plain]:-}" | median)" %.2f);; esac
-        printf '   %-10s %-10s %9s %10s %7s  %-24s %9s  %s\n' "" "$c" "$med" "$(div "${APPLY_N[$w]}" "$med" %.0f)" "$ratio" \
-          "[$(echo ${APPLY_T[$w,$c]:-} | tr ' ' ',')]" "${APPLY_RSS[$w,$c]}" "${STATUS[apply_${w}_$c]}"
+        printf '   %-10s %-10s %9s %10s %7s  %-24s %9s %9s %9s  %s\n' "" "$c" "$med" "$(div "${APPLY_N[$w]}" "$med" %.0f)" "$ratio" \
+          "[$(echo ${APPLY_T[$w,$c]:-} | tr ' ' ',')]" "$(echo "${APPLY_WS[$w,$c]:-}" | median)" "$(echo "${APPLY_AP[$w,$c]:-}" | median)" \
+          "${APPLY_RSS[$w,$c]}" "${STATUS[apply_${w}_$c]}"
       done
     done
-    echo "   changes/s: row changes of the backlog / seconds; peak MB: the apply worker's peak RssAnon"
+    echo "   changes/s: row changes of the backlog / seconds; peak MB: the apply worker's peak RssAnon;"
+    echo "   wsnd CPU / apply CPU: CPU seconds (median) of the source's walsender and of the apply worker"
+    echo "   during the drain: a walsender CPU near the drain's seconds means the source was the limit"
     echo
   fi
   if want sustain; then

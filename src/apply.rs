@@ -637,37 +637,40 @@ impl Applier {
             }
         }
         let guard = guard_dims(&m, &set);
-        let ordinals: Vec<i32> = (0..rows.len() as i32).collect();
         let column = |i: usize| -> Result<Vec<Option<&str>>> {
             rows.iter()
                 .map(|(image, _)| datum_text(&image[i]))
                 .collect()
         };
-        let mut args: Vec<DatumWithOid> = vec![ordinals.into()];
-        for i in (0..m.cols.len()).filter(|i| set[*i] && !m.dims.contains(i)) {
-            args.push(column(i)?.into());
-        }
-        for &k in &m.key {
-            args.push(column(k)?.into());
-        }
-        for &g in &guard {
-            args.push(column(g)?.into());
-        }
+        // The statement's arguments for the rows `which` (their ordinals in the run).
+        let args_of = |which: Vec<i32>| -> Result<Vec<DatumWithOid>> {
+            let column = |i: usize| -> Result<Vec<Option<&str>>> {
+                which
+                    .iter()
+                    .map(|&r| datum_text(&rows[r as usize].0[i]))
+                    .collect()
+            };
+            let mut args: Vec<DatumWithOid> = Vec::new();
+            for i in (0..m.cols.len()).filter(|i| set[*i] && !m.dims.contains(i)) {
+                args.push(column(i)?.into());
+            }
+            for &k in m.key.iter().chain(&guard) {
+                args.push(column(k)?.into());
+            }
+            args.insert(0, which.into());
+            Ok(args)
+        };
+        let mut found = vec![false; rows.len()];
         let joined: Vec<usize> = m.key.iter().chain(&guard).copied().collect();
-        let found = if let Some(bounds) = run_bounds(&m, &joined, column)? {
-            // A hypertable: planned for this run's chunks only.
-            let (sql, _) = update_run_sql(&m, &set, &bounds);
-            as_owner(&m, || {
-                Spi::connect_mut(|c| {
-                    let mut found = vec![false; rows.len()];
-                    for row in c.update(sql.as_str(), None, &args)? {
-                        if let Some(n) = row.get::<i32>(1)? {
-                            found[n as usize] = true;
-                        }
-                    }
-                    Ok::<_, Error>(found)
-                })
-            })?
+        if let Some(groups) = run_groups(&m, &joined, column, rows.len())? {
+            // A hypertable: one statement per chunk-sized group, planned for its chunks.
+            for g in groups {
+                let (sql, _) = update_run_sql(&m, &set, std::slice::from_ref(&g.bounds));
+                let args = args_of(g.rows)?;
+                as_owner(&m, || {
+                    Spi::connect_mut(|c| mark_found(c, sql.as_str(), &args, &mut found))
+                })?;
+            }
         } else {
             let plan = match self
                 .update_run_plans
@@ -684,19 +687,11 @@ impl Applier {
                 }
             };
             let plan = &*plan;
+            let args = args_of((0..rows.len() as i32).collect())?;
             as_owner(&m, || {
-                Spi::connect_mut(|c| {
-                    let mut found = vec![false; rows.len()];
-                    for row in c.update(plan, None, &args)? {
-                        if let Some(n) = row.get::<i32>(1)? {
-                            found[n as usize] = true;
-                        }
-                    }
-                    Ok::<_, Error>(found)
-                })
-            })?
-        };
-        drop(args);
+                Spi::connect_mut(|c| mark_found(c, plan, &args, &mut found))
+            })?;
+        }
         for ((image, n), found) in rows.into_iter().zip(found) {
             if found {
                 continue;
@@ -921,16 +916,30 @@ impl Applier {
         let column = |i: usize| -> Result<Vec<Option<&str>>> {
             rows.iter().map(|r| datum_text(&r[i])).collect()
         };
-        let mut args: Vec<DatumWithOid> = Vec::with_capacity(m.key.len());
-        for &k in &m.key {
-            args.push(column(k)?.into());
-        }
-        let deleted = if let Some(bounds) = run_bounds(&m, &m.key, column)? {
-            // A hypertable: planned for this run's chunks only.
-            let sql = delete_run_sql(&m, &bounds);
-            as_owner(&m, || {
-                Spi::connect_mut(|c| Ok::<_, Error>(c.update(sql.as_str(), None, &args)?.len()))
-            })?
+        // The statement's arguments for the rows `which` (indexes in the run).
+        let args_of = |which: &mut dyn Iterator<Item = usize>| -> Result<Vec<DatumWithOid>> {
+            let which: Vec<usize> = which.collect();
+            m.key
+                .iter()
+                .map(|&k| {
+                    let vals = which
+                        .iter()
+                        .map(|&r| datum_text(&rows[r][k]))
+                        .collect::<Result<Vec<Option<&str>>>>()?;
+                    Ok(vals.into())
+                })
+                .collect()
+        };
+        let mut deleted = 0;
+        if let Some(groups) = run_groups(&m, &m.key, column, rows.len())? {
+            // A hypertable: one statement per chunk-sized group, planned for its chunks.
+            for g in groups {
+                let sql = delete_run_sql(&m, std::slice::from_ref(&g.bounds));
+                let args = args_of(&mut g.rows.iter().map(|&r| r as usize))?;
+                deleted += as_owner(&m, || {
+                    Spi::connect_mut(|c| Ok::<_, Error>(c.update(sql.as_str(), None, &args)?.len()))
+                })?;
+            }
         } else {
             let plan = match self.delete_run_plans.entry(relid) {
                 Entry::Occupied(e) => e.into_mut(),
@@ -940,10 +949,11 @@ impl Applier {
                 }
             };
             let plan = &*plan;
-            as_owner(&m, || {
+            let args = args_of(&mut (0..rows.len()))?;
+            deleted = as_owner(&m, || {
                 Spi::connect_mut(|c| Ok::<_, Error>(c.update(plan, None, &args)?.len()))
-            })?
-        };
+            })?;
+        }
         if deleted < rows.len() {
             self.delete_missing += (rows.len() - deleted) as u64;
             pgrx::debug1!("livesync: rows to delete in \"{}\" not found", m.display);
@@ -1162,6 +1172,21 @@ fn set_columns(m: &Mapping, new: &TupleData) -> Vec<bool> {
             t.as_ref().is_some_and(|t| !t.always_identity) && !matches!(d, Datum::UnchangedToast)
         })
         .collect()
+}
+
+/// Run an UPDATE run's statement, marking the ordinals it returns (the rows it found).
+fn mark_found<'conn, Q: pgrx::spi::Query<'conn>>(
+    c: &mut pgrx::spi::SpiClient<'conn>,
+    q: Q,
+    args: &[DatumWithOid],
+    found: &mut [bool],
+) -> Result<()> {
+    for row in c.update(q, None, args)? {
+        if let Some(n) = row.get::<i32>(1)? {
+            found[n as usize] = true;
+        }
+    }
+    Ok(())
 }
 
 /// Bytes of the values of a row as received.
@@ -1488,51 +1513,74 @@ pub fn update_sql(m: &Mapping, set: &[bool], nulls: &[bool]) -> (String, usize) 
     (sql, total)
 }
 
-/// For a run into a hypertable: the dimension columns among `joined` (the columns the run
-/// joins on by equality) with the lowest and highest of the run's values in each. Written
-/// as constants into a statement planned for the one run, they let TimescaleDB leave out
-/// every chunk the run cannot touch: a prepared (generic) plan of the join probes every
-/// chunk for every row, which on a hypertable of hundreds of chunks costs a millisecond a
-/// row. None for a plain table (or values without bounds).
-fn run_bounds<'a>(
+/// A run into a hypertable, split by its open (time) dimension into chunk-sized groups:
+/// each group's rows (their ordinals in the run) and the lowest and highest value the
+/// group has in that column. Written as constants into a statement planned for the one
+/// group, the bounds let TimescaleDB leave out every chunk the group cannot touch: a
+/// prepared (generic) plan of the run's join probes every chunk for every row, which on a
+/// hypertable of hundreds of chunks costs a millisecond a row. The groups follow the
+/// chunk interval from the epoch, as TimescaleDB aligns its chunks (where they are not
+/// aligned, a group overlaps two chunks). None for a plain table, a run not joined on the
+/// time column (a DELETE whose key image lacks it), a column type other than the built-in
+/// integer and time types, or values without bounds.
+fn run_groups<'a>(
     m: &Mapping,
     joined: &[usize],
     column: impl Fn(usize) -> Result<Vec<Option<&'a str>>>,
-) -> Result<Option<Vec<Bounds>>> {
-    if !m.hypertable {
+    n: usize,
+) -> Result<Option<Vec<Group>>> {
+    let Some((d, interval)) = m.open_dim else {
         return Ok(None);
-    }
-    let dims: Vec<usize> = m
-        .dims
-        .iter()
-        .copied()
-        .filter(|d| joined.contains(d) && m.cols[*d].is_some())
-        .collect();
-    if dims.is_empty() {
+    };
+    let Some(t) = m.cols[d].as_ref().filter(|_| joined.contains(&d)) else {
         return Ok(None);
-    }
-    let mut bounds = Vec::with_capacity(dims.len());
-    for &d in &dims {
-        let t = m.cols[d].as_ref().expect("filtered on mapped columns");
-        let v = cast("v", &t.type_name);
-        let sql = format!(
-            "SELECT pg_catalog.quote_literal(pg_catalog.min({v})::pg_catalog.text), \
-                    pg_catalog.quote_literal(pg_catalog.max({v})::pg_catalog.text) \
-               FROM pg_catalog.unnest($1::pg_catalog.text[]) AS u(v)"
-        );
-        let vals = column(d)?;
-        let (lo, hi) = as_owner(m, || {
-            Spi::connect(|c| {
-                let row = c.select(&sql, Some(1), &[vals.into()])?.first();
-                Ok::<_, Error>((row.get::<String>(1)?, row.get::<String>(2)?))
-            })
-        })?;
-        let (Some(lo), Some(hi)) = (lo, hi) else {
-            return Ok(None);
-        };
-        bounds.push(Bounds { col: d, lo, hi });
-    }
-    Ok(Some(bounds))
+    };
+    let internal = match t.type_name.rsplit('.').next().map(|s| s.trim_matches('"')) {
+        Some("int2" | "int4" | "int8") if t.type_name.contains("pg_catalog") => {
+            "u.v::pg_catalog.numeric"
+        }
+        Some("date" | "timestamp" | "timestamptz") if t.type_name.contains("pg_catalog") => {
+            "EXTRACT(epoch FROM u.v) OPERATOR(pg_catalog.*) 1000000"
+        }
+        _ => return Ok(None),
+    };
+    let sql = format!(
+        "SELECT pg_catalog.array_agg((u.i OPERATOR(pg_catalog.-) 1)::pg_catalog.int4 ORDER BY u.i), \
+                pg_catalog.quote_literal(pg_catalog.min(u.v)::pg_catalog.text), \
+                pg_catalog.quote_literal(pg_catalog.max(u.v)::pg_catalog.text) \
+           FROM (SELECT {} AS v, w.i FROM pg_catalog.unnest($1::pg_catalog.text[]) \
+                 WITH ORDINALITY AS w(x, i)) AS u \
+          GROUP BY pg_catalog.floor(({internal}) OPERATOR(pg_catalog./) {interval})",
+        cast("w.x", &t.type_name)
+    );
+    let vals = column(d)?;
+    let groups = as_owner(m, || {
+        Spi::connect(|c| {
+            let mut groups = Vec::new();
+            for row in c.select(&sql, None, &[vals.into()])? {
+                let (Some(rows), Some(lo), Some(hi)) = (
+                    row.get::<Vec<i32>>(1)?,
+                    row.get::<String>(2)?,
+                    row.get::<String>(3)?,
+                ) else {
+                    return Ok::<_, Error>(None);
+                };
+                groups.push(Group {
+                    rows,
+                    bounds: Bounds { col: d, lo, hi },
+                });
+            }
+            Ok(Some(groups))
+        })
+    })?;
+    // Every row in exactly one group, or the run goes as one statement.
+    Ok(groups.filter(|g| g.iter().map(|g| g.rows.len()).sum::<usize>() == n))
+}
+
+/// Rows of a run into a hypertable that one statement writes (see [`run_groups`]).
+struct Group {
+    rows: Vec<i32>,
+    bounds: Bounds,
 }
 
 /// `t.column = CAST(u.param AS type)` by the column type's btree equality (run keys
@@ -1686,6 +1734,7 @@ mod tests {
             identity,
             dims: vec![],
             hypertable: false,
+            open_dim: None,
             ancestors: vec![],
             partitioned: false,
             by_all_columns: false,

@@ -129,6 +129,10 @@ pub struct Mapping {
     pub dims: Vec<usize>,
     /// The target is a TimescaleDB hypertable (rows must go through the executor).
     pub hypertable: bool,
+    /// A hypertable's open (time) dimension, when the sync writes it: remote column index
+    /// and the chunk interval in TimescaleDB's internal units (microseconds for time
+    /// types). Runs are split by it into chunk-sized groups (`apply::run_groups`).
+    pub open_dim: Option<(usize, i64)>,
     /// When the target is a partition: its partitioned ancestors, root first. The applier
     /// locks them before it writes (see `Applier::mapping`).
     pub ancestors: Vec<pg_sys::Oid>,
@@ -321,6 +325,14 @@ pub fn resolve(rel: &Relation) -> Result<Mapping> {
         .filter(|(i, c)| cols[*i].is_some() && dim_names.contains(&c.name))
         .map(|(i, _)| i)
         .collect();
+    let open_dim = if hypertable {
+        open_dimension(schema, &rel.name)?.and_then(|(name, interval)| {
+            let i = rel.columns.iter().position(|c| c.name == name)?;
+            (cols[i].is_some() && interval > 0).then_some((i, interval))
+        })
+    } else {
+        None
+    };
     let (key, by_all_columns) = key_and_scan(rel, &local);
     let triggers = Spi::get_one_with_args::<bool>(
         "SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger \
@@ -352,6 +364,7 @@ pub fn resolve(rel: &Relation) -> Result<Mapping> {
         by_all_columns,
         dims,
         hypertable,
+        open_dim,
         local_oid,
         qualified: format!("{}.{}", quote_ident(schema), quote_ident(&rel.name)),
         display,
@@ -447,6 +460,27 @@ pub fn hypertable_dimensions(schema: &str, table: &str) -> Result<Option<Vec<Str
         Ok::<_, pgrx::spi::SpiError>(out)
     })?;
     Ok((!dims.is_empty()).then_some(dims))
+}
+
+/// A hypertable's first open (time) dimension: its column and its chunk interval
+/// (`_timescaledb_catalog.dimension.interval_length`).
+fn open_dimension(schema: &str, table: &str) -> Result<Option<(String, i64)>> {
+    let row = Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT d.column_name::pg_catalog.text, d.interval_length FROM _timescaledb_catalog.dimension d \
+               JOIN _timescaledb_catalog.hypertable h ON h.id OPERATOR(pg_catalog.=) d.hypertable_id \
+              WHERE h.schema_name OPERATOR(pg_catalog.=) $1 AND h.table_name OPERATOR(pg_catalog.=) $2 \
+                AND d.interval_length IS NOT NULL \
+              ORDER BY d.id LIMIT 1",
+            None,
+            &[schema.into(), table.into()],
+        )?;
+        match rows.into_iter().next() {
+            Some(r) => Ok::<_, pgrx::spi::SpiError>(r.get::<String>(1)?.zip(r.get::<i64>(2)?)),
+            None => Ok(None),
+        }
+    })?;
+    Ok(row)
 }
 
 #[cfg(test)]
