@@ -916,15 +916,14 @@ impl Applier {
         let column = |i: usize| -> Result<Vec<Option<&str>>> {
             rows.iter().map(|r| datum_text(&r[i])).collect()
         };
-        // The statement's arguments for the rows `which` (indexes in the run).
-        let args_of = |which: &mut dyn Iterator<Item = usize>| -> Result<Vec<DatumWithOid>> {
-            let which: Vec<usize> = which.collect();
+        // The statement's arguments for the rows `which` (their ordinals in the run).
+        let args_of = |which: &[i32]| -> Result<Vec<DatumWithOid>> {
             m.key
                 .iter()
                 .map(|&k| {
                     let vals = which
                         .iter()
-                        .map(|&r| datum_text(&rows[r][k]))
+                        .map(|&r| datum_text(&rows[r as usize][k]))
                         .collect::<Result<Vec<Option<&str>>>>()?;
                     Ok(vals.into())
                 })
@@ -935,7 +934,7 @@ impl Applier {
             // A hypertable: one statement per chunk-sized group, planned for its chunks.
             for g in groups {
                 let sql = delete_run_sql(&m, std::slice::from_ref(&g.bounds));
-                let args = args_of(&mut g.rows.iter().map(|&r| r as usize))?;
+                let args = args_of(&g.rows)?;
                 deleted += as_owner(&m, || {
                     Spi::connect_mut(|c| Ok::<_, Error>(c.update(sql.as_str(), None, &args)?.len()))
                 })?;
@@ -949,7 +948,7 @@ impl Applier {
                 }
             };
             let plan = &*plan;
-            let args = args_of(&mut (0..rows.len()))?;
+            let args = args_of(&(0..rows.len() as i32).collect::<Vec<_>>())?;
             deleted = as_owner(&m, || {
                 Spi::connect_mut(|c| Ok::<_, Error>(c.update(plan, None, &args)?.len()))
             })?;
@@ -1652,7 +1651,7 @@ pub struct Bounds {
     hi: String,
 }
 
-/// `t.dim BETWEEN CAST('lo' AS type) AND CAST('hi' AS type)` for each of `bounds`: constants
+/// `t.dim >= CAST('lo' AS type) AND t.dim <= CAST('hi' AS type)` for each of `bounds`: constants
 /// from the parser on, so TimescaleDB plans the run's statement for the chunks they overlap
 /// only (parameters, even of a statement planned once, are not: the cast from text is
 /// stable, not immutable).
@@ -1663,8 +1662,9 @@ fn bounds_pred(m: &Mapping, bounds: &[Bounds]) -> Vec<String> {
             let t = m.cols[b.col]
                 .as_ref()
                 .expect("bounded dimensions are mapped");
+            // The built-in types of `run_groups` have pg_catalog's comparison operators.
             format!(
-                "t.{} BETWEEN {} AND {}",
+                "t.{0} OPERATOR(pg_catalog.>=) {1} AND t.{0} OPERATOR(pg_catalog.<=) {2}",
                 t.column,
                 cast(&b.lo, &t.type_name),
                 cast(&b.hi, &t.type_name)
@@ -1788,8 +1788,8 @@ mod tests {
             hi: "'2024-01-02 00:00:00+00'".into(),
         };
         let (sql, n) = update_run_sql(&h, &[true, true, true], &[bounds()]);
-        let between = "AND t.\"ts\" BETWEEN CAST('2024-01-01 00:00:00+00' AS \"pg_catalog\".\"timestamptz\") \
-                       AND CAST('2024-01-02 00:00:00+00' AS \"pg_catalog\".\"timestamptz\")";
+        let between = "AND t.\"ts\" OPERATOR(pg_catalog.>=) CAST('2024-01-01 00:00:00+00' AS \"pg_catalog\".\"timestamptz\") \
+                       AND t.\"ts\" OPERATOR(pg_catalog.<=) CAST('2024-01-02 00:00:00+00' AS \"pg_catalog\".\"timestamptz\")";
         assert!(sql.ends_with(&format!("{between} RETURNING u.n")), "{sql}");
         assert_eq!(n, 5);
         h.key = vec![0, 1];
