@@ -22,6 +22,7 @@
 use crate::error::{Error, Result};
 use crate::pgoutput::{Datum, Lsn, OldKind, RelId, Relation, ReplicaIdentity, TupleData, Xid};
 use crate::relmap::{self, Mapping, Target};
+use crate::remote::quote_literal;
 use bytes::Bytes;
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys;
@@ -1534,14 +1535,23 @@ fn run_groups<'a>(
     let Some(t) = m.cols[d].as_ref().filter(|_| joined.contains(&d)) else {
         return Ok(None);
     };
-    let internal = match t.type_name.rsplit('.').next().map(|s| s.trim_matches('"')) {
-        Some("int2" | "int4" | "int8") if t.type_name.contains("pg_catalog") => {
-            "u.v::pg_catalog.numeric"
-        }
-        Some("date" | "timestamp" | "timestamptz") if t.type_name.contains("pg_catalog") => {
-            "EXTRACT(epoch FROM u.v) OPERATOR(pg_catalog.*) 1000000"
-        }
+    let kind = match t.type_name.rsplit('.').next().map(|s| s.trim_matches('"')) {
+        Some("int2" | "int4" | "int8") if t.type_name.contains("pg_catalog") => DimKind::Int,
+        Some("date") if t.type_name.contains("pg_catalog") => DimKind::Date,
+        Some("timestamp") if t.type_name.contains("pg_catalog") => DimKind::Timestamp,
+        Some("timestamptz") if t.type_name.contains("pg_catalog") => DimKind::TimestampTz,
         _ => return Ok(None),
+    };
+    let vals = column(d)?;
+    // The source prints these types the same way every time (ISO dates, see
+    // `prepare_session` and the replication connection's DateStyle): read here, without
+    // a query. Anything else (infinity, BC dates, NULL) goes through the server below.
+    if let Some(groups) = groups_of(&vals, kind, interval, d) {
+        return Ok(Some(groups));
+    }
+    let internal = match kind {
+        DimKind::Int => "u.v::pg_catalog.numeric",
+        _ => "EXTRACT(epoch FROM u.v) OPERATOR(pg_catalog.*) 1000000",
     };
     let sql = format!(
         "SELECT pg_catalog.array_agg((u.i OPERATOR(pg_catalog.-) 1)::pg_catalog.int4 ORDER BY u.i), \
@@ -1552,7 +1562,6 @@ fn run_groups<'a>(
           GROUP BY pg_catalog.floor(({internal}) OPERATOR(pg_catalog./) {interval})",
         cast("w.x", &t.type_name)
     );
-    let vals = column(d)?;
     let groups = as_owner(m, || {
         Spi::connect(|c| {
             let mut groups = Vec::new();
@@ -1574,6 +1583,154 @@ fn run_groups<'a>(
     })?;
     // Every row in exactly one group, or the run goes as one statement.
     Ok(groups.filter(|g| g.iter().map(|g| g.rows.len()).sum::<usize>() == n))
+}
+
+/// The built-in types of a hypertable's time column that [`groups_of`] reads.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum DimKind {
+    Int,
+    Date,
+    Timestamp,
+    TimestampTz,
+}
+
+/// [`run_groups`] without a query: each value's position on the dimension (the integer,
+/// or microseconds since the Unix epoch, as TimescaleDB counts), grouped by
+/// `floor(position / interval)`; each group's bounds are its lowest and highest value as
+/// the source printed them. None when a value is NULL or not in the one format the
+/// source prints (so the caller asks the server).
+fn groups_of(
+    vals: &[Option<&str>],
+    kind: DimKind,
+    interval: i64,
+    col: usize,
+) -> Option<Vec<Group>> {
+    if interval <= 0 {
+        return None;
+    }
+    /// A group's rows, and its lowest and highest position with the row holding it.
+    struct Acc {
+        rows: Vec<i32>,
+        lo: (i64, usize),
+        hi: (i64, usize),
+    }
+    let mut groups: std::collections::BTreeMap<i64, Acc> = Default::default();
+    for (r, v) in vals.iter().enumerate() {
+        let pos = dim_position(v.as_deref()?, kind)?;
+        let g = groups.entry(pos.div_euclid(interval)).or_insert(Acc {
+            rows: Vec::new(),
+            lo: (pos, r),
+            hi: (pos, r),
+        });
+        g.rows.push(r as i32);
+        if pos < g.lo.0 {
+            g.lo = (pos, r);
+        }
+        if pos > g.hi.0 {
+            g.hi = (pos, r);
+        }
+    }
+    Some(
+        groups
+            .into_values()
+            .map(|g| Group {
+                rows: g.rows,
+                bounds: Bounds {
+                    col,
+                    // Digits, '-', ':', '.', '+' and a space only (dim_position checked).
+                    lo: quote_literal(vals[g.lo.1].unwrap_or_default()),
+                    hi: quote_literal(vals[g.hi.1].unwrap_or_default()),
+                },
+            })
+            .collect(),
+    )
+}
+
+/// A value of a time column as the source prints it with DateStyle ISO, as a position on
+/// the dimension: the integer itself, or microseconds since 1970-01-01 00:00 UTC (a
+/// `timestamp` counted as if in UTC, as TimescaleDB does). None for anything else.
+fn dim_position(s: &str, kind: DimKind) -> Option<i64> {
+    fn digits(s: &str) -> Option<i64> {
+        (!s.is_empty() && s.len() <= 9 && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    }
+    if kind == DimKind::Int {
+        return s.parse::<i64>().ok();
+    }
+    // YYYY-MM-DD (a year of four digits or more; BC dates end in " BC": not read).
+    let (date, rest) = match s.find(' ') {
+        Some(i) => (&s[..i], &s[i + 1..]),
+        None => (s, ""),
+    };
+    let mut d = date.splitn(3, '-');
+    let (y, mo, da) = (d.next()?, d.next()?, d.next()?);
+    if y.len() < 4 || mo.len() != 2 || da.len() != 2 {
+        return None;
+    }
+    let (y, mo, da) = (digits(y)?, digits(mo)?, digits(da)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&da) {
+        return None;
+    }
+    // Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
+    let (y2, m2) = if mo <= 2 {
+        (y - 1, mo + 9)
+    } else {
+        (y, mo - 3)
+    };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * m2 + 2) / 5 + da - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let day_us = days.checked_mul(86_400_000_000)?;
+    if kind == DimKind::Date {
+        return rest.is_empty().then_some(day_us);
+    }
+    // HH:MM:SS[.ffffff], then for timestamptz an offset +HH[:MM[:SS]] or -HH[:MM[:SS]].
+    if rest.len() < 8 {
+        return None;
+    }
+    let (time, zone) = match kind {
+        DimKind::TimestampTz => {
+            let i = rest[8..].find(['+', '-'])? + 8;
+            (&rest[..i], Some(&rest[i..]))
+        }
+        _ => (rest, None),
+    };
+    let (hms, frac) = match time.split_once('.') {
+        Some((a, f)) if (1..=6).contains(&f.len()) => {
+            (a, digits(f)? * 10i64.pow(6 - f.len() as u32))
+        }
+        Some(_) => return None,
+        None => (time, 0),
+    };
+    let mut t = hms.splitn(3, ':');
+    let (h, mi, se) = (digits(t.next()?)?, digits(t.next()?)?, digits(t.next()?)?);
+    if hms.len() != 8 || h > 24 || mi > 59 || se > 60 {
+        return None;
+    }
+    let mut us = day_us.checked_add(((h * 60 + mi) * 60 + se) * 1_000_000 + frac)?;
+    if let Some(z) = zone {
+        let sign = if z.starts_with('-') { -1 } else { 1 };
+        let mut parts = z[1..].split(':');
+        let zh = parts.next().filter(|p| p.len() == 2).and_then(digits)?;
+        let zm = match parts.next() {
+            Some(p) if p.len() == 2 => digits(p)?,
+            Some(_) => return None,
+            None => 0,
+        };
+        let zs = match parts.next() {
+            Some(p) if p.len() == 2 => digits(p)?,
+            Some(_) => return None,
+            None => 0,
+        };
+        if parts.next().is_some() || zm > 59 || zs > 59 {
+            return None;
+        }
+        us = us.checked_sub(sign * ((zh * 60 + zm) * 60 + zs) * 1_000_000)?;
+    }
+    Some(us)
 }
 
 /// Rows of a run into a hypertable that one statement writes (see [`run_groups`]).
@@ -1711,6 +1868,103 @@ mod tests {
     use crate::relmap::Limit;
 
     const EQ: &str = "OPERATOR(\"pg_catalog\".=)";
+
+    #[test]
+    fn dimension_positions_of_iso_values() {
+        use DimKind::*;
+        let day = 86_400_000_000i64;
+        assert_eq!(dim_position("1970-01-01", Date), Some(0));
+        assert_eq!(dim_position("2000-01-01", Date), Some(10_957 * day));
+        assert_eq!(dim_position("1969-12-31", Date), Some(-day));
+        assert_eq!(
+            dim_position("2024-02-29 12:00:00", Timestamp),
+            Some(19_782 * day + day / 2)
+        );
+        assert_eq!(
+            dim_position("1970-01-01 00:00:00.5", Timestamp),
+            Some(500_000)
+        );
+        assert_eq!(
+            dim_position("1970-01-01 00:00:00.000001+00", TimestampTz),
+            Some(1)
+        );
+        // The same instant printed in three zones.
+        let utc = dim_position("2024-01-01 00:00:00+00", TimestampTz).unwrap();
+        assert_eq!(
+            dim_position("2024-01-01 05:30:00+05:30", TimestampTz),
+            Some(utc)
+        );
+        assert_eq!(
+            dim_position("2023-12-31 21:00:00-03", TimestampTz),
+            Some(utc)
+        );
+        assert_eq!(
+            dim_position("1901-01-01 00:00:00+01:02:03", TimestampTz).map(|u| u % 1_000_000),
+            Some(0)
+        );
+        assert_eq!(dim_position("12345-01-01", Date).map(|u| u > 0), Some(true));
+        assert_eq!(dim_position("-42", Int), Some(-42));
+        // Not read here (the server is asked): infinity, BC, other formats, garbage.
+        for s in [
+            "infinity",
+            "-infinity",
+            "0044-03-15 BC",
+            "2024-1-1",
+            "01/02/2024",
+            "2024-01-01T00:00:00",
+            "2024-01-01 00:00",
+            "2024-13-01",
+            "2024-01-01 00:00:00.1234567+00",
+            "2024-01-01 00:00:00+5",
+            "'; DROP TABLE x; --",
+        ] {
+            for kind in [Date, Timestamp, TimestampTz] {
+                assert_eq!(dim_position(s, kind), None, "{s} as {kind:?}");
+            }
+        }
+        assert_eq!(dim_position("2024-01-01 00:00:00", TimestampTz), None);
+        assert_eq!(dim_position("2024-01-01 00:00:00+00", Timestamp), None);
+        assert_eq!(dim_position("2024-01-01 00:00:00", Date), None);
+        assert_eq!(dim_position("1.5", Int), None);
+    }
+
+    #[test]
+    fn groups_by_chunk_interval_with_their_bounds() {
+        let vals = [
+            Some("2024-01-02 23:00:00+00"),
+            Some("2024-01-01 10:00:00+00"),
+            Some("2024-01-02 01:00:00+01"), // 00:00 UTC: the second day
+            Some("2024-01-01 09:00:00+00"),
+        ];
+        let g = groups_of(&vals, DimKind::TimestampTz, 86_400_000_000, 3).unwrap();
+        assert_eq!(g.len(), 2);
+        assert_eq!(g[0].rows, vec![1, 3]);
+        assert_eq!(
+            (g[0].bounds.lo.as_str(), g[0].bounds.hi.as_str()),
+            ("'2024-01-01 09:00:00+00'", "'2024-01-01 10:00:00+00'")
+        );
+        assert_eq!(g[1].rows, vec![0, 2]);
+        assert_eq!(
+            (g[1].bounds.lo.as_str(), g[1].bounds.hi.as_str()),
+            ("'2024-01-02 01:00:00+01'", "'2024-01-02 23:00:00+00'")
+        );
+        assert_eq!(g[1].bounds.col, 3);
+        // Integer dimensions, negative values included.
+        let g = groups_of(
+            &[Some("-1"), Some("10"), Some("0"), Some("19")],
+            DimKind::Int,
+            10,
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            g.iter().map(|g| g.rows.clone()).collect::<Vec<_>>(),
+            vec![vec![0], vec![2], vec![1, 3]]
+        );
+        // A NULL or a value not read here: the server decides.
+        assert!(groups_of(&[Some("1"), None], DimKind::Int, 10, 0).is_none());
+        assert!(groups_of(&[Some("infinity")], DimKind::TimestampTz, 10, 0).is_none());
+    }
 
     fn target(name: &str, ty: &str) -> Target {
         Target {
