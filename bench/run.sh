@@ -40,7 +40,9 @@
 #      without copy over identical rows, caught up and stopped; pgbench writes the backlog
 #      (synchronous_commit=off) and a marker row; each consumer is then started alone and
 #      timed until the marker is on its target; its tables are compared with the source's.
-#      Medians of BENCH_ROUNDS rounds; ratio = livesync time / native time.
+#      Medians of BENCH_ROUNDS rounds; ratio = livesync time / native time. A fourth
+#      consumer, recvlogical, is pg_recvlogical writing the stream to /dev/null until the
+#      marker's position: the source's own limit (BENCH_CONSUMERS picks the consumers).
 #   3. sustain: pgbench TPC-B at each rate of BENCH_RATES for BENCH_SUSTAIN_S seconds with one
 #      consumer following live; apply lag (source WAL position minus the target's origin)
 #      sampled every 0.25 s; the highest rate whose lag stays bounded, per consumer.
@@ -765,6 +767,8 @@ TOTAL_S=$(( $(date +%s) - RUN_START ))
     echo "   changes/s: row changes of the backlog / seconds; peak MB: the apply worker's peak RssAnon;"
     echo "   wsnd CPU / apply CPU: CPU seconds (median) of the source's walsender and of the apply worker"
     echo "   during the drain: a walsender CPU near the drain's seconds means the source was the limit"
+    echo "   recvlogical: pg_recvlogical reading the backlog into /dev/null (no target involved): how fast"
+    echo "   the source sends it to a consumer that does nothing; ratio = / native"
     echo
   fi
   if want sustain; then
