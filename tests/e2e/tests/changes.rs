@@ -1796,12 +1796,7 @@ fn hypertable_runs_touch_only_their_chunks() {
     let tgt = Db::fresh(target(), "ht_runs_tgt");
     // The source's key holds the time column too: a DELETE's old key image has it (with
     // only `id` there, no chunk could be left out).
-    src.exec("CREATE TABLE hts (id int, ts timestamptz NOT NULL, v int, PRIMARY KEY (id, ts))");
-    tgt.exec(
-        "CREATE TABLE hts (id int, ts timestamptz NOT NULL, v int, PRIMARY KEY (id, ts)); \
-         SET client_min_messages = warning; \
-         SELECT create_hypertable('hts', 'ts', chunk_time_interval => interval '1 day')",
-    );
+    daily_hypertable(&src, &tgt, "hts");
     // 30 days, 20 rows a day: ids 1..600, day 30 holds ids 581..600.
     src.exec(
         "INSERT INTO hts SELECT g, timestamptz '2024-01-01 00:30:00+00' + ((g - 1) / 20) * interval '1 day' \
@@ -1858,12 +1853,7 @@ fn hypertable_runs_touch_only_their_chunks() {
 fn hypertable_runs_of_bc_times() {
     let src = Db::fresh(source(), "ht_bc_src");
     let tgt = Db::fresh(target(), "ht_bc_tgt");
-    src.exec("CREATE TABLE htb (id int, ts timestamptz NOT NULL, v int, PRIMARY KEY (id, ts))");
-    tgt.exec(
-        "CREATE TABLE htb (id int, ts timestamptz NOT NULL, v int, PRIMARY KEY (id, ts)); \
-         SET client_min_messages = warning; \
-         SELECT create_hypertable('htb', 'ts', chunk_time_interval => interval '1 day')",
-    );
+    daily_hypertable(&src, &tgt, "htb");
     // ids 1..10 in 44 BC, 11..20 in 1850, 21..30 in 2024.
     src.exec(
         "INSERT INTO htb SELECT g, CASE WHEN g <= 10 THEN timestamptz '0044-03-15 12:00:00+00 BC' \
@@ -1897,6 +1887,19 @@ fn hypertable_runs_of_bc_times() {
         24,
         "every surviving row updated"
     );
+}
+
+/// Table `name` (id int, ts timestamptz, v int; key (id, ts)) on the source, and as a
+/// hypertable of 1-day chunks on the target.
+fn daily_hypertable(src: &Db, tgt: &Db, name: &str) {
+    let def = format!(
+        "CREATE TABLE {name} (id int, ts timestamptz NOT NULL, v int, PRIMARY KEY (id, ts))"
+    );
+    src.exec(&def);
+    tgt.exec(&format!(
+        "{def}; SET client_min_messages = warning; \
+         SELECT create_hypertable('{name}', 'ts', chunk_time_interval => interval '1 day')"
+    ));
 }
 
 /// The sync's `update_missing` and `delete_missing` counters.
