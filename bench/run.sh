@@ -756,9 +756,8 @@ TOTAL_S=$(( $(date +%s) - RUN_START ))
       echo "   $w: ${APPLY_DESC[$w]}"
       for c in ${APPLY_CONSUMERS_OF[$w]}; do
         med=$(echo "${APPLY_T[$w,$c]:-}" | median)
-        case $c in native) ratio=-;; ls_plain) ratio=$(div "$med" "$(echo "${APPLY_T[$w,native]:-}" | median)" %.2f);;
-          ls_hyper) ratio=$(div "$med" "$(echo "${APPLY_T[$w,ls_plain]:-}" | median)" %.2f);;
-          recvlogical) ratio=$(div "$med" "$(echo "${APPLY_T[$w,native]:-}" | median)" %.2f);; esac
+        case $c in native) ratio=-;; ls_plain|recvlogical) ratio=$(div "$med" "$(echo "${APPLY_T[$w,native]:-}" | median)" %.2f);;
+          ls_hyper) ratio=$(div "$med" "$(echo "${APPLY_T[$w,ls_plain]:-}" | median)" %.2f);; esac
         printf '   %-10s %-10s %9s %10s %7s  %-24s %9s %9s %9s  %s\n' "" "$c" "$med" "$(div "${APPLY_N[$w]}" "$med" %.0f)" "$ratio" \
           "[$(echo ${APPLY_T[$w,$c]:-} | tr ' ' ',')]" "$(echo "${APPLY_WS[$w,$c]:-}" | median)" "$(echo "${APPLY_AP[$w,$c]:-}" | median)" \
           "${APPLY_RSS[$w,$c]}" "${STATUS[apply_${w}_$c]}"

@@ -1892,12 +1892,15 @@ fn hypertable_runs_of_bc_times() {
 /// Table `name` (id int, ts timestamptz, v int; key (id, ts)) on the source, and as a
 /// hypertable of 1-day chunks on the target.
 fn daily_hypertable(src: &Db, tgt: &Db, name: &str) {
-    let def = format!(
-        "CREATE TABLE {name} (id int, ts timestamptz NOT NULL, v int, PRIMARY KEY (id, ts))"
+    ddl_both(
+        src,
+        tgt,
+        &format!(
+            "CREATE TABLE {name} (id int, ts timestamptz NOT NULL, v int, PRIMARY KEY (id, ts))"
+        ),
     );
-    src.exec(&def);
     tgt.exec(&format!(
-        "{def}; SET client_min_messages = warning; \
+        "SET client_min_messages = warning; \
          SELECT create_hypertable('{name}', 'ts', chunk_time_interval => interval '1 day')"
     ));
 }
