@@ -4,8 +4,9 @@
 //! - changes are buffered per table in runs of one kind, and each run is written by one
 //!   statement (see "Runs" in [`Applier`]): INSERTs as
 //!   `INSERT ... SELECT CAST(pg_catalog.unnest($1) AS type), ...`, which the executor
-//!   routes into hypertable chunks (a direct COPY into the root would not); UPDATEs as one `UPDATE ... FROM ROWS FROM (unnest ...)` joined by key, with a
-//!   row updated several times written once with its newest image; DELETEs as one
+//!   routes into hypertable chunks (a direct COPY into the root would not); UPDATEs as
+//!   one `UPDATE ... FROM ROWS FROM (unnest ...)` joined by key, with a row updated
+//!   several times written once with its newest image; DELETEs as one
 //!   `DELETE ... USING ROWS FROM (unnest ...)`;
 //! - one prepared plan per (relation, statement, set of columns), kept across
 //!   transactions; no SQL text is built per row;
@@ -153,8 +154,8 @@ fn prepare_typed(sql: &str, types: &[pg_sys::Oid]) -> Result<OwnedPreparedStatem
 }
 
 /// Run `f`, which executes a run's UPDATE or DELETE, with `plan_cache_mode =
-/// force_generic_plan` at a GUC level of its own (the way `RI_Initial_Check` sets
-/// `work_mem`). Planned with the run's keys in hand, the planner knows a run is 2000 rows
+/// force_generic_plan` at a GUC level of its own, popped when `f` returns (an ERROR
+/// leaves it to AbortTransaction). Planned with the run's keys in hand, the planner knows a run is 2000 rows
 /// long and prefers to hash them and read every row of the table, or of every chunk of a
 /// hypertable: for a DELETE by key from 300 000 rows in 4 chunks, 200 ms instead of 10. A
 /// generic plan costs the run as a few rows, and so probes the key's index when the target

@@ -1913,7 +1913,9 @@ fn runs_find_rows_by_the_key_index() {
     );
     let sub = "runs_idx";
     let _g = start_sync(&tgt, &src.uri(), "p", sub);
-    synced(&src, &tgt, sub, &["hk"]);
+    // Caught up, not compared yet: a comparison reads every chunk, and its statistics could
+    // reach the counters late.
+    caught_up(&src, &tgt, sub);
     tgt.exec("ANALYZE hk");
     let chunk_stats = |what: &str| {
         tgt.query_one::<i64>(&format!(
@@ -1921,7 +1923,18 @@ fn runs_find_rows_by_the_key_index() {
               WHERE relid IN (SELECT show_chunks('hk'))"
         ))
     };
-    let seq_before = chunk_stats("seq_scan");
+    // The copy's statistics (a table-sync worker hands them over as it exits) have settled
+    // when two readings a second apart agree.
+    let mut seq_before = chunk_stats("seq_scan");
+    let settled = Instant::now();
+    loop {
+        sleep(Duration::from_secs(1));
+        let now = chunk_stats("seq_scan");
+        if now == seq_before || settled.elapsed() > LONG {
+            break;
+        }
+        seq_before = now;
+    }
     // Runs of 2000 (the most a run holds): 2 of UPDATEs in one chunk, 6 of DELETEs, more
     // than the 5 executions after which a prepared statement may switch plans by itself.
     src.exec("UPDATE hk SET v = 1 WHERE id BETWEEN 1001 AND 5000");
