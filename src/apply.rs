@@ -147,22 +147,33 @@ fn prepare(sql: &str, nargs: usize, argtype: pg_sys::Oid) -> Result<OwnedPrepare
 }
 
 fn prepare_typed(sql: &str, types: &[pg_sys::Oid]) -> Result<OwnedPreparedStatement> {
-    let types: Vec<_> = types.iter().map(|t| pgrx::PgOid::from(*t)).collect();
     Ok(Spi::connect(|c| {
-        c.prepare_mut(sql, &types).map(|p| p.keep())
+        c.prepare_mut(sql, &pg_oids(types)).map(|p| p.keep())
     })?)
 }
 
-/// Run `f`, which executes a run's UPDATE or DELETE, with `plan_cache_mode =
-/// force_generic_plan` at a GUC level of its own, popped when `f` returns (an ERROR
-/// leaves it to AbortTransaction). Planned with the run's keys in hand, the planner knows a run is 2000 rows
-/// long and prefers to hash them and read every row of the table, or of every chunk of a
-/// hypertable: for a DELETE by key from 300 000 rows in 4 chunks, 200 ms instead of 10. A
-/// generic plan costs the run as a few rows, and so probes the key's index when the target
-/// has one (its cost grows with the run, not the table), and hashes the run when it has
-/// none. A hypertable group's chunk bounds are constants in its text: chunks are still
-/// excluded when it is planned. Triggers the statement fires see the setting too; it only
-/// chooses among plans.
+fn pg_oids(types: &[pg_sys::Oid]) -> Vec<pgrx::PgOid> {
+    types.iter().map(|t| pgrx::PgOid::from(*t)).collect()
+}
+
+/// Execute a run's UPDATE or DELETE (`f`) as the table's owner, with a generic plan
+/// ([`generic_plan`]).
+fn run_statement<R>(
+    m: &Mapping,
+    f: impl for<'c> FnOnce(&mut pgrx::spi::SpiClient<'c>) -> Result<R>,
+) -> Result<R> {
+    generic_plan(|| as_owner(m, || Spi::connect_mut(f)))
+}
+
+/// Run `f` with `plan_cache_mode = force_generic_plan` at a GUC level of its own, popped
+/// when `f` returns (an ERROR leaves it to AbortTransaction). Planned with a run's keys in
+/// hand, the planner knows the run is 2000 rows long and prefers to hash them and read
+/// every row of the table, or of every chunk of a hypertable: for a DELETE by key from
+/// 300 000 rows in 4 chunks, 200 ms instead of 10. A generic plan costs the run as a few
+/// rows, and so probes the key's index when the target has one (its cost grows with the
+/// run, not the table), and hashes the run when it has none. A hypertable group's chunk
+/// bounds are constants in its text: chunks are still excluded when it is planned.
+/// Triggers the statement fires see the setting too; it only chooses among plans.
 fn generic_plan<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
     // SAFETY: a new GUC level, set inside it and restored below, or by AbortTransaction
     // when an ERROR escapes `f` (as in `as_role`).
@@ -187,9 +198,9 @@ fn generic_plan<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
 }
 
 /// Argument types of a run's UPDATE (`update_run_sql`): the rows' ordinals, then text[]s.
-fn update_run_types(n: usize) -> Vec<pgrx::PgOid> {
-    let mut types = vec![pgrx::PgOid::from(pg_sys::TEXTARRAYOID); n];
-    types[0] = pgrx::PgOid::from(pg_sys::INT4ARRAYOID);
+fn update_run_types(n: usize) -> Vec<pg_sys::Oid> {
+    let mut types = vec![pg_sys::TEXTARRAYOID; n];
+    types[0] = pg_sys::INT4ARRAYOID;
     types
 }
 
@@ -709,14 +720,11 @@ impl Applier {
             // A hypertable: one statement per chunk-sized group, planned for its chunks.
             for g in groups {
                 let (sql, n) = update_run_sql(&m, &set, std::slice::from_ref(&g.bounds));
+                let types = pg_oids(&update_run_types(n));
                 let args = args_of(g.rows)?;
-                generic_plan(|| {
-                    as_owner(&m, || {
-                        Spi::connect_mut(|c| {
-                            let stmt = c.prepare_mut(sql.as_str(), &update_run_types(n))?;
-                            mark_found(c, &stmt, &args, &mut found)
-                        })
-                    })
+                run_statement(&m, |c| {
+                    let stmt = c.prepare_mut(sql.as_str(), &types)?;
+                    mark_found(c, &stmt, &args, &mut found)
                 })?;
             }
         } else {
@@ -729,19 +737,12 @@ impl Applier {
                 Entry::Occupied(e) => e.into_mut(),
                 Entry::Vacant(e) => {
                     let (sql, n) = update_run_sql(&m, &set, &[]);
-                    let types = update_run_types(n);
-                    e.insert(Spi::connect(|c| {
-                        c.prepare_mut(sql.as_str(), &types).map(|p| p.keep())
-                    })?)
+                    e.insert(prepare_typed(&sql, &update_run_types(n))?)
                 }
             };
             let plan = &*plan;
             let args = args_of((0..rows.len() as i32).collect())?;
-            generic_plan(|| {
-                as_owner(&m, || {
-                    Spi::connect_mut(|c| mark_found(c, plan, &args, &mut found))
-                })
-            })?;
+            run_statement(&m, |c| mark_found(c, plan, &args, &mut found))?;
         }
         for ((image, n), found) in rows.into_iter().zip(found) {
             if found {
@@ -983,17 +984,13 @@ impl Applier {
         let mut deleted = 0;
         if let Some(groups) = run_groups(&m, &m.key, column, rows.len())? {
             // A hypertable: one statement per chunk-sized group, planned for its chunks.
-            let types = vec![pgrx::PgOid::from(pg_sys::TEXTARRAYOID); m.key.len()];
+            let types = pg_oids(&vec![pg_sys::TEXTARRAYOID; m.key.len()]);
             for g in groups {
                 let sql = delete_run_sql(&m, std::slice::from_ref(&g.bounds));
                 let args = args_of(&g.rows)?;
-                deleted += generic_plan(|| {
-                    as_owner(&m, || {
-                        Spi::connect_mut(|c| {
-                            let stmt = c.prepare_mut(sql.as_str(), &types)?;
-                            Ok::<_, Error>(c.update(&stmt, None, &args)?.len())
-                        })
-                    })
+                deleted += run_statement(&m, |c| {
+                    let stmt = c.prepare_mut(sql.as_str(), &types)?;
+                    Ok(c.update(&stmt, None, &args)?.len())
                 })?;
             }
         } else {
@@ -1006,11 +1003,7 @@ impl Applier {
             };
             let plan = &*plan;
             let args = args_of(&(0..rows.len() as i32).collect::<Vec<_>>())?;
-            deleted = generic_plan(|| {
-                as_owner(&m, || {
-                    Spi::connect_mut(|c| Ok::<_, Error>(c.update(plan, None, &args)?.len()))
-                })
-            })?;
+            deleted = run_statement(&m, |c| Ok(c.update(plan, None, &args)?.len()))?;
         }
         if deleted < rows.len() {
             self.delete_missing += (rows.len() - deleted) as u64;

@@ -1900,11 +1900,7 @@ fn runs_find_rows_by_the_key_index() {
     let tgt = Db::fresh(target(), "runs_idx_tgt");
     // The source's key is id alone, so a DELETE carries no time: it looks in every chunk.
     src.exec("CREATE TABLE hk (id int PRIMARY KEY, ts timestamptz NOT NULL, v int)");
-    tgt.exec(
-        "CREATE TABLE hk (id int, ts timestamptz NOT NULL, v int, PRIMARY KEY (id, ts)); \
-         SET client_min_messages = warning; \
-         SELECT create_hypertable('hk', 'ts', chunk_time_interval => interval '1 day')",
-    );
+    daily_hypertable_on(&tgt, "hk");
     // 60 000 rows 10 s apart: 7 daily chunks.
     src.exec(
         "INSERT INTO hk SELECT g, timestamptz '2024-01-01 00:00:00+00' + g * interval '10 s', 0 \
@@ -1970,17 +1966,21 @@ fn runs_find_rows_by_the_key_index() {
 /// Table `name` (id int, ts timestamptz, v int; key (id, ts)) on the source, and as a
 /// hypertable of 1-day chunks on the target.
 fn daily_hypertable(src: &Db, tgt: &Db, name: &str) {
-    ddl_both(
-        src,
-        tgt,
-        &format!(
-            "CREATE TABLE {name} (id int, ts timestamptz NOT NULL, v int, PRIMARY KEY (id, ts))"
-        ),
-    );
+    src.exec(&daily_table_ddl(name));
+    daily_hypertable_on(tgt, name);
+}
+
+/// [`daily_hypertable`]'s target side alone.
+fn daily_hypertable_on(tgt: &Db, name: &str) {
     tgt.exec(&format!(
-        "SET client_min_messages = warning; \
-         SELECT create_hypertable('{name}', 'ts', chunk_time_interval => interval '1 day')"
+        "{}; SET client_min_messages = warning; \
+         SELECT create_hypertable('{name}', 'ts', chunk_time_interval => interval '1 day')",
+        daily_table_ddl(name)
     ));
+}
+
+fn daily_table_ddl(name: &str) -> String {
+    format!("CREATE TABLE {name} (id int, ts timestamptz NOT NULL, v int, PRIMARY KEY (id, ts))")
 }
 
 /// The sync's `update_missing` and `delete_missing` counters.
