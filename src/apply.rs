@@ -2,7 +2,9 @@
 //!
 //! Speed is designed in (shared/DESIGN.md):
 //! - changes are buffered per table in runs of one kind, and each run is written by one
-//!   statement (see "Runs" in [`Applier`]): INSERTs as
+//!   statement (see "Runs" in [`Applier`]): INSERTs into a plain table by PostgreSQL's
+//!   COPY FROM (`copyin::copy_rows`, which writes the heap in batches) where it checks
+//!   what the owner's INSERT would, otherwise (hypertables, short runs) as
 //!   `INSERT ... SELECT CAST(pg_catalog.unnest($1) AS type), ...`, which the executor
 //!   routes into hypertable chunks (a direct COPY into the root would not); UPDATEs as
 //!   one `UPDATE ... FROM ROWS FROM (unnest ...)` joined by key, with a row updated
@@ -41,6 +43,10 @@ const RUN_ROWS: usize = 2000;
 /// ... or bytes of values, over every table's run: wide rows must not build arrays near
 /// PostgreSQL's 1 GB allocation limit, and the worker's memory stays bounded.
 const PENDING_BYTES: usize = 8 << 20;
+/// Runs of INSERTs of at least this many rows are written by COPY where it may stand in for
+/// the INSERT (`copyin::copy_stands_in_for_insert`): its per-row path is cheaper (no array
+/// to unnest, rows written to the heap in batches), its start a little dearer.
+const COPY_ROWS: usize = 8;
 
 thread_local! {
     /// Relations invalidated since the applier last looked (relcache callback).
@@ -116,6 +122,8 @@ pub struct Applier {
     remote: HashMap<RelId, Relation>,
     maps: HashMap<RelId, Rc<Mapping>>,
     insert_plans: HashMap<RelId, OwnedPreparedStatement>,
+    /// Whether COPY may write a relation's INSERT runs (decided once per mapping).
+    insert_by_copy: HashMap<RelId, bool>,
     /// Per relation, per set of SET columns (unchanged TOAST leaves some out) followed by
     /// which key values are NULL (REPLICA IDENTITY FULL only).
     update_plans: HashMap<RelId, HashMap<Vec<bool>, OwnedPreparedStatement>>,
@@ -285,6 +293,7 @@ impl Applier {
     fn forget(&mut self, relid: RelId) {
         self.maps.remove(&relid);
         self.insert_plans.remove(&relid);
+        self.insert_by_copy.remove(&relid);
         self.delete_plans.remove(&relid);
         self.update_plans.remove(&relid);
         self.update_run_plans.remove(&relid);
@@ -565,6 +574,28 @@ impl Applier {
             }
         }
         let width = m.cols.iter().flatten().count();
+        if rows >= COPY_ROWS
+            && *self
+                .insert_by_copy
+                .entry(relid)
+                .or_insert_with(|| crate::copyin::copy_stands_in_for_insert(&m))
+        {
+            let written: Vec<&[Option<Bytes>]> = m
+                .cols
+                .iter()
+                .zip(&cols)
+                .filter(|(t, _)| t.is_some())
+                .map(|(_, c)| c.as_slice())
+                .collect();
+            let size: usize = written
+                .iter()
+                .flat_map(|c| c.iter().flatten())
+                .map(|v| v.len() + 1)
+                .sum();
+            let mut text = bytes::BytesMut::with_capacity(size + rows * (width + 2));
+            crate::copytext::encode_rows(&written, rows, &mut text);
+            return as_owner(&m, || crate::copyin::copy_rows(&m, text.freeze()).map(drop));
+        }
         let plan = match self.insert_plans.entry(relid) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) if width == 0 => {

@@ -174,6 +174,49 @@ pub fn copy_into(
     }
 }
 
+/// Rows of one apply run, in COPY text format ([`crate::copytext::encode_rows`]), into a
+/// table that is not a hypertable, through the same COPY FROM, run as a statement of the
+/// caller's transaction: the command counter is advanced first and the COPY gets a fresh
+/// snapshot, as SPI does for each statement. For the caller to decide that COPY may
+/// stand in for an INSERT: [`copy_stands_in_for_insert`].
+pub fn copy_rows(m: &Mapping, rows: Bytes) -> Result<u64> {
+    // SAFETY: main thread, inside a transaction; the snapshot is popped below, or by
+    // the abort that follows an error.
+    unsafe {
+        pg_sys::CommandCounterIncrement();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    let mut rows = Some(rows);
+    let copied = copy_into(m, false, || Ok(rows.take()))?;
+    // SAFETY: pairs with the push above.
+    unsafe { pg_sys::PopActiveSnapshot() };
+    Ok(copied)
+}
+
+/// Whether COPY FROM writes rows into the target of `m` exactly as an INSERT by its owner
+/// would: an ordinary or partitioned table (not a hypertable, whose COPY must go through
+/// TimescaleDB), which the owner may insert into, and whose row-level security does not
+/// apply to the owner (COPY does not check policies; PostgreSQL refuses `COPY FROM` where
+/// they apply). Triggers, defaults, generated columns and constraints are COPY's as they
+/// are INSERT's. Must run inside a transaction.
+pub fn copy_stands_in_for_insert(m: &Mapping) -> bool {
+    if m.hypertable || m.cols.iter().all(Option::is_none) {
+        return false;
+    }
+    // SAFETY: catalog lookups on the main thread inside a transaction.
+    unsafe {
+        let kind = pg_sys::get_rel_relkind(m.local_oid) as u8;
+        (kind == pg_sys::RELKIND_RELATION || kind == pg_sys::RELKIND_PARTITIONED_TABLE)
+            && pg_sys::pg_class_aclcheck(
+                m.local_oid,
+                m.owner,
+                pg_sys::ACL_INSERT as pg_sys::AclMode,
+            ) == pg_sys::AclResult::ACLCHECK_OK
+            && pg_sys::check_enable_rls(m.local_oid, m.owner, true)
+                != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+    }
+}
+
 /// Bytes of COPY text staged per file for [`copy_into_hypertable`]: small enough that the
 /// reader thread (`worker::copyread`) keeps reading the source while a file loads.
 const STAGE_BYTES: usize = 8 << 20;

@@ -1090,3 +1090,64 @@ fn a_full_table_of_syncs_refuses_one_more_with_a_hint() {
     )
     .unwrap();
 }
+
+// ---- Runs of INSERTs written by COPY keep an INSERT's checks -------------------------------
+
+/// Runs of inserted rows are written by COPY into plain tables. COPY checks neither
+/// row-level security nor the INSERT privilege (PostgreSQL's `COPY FROM` statement checks
+/// them before it starts): where either applies to the table's owner, the rows must be
+/// refused as the owner's INSERT would refuse them, and arrive once the owner allows them.
+#[test]
+fn inserts_respect_the_owners_row_security_and_privileges() {
+    let src = Db::fresh(source(), "copychk_src");
+    let tgt = Db::fresh(target(), "copychk_tgt");
+    let owner = unique_name("copyowner");
+    target().exec("postgres", &format!("CREATE ROLE {owner} LOGIN"));
+    both(
+        &src,
+        &tgt,
+        "CREATE TABLE rls_t (id int PRIMARY KEY, v int); CREATE TABLE priv_t (id int PRIMARY KEY, v int)",
+    );
+    src.exec("CREATE PUBLICATION p FOR TABLE rls_t, priv_t");
+    tgt.exec(&format!(
+        "ALTER TABLE rls_t OWNER TO {owner}; ALTER TABLE priv_t OWNER TO {owner};
+         ALTER TABLE rls_t ENABLE ROW LEVEL SECURITY; ALTER TABLE rls_t FORCE ROW LEVEL SECURITY;
+         CREATE POLICY small ON rls_t FOR INSERT WITH CHECK (v < 100);
+         CREATE POLICY see ON rls_t FOR SELECT USING (true);
+         REVOKE INSERT ON priv_t FROM {owner}"
+    ));
+    let g = start_sync(&tgt, &src.uri(), "p", &unique_name("copychk"));
+    wait_caught_up(&src, &tgt, g.name());
+
+    // One transaction of 20 rows (a run long enough for COPY), one of them against the policy.
+    src.exec("INSERT INTO rls_t SELECT g, CASE WHEN g = 7 THEN 500 ELSE g END FROM generate_series(1, 20) g");
+    let e = wait_for_last_error(&tgt, g.name(), SYNC_TIMEOUT, "refuse the row", |e| {
+        e.contains("row-level security")
+    });
+    assert!(e.contains("rls_t"), "{e}");
+    assert_eq!(
+        count(&tgt, "rls_t"),
+        0,
+        "rows against the owner's policy landed"
+    );
+    tgt.exec(
+        "DROP POLICY small ON rls_t; CREATE POLICY small ON rls_t FOR INSERT WITH CHECK (v < 1000)",
+    );
+    wait_applied(&src, &tgt, g.name(), SYNC_TIMEOUT);
+    assert_tables_equal(&src, &tgt, "rls_t");
+
+    // The owner may not insert into priv_t.
+    src.exec("INSERT INTO priv_t SELECT g, g FROM generate_series(1, 20) g");
+    let e = wait_for_last_error(&tgt, g.name(), SYNC_TIMEOUT, "refuse the rows", |e| {
+        e.contains("permission denied")
+    });
+    assert!(e.contains("priv_t"), "{e}");
+    assert_eq!(
+        count(&tgt, "priv_t"),
+        0,
+        "rows the owner may not insert landed"
+    );
+    tgt.exec(&format!("GRANT INSERT ON priv_t TO {owner}"));
+    wait_applied(&src, &tgt, g.name(), SYNC_TIMEOUT);
+    assert_tables_equal(&src, &tgt, "priv_t");
+}
