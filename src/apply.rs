@@ -2,11 +2,11 @@
 //!
 //! Speed is designed in (shared/DESIGN.md):
 //! - changes are buffered per table in runs of one kind, and each run is written by one
-//!   statement (see "Runs" in [`Applier`]): INSERTs into a plain table by PostgreSQL's
-//!   COPY FROM (`copyin::copy_rows`, which writes the heap in batches) where it checks
-//!   what the owner's INSERT would, otherwise (hypertables, short runs) as
-//!   `INSERT ... SELECT CAST(pg_catalog.unnest($1) AS type), ...`, which the executor
-//!   routes into hypertable chunks (a direct COPY into the root would not); UPDATEs as
+//!   statement (see "Runs" in [`Applier`]): INSERTs by COPY (`copyin::copy_rows`: rows
+//!   written to the heap in batches; TimescaleDB's COPY for a hypertable, which routes
+//!   them into chunks) where COPY checks what the owner's INSERT would, otherwise (short
+//!   runs, an owner COPY cannot serve) as
+//!   `INSERT ... SELECT CAST(pg_catalog.unnest($1) AS type), ...`; UPDATEs as
 //!   one `UPDATE ... FROM ROWS FROM (unnest ...)` joined by key, with a row updated
 //!   several times written once with its newest image; DELETEs as one
 //!   `DELETE ... USING ROWS FROM (unnest ...)`;
@@ -44,8 +44,8 @@ const RUN_ROWS: usize = 2000;
 /// PostgreSQL's 1 GB allocation limit, and the worker's memory stays bounded.
 const PENDING_BYTES: usize = 8 << 20;
 /// Runs of INSERTs of at least this many rows are written by COPY where it may stand in for
-/// the INSERT (`copyin::copy_stands_in_for_insert`): its per-row path is cheaper (no array
-/// to unnest, rows written to the heap in batches), its start a little dearer.
+/// the INSERT (`copyin::run_copy`): its per-row path is cheaper (no array to unnest, rows
+/// written to the heap in batches), its start a little dearer.
 const COPY_ROWS: usize = 8;
 
 thread_local! {
@@ -122,8 +122,8 @@ pub struct Applier {
     remote: HashMap<RelId, Relation>,
     maps: HashMap<RelId, Rc<Mapping>>,
     insert_plans: HashMap<RelId, OwnedPreparedStatement>,
-    /// Whether COPY may write a relation's INSERT runs (decided once per mapping).
-    insert_by_copy: HashMap<RelId, bool>,
+    /// Whether and how COPY may write a relation's INSERT runs (decided once per mapping).
+    insert_by_copy: HashMap<RelId, crate::copyin::RunCopy>,
     /// Per relation, per set of SET columns (unchanged TOAST leaves some out) followed by
     /// which key values are NULL (REPLICA IDENTITY FULL only).
     update_plans: HashMap<RelId, HashMap<Vec<bool>, OwnedPreparedStatement>>,
@@ -574,12 +574,14 @@ impl Applier {
             }
         }
         let width = m.cols.iter().flatten().count();
-        if rows >= COPY_ROWS
-            && *self
+        let how = match rows >= COPY_ROWS {
+            true => *self
                 .insert_by_copy
                 .entry(relid)
-                .or_insert_with(|| crate::copyin::copy_stands_in_for_insert(&m))
-        {
+                .or_insert_with(|| crate::copyin::run_copy(&m)),
+            false => crate::copyin::RunCopy::No,
+        };
+        if how != crate::copyin::RunCopy::No {
             let written: Vec<&[Option<Bytes>]> = m
                 .cols
                 .iter()
@@ -594,7 +596,9 @@ impl Applier {
                 .sum();
             let mut text = bytes::BytesMut::with_capacity(size + rows * (width + 2));
             crate::copytext::encode_rows(&written, rows, &mut text);
-            return as_owner(&m, || crate::copyin::copy_rows(&m, text.freeze()).map(drop));
+            return as_owner(&m, || {
+                crate::copyin::copy_rows(&m, how, text.freeze()).map(drop)
+            });
         }
         let plan = match self.insert_plans.entry(relid) {
             Entry::Occupied(e) => e.into_mut(),

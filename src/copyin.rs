@@ -174,46 +174,78 @@ pub fn copy_into(
     }
 }
 
-/// Rows of one apply run, in COPY text format ([`crate::copytext::encode_rows`]), into a
-/// table that is not a hypertable, through the same COPY FROM, run as a statement of the
-/// caller's transaction: the command counter is advanced first and the COPY gets a fresh
-/// snapshot, as SPI does for each statement. For the caller to decide that COPY may
-/// stand in for an INSERT: [`copy_stands_in_for_insert`].
-pub fn copy_rows(m: &Mapping, rows: Bytes) -> Result<u64> {
-    // SAFETY: main thread, inside a transaction; the snapshot is popped below, or by
-    // the abort that follows an error.
-    unsafe {
-        pg_sys::CommandCounterIncrement();
-        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-    }
-    let mut rows = Some(rows);
-    let copied = copy_into(m, false, || Ok(rows.take()))?;
-    // SAFETY: pairs with the push above.
-    unsafe { pg_sys::PopActiveSnapshot() };
-    Ok(copied)
+/// Whether, and how, COPY may write a run of rows inserted into the target of `m`
+/// ([`run_copy`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunCopy {
+    /// Only an INSERT writes them as the owner's INSERT would.
+    No,
+    /// PostgreSQL's COPY FROM ([`copy_rows`]).
+    Table,
+    /// TimescaleDB's COPY through a staging file ([`copy_into_hypertable`]).
+    Hypertable,
 }
 
-/// Whether COPY FROM writes rows into the target of `m` exactly as an INSERT by its owner
-/// would: an ordinary or partitioned table (not a hypertable, whose COPY must go through
-/// TimescaleDB), which the owner may insert into, and whose row-level security does not
-/// apply to the owner (COPY does not check policies; PostgreSQL refuses `COPY FROM` where
-/// they apply). Triggers, defaults, generated columns and constraints are COPY's as they
-/// are INSERT's. Must run inside a transaction.
-pub fn copy_stands_in_for_insert(m: &Mapping) -> bool {
-    if m.hypertable || m.cols.iter().all(Option::is_none) {
-        return false;
+/// Whether COPY writes rows into the target of `m` exactly as an INSERT by its owner
+/// would: the owner may insert into the table, and its row-level security does not apply
+/// to the owner (COPY does not check policies; PostgreSQL refuses `COPY FROM` where they
+/// apply). Triggers, defaults, generated columns and constraints are COPY's as they are
+/// INSERT's. An ordinary or partitioned table takes PostgreSQL's COPY FROM; a hypertable
+/// TimescaleDB's, which reads a staging file, so only where its owner may read server
+/// files. Must run inside a transaction.
+pub fn run_copy(m: &Mapping) -> RunCopy {
+    if m.cols.iter().all(Option::is_none) {
+        return RunCopy::No;
     }
     // SAFETY: catalog lookups on the main thread inside a transaction.
-    unsafe {
-        let kind = pg_sys::get_rel_relkind(m.local_oid) as u8;
-        (kind == pg_sys::RELKIND_RELATION || kind == pg_sys::RELKIND_PARTITIONED_TABLE)
-            && pg_sys::pg_class_aclcheck(
-                m.local_oid,
-                m.owner,
-                pg_sys::ACL_INSERT as pg_sys::AclMode,
-            ) == pg_sys::AclResult::ACLCHECK_OK
-            && pg_sys::check_enable_rls(m.local_oid, m.owner, true)
-                != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+    let (kind, allowed) = unsafe {
+        (
+            pg_sys::get_rel_relkind(m.local_oid) as u8,
+            pg_sys::pg_class_aclcheck(m.local_oid, m.owner, pg_sys::ACL_INSERT as pg_sys::AclMode)
+                == pg_sys::AclResult::ACLCHECK_OK
+                && pg_sys::check_enable_rls(m.local_oid, m.owner, true)
+                    != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32,
+        )
+    };
+    match (allowed, m.hypertable) {
+        (false, _) => RunCopy::No,
+        (true, true) if crate::apply::owner_reads_server_files(m) => RunCopy::Hypertable,
+        (true, true) => RunCopy::No,
+        (true, false)
+            if kind == pg_sys::RELKIND_RELATION || kind == pg_sys::RELKIND_PARTITIONED_TABLE =>
+        {
+            RunCopy::Table
+        }
+        (true, false) => RunCopy::No,
+    }
+}
+
+/// Rows of one apply run, in COPY text format ([`crate::copytext::encode_rows`]), into the
+/// target of `m` by COPY as [`run_copy`] chose, run as a statement of the caller's
+/// transaction: PostgreSQL's COPY FROM after the command counter is advanced and with a
+/// fresh snapshot, as SPI does for each statement (TimescaleDB's COPY runs through SPI).
+pub fn copy_rows(m: &Mapping, how: RunCopy, rows: Bytes) -> Result<u64> {
+    let mut rows = Some(rows);
+    let once = move || Ok(rows.take());
+    match how {
+        RunCopy::No => unreachable!("the caller inserts rows COPY may not write"),
+        RunCopy::Hypertable => {
+            // SAFETY: reads our own pid.
+            let tag = format!("apply_{}", unsafe { pg_sys::MyProcPid });
+            copy_into_hypertable(m, &tag, false, once)
+        }
+        RunCopy::Table => {
+            // SAFETY: main thread, inside a transaction; the snapshot is popped below, or
+            // by the abort that follows an error.
+            unsafe {
+                pg_sys::CommandCounterIncrement();
+                pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+            }
+            let copied = copy_into(m, false, once)?;
+            // SAFETY: pairs with the push above.
+            unsafe { pg_sys::PopActiveSnapshot() };
+            Ok(copied)
+        }
     }
 }
 

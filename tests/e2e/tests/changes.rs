@@ -1963,6 +1963,40 @@ fn runs_find_rows_by_the_key_index() {
     );
 }
 
+/// Runs of INSERTs are written by COPY (PostgreSQL's into a plain table, TimescaleDB's
+/// into a hypertable): values COPY must escape (tab, newline, carriage return, backslash,
+/// the text `\N`), NULLs and empty strings arrive as the source has them; a hypertable's
+/// rows land in its chunks, none in its root; a target column the source lacks gets its
+/// default.
+#[test]
+fn insert_runs_by_copy_keep_every_value() {
+    let src = Db::fresh(source(), "inscopy_src");
+    let tgt = Db::fresh(target(), "inscopy_tgt");
+    src.exec("CREATE TABLE pt (id int PRIMARY KEY, s text, n int)");
+    tgt.exec("CREATE TABLE pt (id int PRIMARY KEY, s text, n int, extra text DEFAULT 'dflt')");
+    daily_hypertable(&src, &tgt, "hc");
+    src.exec("CREATE PUBLICATION p FOR TABLE pt, hc");
+    let sub = "ins_copy";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    caught_up(&src, &tgt, sub);
+    src.exec(
+        r"INSERT INTO pt SELECT g, CASE g % 5 WHEN 0 THEN E'a\tb\nc\\d\re' || g WHEN 1 THEN '\N'
+            WHEN 2 THEN '' WHEN 3 THEN NULL ELSE 'é ' || g END, nullif(g % 7, 0)
+            FROM generate_series(1, 50) g;
+          INSERT INTO hc SELECT g, timestamptz '2024-01-01' + g * interval '5 hours', g
+            FROM generate_series(1, 50) g",
+    );
+    caught_up(&src, &tgt, sub);
+    let rows = "SELECT string_agg(id || ':' || quote_nullable(s) || ':' || quote_nullable(n), ',' \
+                ORDER BY id) FROM pt";
+    let want: String = src.query_one(rows);
+    assert_eq!(tgt.query_one::<String>(rows), want);
+    assert_eq!(count(&tgt, "pt WHERE extra = 'dflt'"), 50);
+    assert_tables_equal(&src, &tgt, "hc");
+    assert_eq!(count(&tgt, "ONLY hc"), 0, "rows in the hypertable's root");
+    assert!(chunk_count(&tgt, "hc") >= 10);
+}
+
 /// Table `name` (id int, ts timestamptz, v int; key (id, ts)) on the source, and as a
 /// hypertable of 1-day chunks on the target.
 fn daily_hypertable(src: &Db, tgt: &Db, name: &str) {
