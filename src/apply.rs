@@ -1,4 +1,4 @@
-//! Decoded changes -> rows on the target, through SPI.
+//! Decoded changes -> rows on the target, through SPI statements and COPY.
 //!
 //! Speed is designed in (shared/DESIGN.md):
 //! - changes are buffered per table in runs of one kind, and each run is written by one
@@ -122,8 +122,6 @@ pub struct Applier {
     remote: HashMap<RelId, Relation>,
     maps: HashMap<RelId, Rc<Mapping>>,
     insert_plans: HashMap<RelId, OwnedPreparedStatement>,
-    /// Whether and how COPY may write a relation's INSERT runs (decided once per mapping).
-    insert_by_copy: HashMap<RelId, crate::copyin::RunCopy>,
     /// Per relation, per set of SET columns (unchanged TOAST leaves some out) followed by
     /// which key values are NULL (REPLICA IDENTITY FULL only).
     update_plans: HashMap<RelId, HashMap<Vec<bool>, OwnedPreparedStatement>>,
@@ -293,7 +291,6 @@ impl Applier {
     fn forget(&mut self, relid: RelId) {
         self.maps.remove(&relid);
         self.insert_plans.remove(&relid);
-        self.insert_by_copy.remove(&relid);
         self.delete_plans.remove(&relid);
         self.update_plans.remove(&relid);
         self.update_run_plans.remove(&relid);
@@ -574,11 +571,10 @@ impl Applier {
             }
         }
         let width = m.cols.iter().flatten().count();
+        // Decided per run: role memberships (the owner's privileges, pg_read_server_files)
+        // change without invalidating the table.
         let how = match rows >= COPY_ROWS {
-            true => *self
-                .insert_by_copy
-                .entry(relid)
-                .or_insert_with(|| crate::copyin::run_copy(&m)),
+            true => crate::copyin::run_copy(&m),
             false => crate::copyin::RunCopy::No,
         };
         if how != crate::copyin::RunCopy::No {

@@ -7,7 +7,10 @@
 //! put every row into the hypertable's root. Hypertables get [`copy_into_hypertable`]
 //! instead: TimescaleDB's own COPY (reached through its ProcessUtility hook, which reads a
 //! file), fed from staging files. Tables whose target skips a source column go through
-//! [`crate::apply::Applier`]'s batched INSERT.
+//! [`crate::apply::Applier`]'s batched inserts.
+//!
+//! The apply path writes its runs of INSERTs the same ways ([`copy_rows`]), where
+//! [`run_copy`] finds that COPY checks what the owner's INSERT would.
 
 use crate::error::{Error, Result};
 use crate::relmap::Mapping;
@@ -223,7 +226,7 @@ pub fn run_copy(m: &Mapping) -> RunCopy {
 /// Rows of one apply run, in COPY text format ([`crate::copytext::encode_rows`]), into the
 /// target of `m` by COPY as [`run_copy`] chose, run as a statement of the caller's
 /// transaction: PostgreSQL's COPY FROM after the command counter is advanced and with a
-/// fresh snapshot, as SPI does for each statement (TimescaleDB's COPY runs through SPI).
+/// fresh snapshot, as SPI does before each statement (TimescaleDB's COPY runs through SPI).
 pub fn copy_rows(m: &Mapping, how: RunCopy, rows: Bytes) -> Result<u64> {
     let mut rows = Some(rows);
     let once = move || Ok(rows.take());

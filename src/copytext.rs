@@ -4,7 +4,7 @@
 //! into column values for the same batched INSERT the apply path uses, so rows are routed
 //! into hypertable chunks by the executor. Chunks may split rows anywhere; [`CopyParser`]
 //! keeps the unfinished tail. The other way, [`encode_rows`] writes a run of inserted rows
-//! as COPY text, for the apply path's COPY into plain tables (`apply::Applier`).
+//! as COPY text, for the apply path's COPY (`apply::Applier`, `copyin::copy_rows`).
 
 use bytes::{Buf, BytesMut};
 

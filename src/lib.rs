@@ -1,6 +1,6 @@
 //! livesync: keep this (target) database in sync with a PostgreSQL source through logical
-//! replication, applying every change through SPI so that rows land in TimescaleDB
-//! hypertable chunks.
+//! replication, applying every change through SPI statements and COPY, which the server
+//! (and TimescaleDB) route, so that rows land in TimescaleDB hypertable chunks.
 //!
 //! How bytes from the source become rows here:
 //!
@@ -8,7 +8,7 @@
 //!  source walsender --CopyBoth--> source::Connection      (our replication client)
 //!        --XLogData bytes-->      pgoutput::Decoder        (bytes -> Message)
 //!        --Message-->             worker::apply            (transactions, batching, progress)
-//!        --Insert/Update/...-->   apply::Applier           (prepared SPI plans, batched INSERTs)
+//!        --Insert/Update/...-->   apply::Applier           (runs: prepared SPI plans, COPY for INSERTs)
 //!        --rows-->                the target table / hypertable chunks
 //! ```
 //!

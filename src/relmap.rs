@@ -127,7 +127,8 @@ pub struct Mapping {
     /// partitioning (dimension) columns. An UPDATE that changes one must move the row to
     /// another chunk, which TimescaleDB's UPDATE cannot do.
     pub dims: Vec<usize>,
-    /// The target is a TimescaleDB hypertable (rows must go through the executor).
+    /// The target is a TimescaleDB hypertable (rows must go through the executor or
+    /// TimescaleDB's COPY, which route them into chunks).
     pub hypertable: bool,
     /// A hypertable's open (time) dimension, when the sync writes it: remote column index
     /// and the chunk interval in TimescaleDB's internal units (microseconds for time

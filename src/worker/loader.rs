@@ -143,8 +143,9 @@ enum Method {
     Copy,
     /// TimescaleDB's COPY, which routes rows into chunks (`copyin::copy_into_hypertable`).
     HypertableCopy,
-    /// Batched INSERTs (targets that skip a source column, tables without columns, and
-    /// hypertables whose owner may not read server files).
+    /// The applier's runs of inserts (targets that skip a source column, tables without
+    /// columns, and hypertables whose owner may not read server files), themselves written
+    /// by COPY where `copyin::run_copy` allows.
     Insert,
 }
 

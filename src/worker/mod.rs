@@ -108,6 +108,36 @@ pub fn attach(dboid: u32) {
     }
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(dboid)), None);
     pin_search_path();
+    pin_client_encoding();
+}
+
+/// The session's `client_encoding` is UTF8, whatever the database or role settings say:
+/// values come from the source in UTF8 (the source connection always asks for it), and
+/// COPY FROM reads its text in the client encoding (`textrecv` its binary text too), so
+/// that is what converts them into the database's encoding. A database whose
+/// `client_encoding` is LATIN1 would otherwise get each byte of "é" as a character of its
+/// own.
+fn pin_client_encoding() {
+    let r = xact(|| {
+        // SAFETY: main thread, inside a transaction of its own (the conversion functions
+        // are looked up in the catalog); a session-level SET, kept after the commit.
+        unsafe {
+            pg_sys::set_config_option(
+                c"client_encoding".as_ptr(),
+                c"UTF8".as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SET,
+                true,
+                0,
+                false,
+            );
+        }
+        Ok(())
+    });
+    if let Err(e) = r {
+        pgrx::warning!("livesync: could not set client_encoding to UTF8: {e}");
+    }
 }
 
 unsafe extern "C-unwind" {

@@ -38,7 +38,8 @@ const GATHER_WHEN_BUSY: Duration = Duration::from_millis(2);
 /// walsender at 6.5 to 7 CPU seconds (medians of 3 rounds, drains of 6.8 to 7.3 s), 3 to
 /// 15 ms at 4.6 to 5.7 s (drains of 3.7 to 5.9 s): a reader that comes back less often
 /// lets more of the walsender's messages leave together. It delays a busy stream by at
-/// most this long; an idle one waits on the socket.
+/// most this long (so the commit that follows a burst, and the position the source is
+/// told, come up to this much later); an idle one waits on the socket.
 const GATHER_FOR: Duration = Duration::from_millis(8);
 
 /// Seconds between status updates to the source even when nothing changed.

@@ -1967,7 +1967,7 @@ fn runs_find_rows_by_the_key_index() {
 /// into a hypertable): values COPY must escape (tab, newline, carriage return, backslash,
 /// the text `\N`), NULLs and empty strings arrive as the source has them; a hypertable's
 /// rows land in its chunks, none in its root; a target column the source lacks gets its
-/// default.
+/// default; non-ASCII text arrives intact where the database's client_encoding is LATIN1.
 #[test]
 fn insert_runs_by_copy_keep_every_value() {
     let src = Db::fresh(source(), "inscopy_src");
@@ -1975,7 +1975,13 @@ fn insert_runs_by_copy_keep_every_value() {
     src.exec("CREATE TABLE pt (id int PRIMARY KEY, s text, n int)");
     tgt.exec("CREATE TABLE pt (id int PRIMARY KEY, s text, n int, extra text DEFAULT 'dflt')");
     daily_hypertable(&src, &tgt, "hc");
-    src.exec("CREATE PUBLICATION p FOR TABLE pt, hc");
+    // Copied, then applied, into a database whose sessions default to another encoding:
+    // the values, which come in UTF8, must still be read as UTF8.
+    src.exec("INSERT INTO pt VALUES (0, 'ü ø', 0); CREATE PUBLICATION p FOR TABLE pt, hc");
+    tgt.exec(&format!(
+        "ALTER DATABASE {} SET client_encoding = 'LATIN1'",
+        tgt.name
+    ));
     let sub = "ins_copy";
     let _g = start_sync(&tgt, &src.uri(), "p", sub);
     caught_up(&src, &tgt, sub);
@@ -1991,7 +1997,7 @@ fn insert_runs_by_copy_keep_every_value() {
                 ORDER BY id) FROM pt";
     let want: String = src.query_one(rows);
     assert_eq!(tgt.query_one::<String>(rows), want);
-    assert_eq!(count(&tgt, "pt WHERE extra = 'dflt'"), 50);
+    assert_eq!(count(&tgt, "pt WHERE extra = 'dflt'"), 51);
     assert_tables_equal(&src, &tgt, "hc");
     assert_eq!(count(&tgt, "ONLY hc"), 0, "rows in the hypertable's root");
     assert!(chunk_count(&tgt, "hc") >= 10);
