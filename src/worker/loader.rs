@@ -230,12 +230,14 @@ impl Loader {
         let (target, method) = worker::xact(|| {
             applier.relation(relation)?;
             let target = applier.mapping(relid)?;
-            // As the table's owner (see apply::as_owner). TimescaleDB's COPY reads staged
-            // files, which an owner without pg_read_server_files may not: such
-            // hypertables are loaded through batched INSERTs (slower, as the owner).
+            // As the table's owner (see apply::as_owner), and only where COPY checks what
+            // the owner's INSERT would (`copyin::run_copy`: privileges, row-level
+            // security; TimescaleDB's COPY reads staged files, which an owner without
+            // pg_read_server_files may not). Other tables are loaded through the
+            // applier's runs of inserts (slower, and refused where the owner's INSERT is).
             let copyable = !columns.is_empty()
                 && target.cols.iter().all(Option::is_some)
-                && (!target.hypertable || crate::apply::owner_reads_server_files(&target));
+                && crate::copyin::run_copy(&target) != crate::copyin::RunCopy::No;
             let method = match (copyable, target.hypertable) {
                 (true, false) => Method::Copy,
                 (true, true) => Method::HypertableCopy,

@@ -1151,3 +1151,52 @@ fn inserts_respect_the_owners_row_security_and_privileges() {
     wait_applied(&src, &tgt, g.name(), SYNC_TIMEOUT);
     assert_tables_equal(&src, &tgt, "priv_t");
 }
+
+/// The initial copy writes by COPY too, and must refuse what the owner's INSERT would: a
+/// row against the owner's row-level security policy is an error on the table, nothing of
+/// the copy lands, and the table is copied once the policy allows the row.
+#[test]
+fn the_copy_respects_the_owners_row_security() {
+    let src = Db::fresh(source(), "copyrls_src");
+    let tgt = Db::fresh(target(), "copyrls_tgt");
+    let owner = unique_name("copyrlsowner");
+    target().exec("postgres", &format!("CREATE ROLE {owner} LOGIN"));
+    both(&src, &tgt, "CREATE TABLE rls_c (id int PRIMARY KEY, v int)");
+    src.exec(
+        "INSERT INTO rls_c SELECT g, CASE WHEN g = 7 THEN 500 ELSE g END FROM generate_series(1, 30) g;
+         CREATE PUBLICATION p FOR TABLE rls_c",
+    );
+    tgt.exec(&format!(
+        "ALTER TABLE rls_c OWNER TO {owner};
+         ALTER TABLE rls_c ENABLE ROW LEVEL SECURITY; ALTER TABLE rls_c FORCE ROW LEVEL SECURITY;
+         CREATE POLICY small ON rls_c FOR INSERT WITH CHECK (v < 100);
+         CREATE POLICY see ON rls_c FOR SELECT USING (true)"
+    ));
+    let g = start_sync(&tgt, &src.uri(), "p", &unique_name("copyrls"));
+    let rel_error = || -> Option<String> {
+        tgt.client()
+            .query_opt(
+                "SELECT last_error FROM livesync.subscription_rel \
+                  WHERE subname = $1 AND last_error IS NOT NULL",
+                &[&g.name()],
+            )
+            .ok()
+            .flatten()
+            .map(|r| r.get(0))
+    };
+    wait_until(
+        SYNC_TIMEOUT,
+        "the copy of rls_c to fail on the policy",
+        || rel_error().is_some_and(|e| e.contains("row-level security")),
+    );
+    assert_eq!(
+        count(&tgt, "rls_c"),
+        0,
+        "rows against the owner's policy landed"
+    );
+    tgt.exec(
+        "DROP POLICY small ON rls_c; CREATE POLICY small ON rls_c FOR INSERT WITH CHECK (v < 1000)",
+    );
+    wait_caught_up(&src, &tgt, g.name());
+    assert_tables_equal(&src, &tgt, "rls_c");
+}
