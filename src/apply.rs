@@ -183,20 +183,12 @@ fn run_statement<R>(
 fn generic_plan<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
     // SAFETY: a new GUC level, set inside it and restored below, or by AbortTransaction
     // when an ERROR escapes `f` (as in `as_role`).
-    let level = unsafe {
-        let level = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            c"plan_cache_mode".as_ptr(),
-            c"force_generic_plan".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
-        level
-    };
+    let level = unsafe { pg_sys::NewGUCNestLevel() };
+    crate::worker::set_session_guc(
+        c"plan_cache_mode",
+        c"force_generic_plan",
+        pg_sys::GucAction::GUC_ACTION_SAVE,
+    );
     let r = f();
     // SAFETY: pairs with the level above.
     unsafe { pg_sys::AtEOXact_GUC(false, level) };
@@ -573,9 +565,10 @@ impl Applier {
         let width = m.cols.iter().flatten().count();
         // Decided per run: role memberships (the owner's privileges, pg_read_server_files)
         // change without invalidating the table.
-        let how = match rows >= COPY_ROWS {
-            true => crate::copyin::run_copy(&m),
-            false => crate::copyin::RunCopy::No,
+        let how = if rows >= COPY_ROWS {
+            crate::copyin::run_copy(&m)
+        } else {
+            crate::copyin::RunCopy::No
         };
         if how != crate::copyin::RunCopy::No {
             let written: Vec<&[Option<Bytes>]> = m

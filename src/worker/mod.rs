@@ -118,21 +118,14 @@ pub fn attach(dboid: u32) {
 /// `client_encoding` is LATIN1 would otherwise get each byte of "é" as a character of its
 /// own.
 fn pin_client_encoding() {
+    // In a transaction of its own (the conversion functions are looked up in the
+    // catalog); a session-level SET, kept after the commit.
     let r = xact(|| {
-        // SAFETY: main thread, inside a transaction of its own (the conversion functions
-        // are looked up in the catalog); a session-level SET, kept after the commit.
-        unsafe {
-            pg_sys::set_config_option(
-                c"client_encoding".as_ptr(),
-                c"UTF8".as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_SET,
-                true,
-                0,
-                false,
-            );
-        }
+        set_session_guc(
+            c"client_encoding",
+            c"UTF8",
+            pg_sys::GucAction::GUC_ACTION_SET,
+        );
         Ok(())
     });
     if let Err(e) = r {
@@ -153,12 +146,23 @@ unsafe extern "C-unwind" {
 const PINNED_SEARCH_PATH: &std::ffi::CStr = c"pg_catalog, pg_temp";
 
 fn set_pinned_search_path(action: pg_sys::GucAction::Type) {
-    // SAFETY: main thread; search_path's check hook only parses the list (no catalog
-    // access), so this works outside a transaction too.
+    // search_path's check hook only parses the list (no catalog access), so this works
+    // outside a transaction too.
+    set_session_guc(c"search_path", PINNED_SEARCH_PATH, action);
+}
+
+/// `SET name = value` in this session (`action`: GUC_ACTION_SET for the session,
+/// GUC_ACTION_SAVE for the current GUC nest level); an invalid value is an ERROR.
+pub fn set_session_guc(
+    name: &std::ffi::CStr,
+    value: &std::ffi::CStr,
+    action: pg_sys::GucAction::Type,
+) {
+    // SAFETY: main thread; both strings outlive the call (the GUC copies the value).
     unsafe {
         pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            PINNED_SEARCH_PATH.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr(),
             pg_sys::GucContext::PGC_USERSET,
             pg_sys::GucSource::PGC_S_SESSION,
             action,

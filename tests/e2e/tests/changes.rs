@@ -2003,6 +2003,35 @@ fn insert_runs_by_copy_keep_every_value() {
     assert!(chunk_count(&tgt, "hc") >= 10);
 }
 
+/// A run that TimescaleDB's COPY refuses (a key a user inserted on the target by hand) is
+/// an error that writes nothing of the run, and the run arrives whole once the row is gone.
+#[test]
+fn a_refused_hypertable_copy_run_arrives_after_the_fix() {
+    let src = Db::fresh(source(), "htcopyerr_src");
+    let tgt = Db::fresh(target(), "htcopyerr_tgt");
+    daily_hypertable(&src, &tgt, "hce");
+    src.exec("CREATE PUBLICATION p FOR TABLE hce");
+    let sub = "ht_copy_err";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    caught_up(&src, &tgt, sub);
+    let rows = "SELECT g, timestamptz '2024-01-01' + g * interval '5 hours', g FROM generate_series(1, 20) g";
+    tgt.exec(&format!("INSERT INTO hce {rows} OFFSET 4 LIMIT 1"));
+    src.exec(&format!("INSERT INTO hce {rows}"));
+    wait_sub_error(
+        &tgt,
+        sub,
+        LONG,
+        "the unique violation",
+        || describe(&tgt, sub),
+        |e| e.contains("duplicate key"),
+    );
+    assert_eq!(count(&tgt, "hce"), 1, "part of a refused run landed");
+    tgt.exec("DELETE FROM hce");
+    caught_up(&src, &tgt, sub);
+    assert_tables_equal(&src, &tgt, "hce");
+    assert_eq!(count(&tgt, "ONLY hce"), 0, "rows in the hypertable's root");
+}
+
 /// Table `name` (id int, ts timestamptz, v int; key (id, ts)) on the source, and as a
 /// hypertable of 1-day chunks on the target.
 fn daily_hypertable(src: &Db, tgt: &Db, name: &str) {
