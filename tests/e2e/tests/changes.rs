@@ -1963,8 +1963,8 @@ fn runs_find_rows_by_the_key_index() {
     );
 }
 
-/// Runs of INSERTs are written by COPY (PostgreSQL's into a plain table, TimescaleDB's
-/// into a hypertable): values COPY must escape (tab, newline, carriage return, backslash,
+/// Runs of INSERTs are written by COPY (PostgreSQL's into a plain table, in COPYs of 64
+/// rows, TimescaleDB's into a hypertable): values COPY must escape (tab, newline, carriage return, backslash,
 /// the text `\N`), NULLs and empty strings arrive as the source has them; a hypertable's
 /// rows land in its chunks, none in its root; a target column the source lacks gets its
 /// default; non-ASCII text arrives intact where the database's client_encoding is LATIN1.
@@ -1988,7 +1988,7 @@ fn insert_runs_by_copy_keep_every_value() {
     src.exec(
         r"INSERT INTO pt SELECT g, CASE g % 5 WHEN 0 THEN E'a\tb\nc\\d\re' || g WHEN 1 THEN '\N'
             WHEN 2 THEN '' WHEN 3 THEN NULL ELSE 'é ' || g END, nullif(g % 7, 0)
-            FROM generate_series(1, 50) g;
+            FROM generate_series(1, 150) g;
           INSERT INTO hc SELECT g, timestamptz '2024-01-01' + g * interval '5 hours', g
             FROM generate_series(1, 50) g",
     );
@@ -1997,10 +1997,40 @@ fn insert_runs_by_copy_keep_every_value() {
                 ORDER BY id) FROM pt";
     let want: String = src.query_one(rows);
     assert_eq!(tgt.query_one::<String>(rows), want);
-    assert_eq!(count(&tgt, "pt WHERE extra = 'dflt'"), 51);
+    assert_eq!(count(&tgt, "pt WHERE extra = 'dflt'"), 151);
     assert_tables_equal(&src, &tgt, "hc");
     assert_eq!(count(&tgt, "ONLY hc"), 0, "rows in the hypertable's root");
     assert!(chunk_count(&tgt, "hc") >= 10);
+}
+
+/// A run into a plain table is written in several COPYs: one refused (a key a user inserted
+/// on the target by hand, in the run's third COPY) is an error that leaves none of the
+/// run's rows, not even the COPYs before it, and the run arrives whole once the row is
+/// gone.
+#[test]
+fn a_refused_copy_run_lands_none_of_its_copies() {
+    let src = Db::fresh(source(), "copyerr_src");
+    let tgt = Db::fresh(target(), "copyerr_tgt");
+    let ddl = "CREATE TABLE pe (id int PRIMARY KEY, s text)";
+    src.exec(&format!("{ddl}; CREATE PUBLICATION p FOR TABLE pe"));
+    tgt.exec(ddl);
+    let sub = "copy_err";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    caught_up(&src, &tgt, sub);
+    tgt.exec("INSERT INTO pe VALUES (140, 'by hand')");
+    src.exec("INSERT INTO pe SELECT g, 'r' || g FROM generate_series(1, 150) g");
+    wait_sub_error(
+        &tgt,
+        sub,
+        LONG,
+        "the unique violation",
+        || describe(&tgt, sub),
+        |e| e.contains("duplicate key"),
+    );
+    assert_eq!(count(&tgt, "pe"), 1, "part of a refused run landed");
+    tgt.exec("DELETE FROM pe");
+    caught_up(&src, &tgt, sub);
+    assert_tables_equal(&src, &tgt, "pe");
 }
 
 /// A run that TimescaleDB's COPY refuses (a key a user inserted on the target by hand) is
