@@ -42,6 +42,16 @@ const GATHER_WHEN_BUSY: Duration = Duration::from_millis(2);
 /// told, come up to this much later); an idle one waits on the socket.
 const GATHER_FOR: Duration = Duration::from_millis(8);
 
+/// A paced stream (`Connection::paced`: a near source, a small receive window) that has
+/// caught up sleeps this long instead: the walsender fills the window (a packet per
+/// message) in a few milliseconds, then its messages queue and leave together, so the
+/// longer the sleep, the fewer of them go one by one. Measured over loopback, 300 000
+/// single-row INSERT transactions, 3 rounds: 8 ms drained in 5.1 to 6.1 s (walsender
+/// 5.2 CPU s), 20 ms in 3.6 to 5.0 s (4.2 s), 40 ms in 3.7 to 4.7 s (3.8 s). A busy
+/// stream's changes come up to this much later (`livesync.apply_batch_delay` already
+/// holds its commits for 200 ms); an idle one waits on the socket.
+const GATHER_PACED: Duration = Duration::from_millis(40);
+
 /// Seconds between status updates to the source even when nothing changed.
 const FEEDBACK_EVERY: Duration = Duration::from_secs(10);
 
@@ -305,7 +315,11 @@ impl Stream {
         // slow the whole stream down); a reader that comes back after a short sleep finds
         // many messages and takes them with one read.
         if std::mem::take(&mut self.drained) || self.last_msg.elapsed() < GATHER_WHEN_BUSY {
-            std::thread::sleep(GATHER_FOR);
+            if !self.conn.paced() {
+                std::thread::sleep(GATHER_FOR);
+            } else if !self.conn.source_has_more() {
+                std::thread::sleep(GATHER_PACED);
+            }
         }
         match rt.block_on(async {
             tokio::time::timeout(wait, self.conn.next_replication_message()).await
