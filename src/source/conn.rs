@@ -32,24 +32,29 @@ use super::{tls, ReplMessage, ServerError, SourceError};
 /// How much we pull from the socket without waiting, after a read, at most.
 const DRAIN_LIMIT: usize = 4 << 20;
 
-/// Receive pacing of a replication stream ([`Connection::paced`]). The walsender sends
-/// every pgoutput message with a `send()` of its own, and TCP_NODELAY is on: while our
-/// receive window is open, each message leaves as a packet of its own, and over loopback
-/// the sender's CPU also pays for the packet's arrival at our end. Once the window is
-/// full, its sends only queue, and the queue leaves in segments of up to 64 kB when we
-/// next read. Measured with 300 000 single-row INSERT transactions over loopback: 160 to
-/// 300 bytes a packet and 6.3 to 7 walsender CPU seconds with the window the kernel sizes
-/// (up to megabytes: it is never full for a reader as fast as ours), 6 to 11 kB a packet
-/// and 3.8 to 4.2 s with this one. Only on a link this short (least round trip, µs):
-/// a window of [`PACED_RCVBUF`] carries 64 MB/s at 1 ms, more than a walsender produces,
-/// but would throttle a distant source.
-const PACED_MAX_RTT_US: u32 = 1000;
-/// SO_RCVBUF of a paced stream (Linux doubles it for its own bookkeeping and advertises
-/// about half of that): a window of two loopback segments, so the sender never waits on
-/// its persist timer for room for one segment.
+/// Receive pacing of a replication stream from a source on the same host
+/// ([`Connection::paced`]). The walsender sends every pgoutput message with a `send()` of
+/// its own, and TCP_NODELAY is on: while our receive window is open, each message leaves
+/// as a packet of its own, and over loopback the sender's CPU also pays for the packet's
+/// arrival at our end. Once the window is full, its sends only queue, and the queue leaves
+/// in segments of tens of kB when we next read. Measured with 300 000 single-row INSERT
+/// transactions over loopback: 160 to 300 bytes a packet and 6.3 to 7 walsender CPU
+/// seconds with a window the kernel may grow (to megabytes: it is never full for a reader
+/// as fast as ours), 6 to 28 kB a packet and 3.8 to 4.2 s with this one.
+///
+/// SO_RCVBUF of a paced stream. Linux doubles it for its bookkeeping, which makes it the
+/// 128 kB a socket starts with under the default `net.ipv4.tcp_rmem`: what setting it
+/// does is stop the kernel from growing it. The window it allows holds two of the sender's
+/// segments (a sender sends segments of at most half the largest window it was offered),
+/// so the sender never waits on its persist timer for room for one.
+///
+/// Only on the same host: there a window's worth arrives at once, as one or two segments.
+/// Over a network it arrives a packet at a time, so a reader that found the socket empty
+/// between two of them would sleep with the window half used, and a round trip of 1 ms
+/// would cap a 64 kB window at 64 MB/s.
 const PACED_RCVBUF: usize = 64 * 1024;
 /// A read of a paced stream that brought at least this much found the window full: the
-/// sender has more queued behind it.
+/// sender has more queued behind it (over TLS, counted in decrypted bytes: a little less).
 const PACED_FULL_READ: usize = 32 * 1024;
 
 enum Stream {
@@ -184,9 +189,10 @@ pub struct Connection {
     /// Over TLS: the `tls-server-end-point` channel binding data of the server's certificate,
     /// or why there is none.
     end_point: Option<Result<Vec<u8>, String>>,
-    /// A replication stream whose receive window we keep small ([`PACED_MAX_RTT_US`]).
+    /// A replication stream whose receive window we keep small ([`PACED_RCVBUF`]).
     paced: bool,
-    /// Bytes the last read of the socket brought (with what it drained without waiting).
+    /// Bytes the last read of the socket brought (with what it drained without waiting;
+    /// over TLS, decrypted bytes).
     last_read: usize,
 }
 
@@ -829,7 +835,7 @@ impl Connection {
             match f.tag {
                 b'W' => {
                     self.state = State::CopyBoth;
-                    self.pace_if_near();
+                    self.pace_if_local();
                     return Ok(());
                 }
                 b'E' => error = Some(proto::parse_error_fields(f.body)?),
@@ -943,20 +949,27 @@ impl Connection {
         !matches!(proto::complete_frame_len(&self.rbuf), Ok(None))
     }
 
-    /// A replication stream from a source this near (TCP, least round trip under
-    /// [`PACED_MAX_RTT_US`]) gets a small receive window, so the walsender's messages queue
-    /// behind it and leave together instead of a packet each (see [`PACED_MAX_RTT_US`]).
-    fn pace_if_near(&mut self) {
+    /// A replication stream from a source on this host (TCP to a loopback address, or to
+    /// the address the connection comes from) gets a small receive window, so the
+    /// walsender's messages queue behind it and leave together instead of a packet each
+    /// ([`PACED_RCVBUF`]). Decided once, when the stream starts: the peer of a connection
+    /// does not move.
+    fn pace_if_local(&mut self) {
         let Some(tcp) = self.stream.tcp() else {
             return;
         };
-        let sock = socket2::SockRef::from(tcp);
-        let near = tcp_rtt_us(tcp.as_raw_fd()).is_some_and(|rtt| rtt < PACED_MAX_RTT_US);
-        self.paced = near && sock.set_recv_buffer_size(PACED_RCVBUF).is_ok();
+        let local = match (tcp.peer_addr(), tcp.local_addr()) {
+            (Ok(peer), Ok(me)) => same_host(peer.ip(), me.ip()),
+            _ => false,
+        };
+        self.paced = local
+            && socket2::SockRef::from(tcp)
+                .set_recv_buffer_size(PACED_RCVBUF)
+                .is_ok();
     }
 
-    /// The replication stream's receive window is kept small ([`PACED_MAX_RTT_US`]): a
-    /// reader that waits for the walsender's messages to gather should first take what
+    /// The replication stream's receive window is kept small ([`PACED_RCVBUF`]): a reader
+    /// that waits for the walsender's messages to gather should first take what
     /// [`Connection::source_has_more`] says is ready.
     pub fn paced(&self) -> bool {
         self.paced
@@ -1171,23 +1184,11 @@ fn check_peer(s: &UnixStream, want: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The shortest round trip the kernel has seen on a TCP socket, in microseconds: the
-/// link's own delay. (The smoothed one, `tcpi_rtt`, also counts the server's time to
-/// answer our startup messages: 0.8 to 1.8 ms over loopback when the stream starts.)
-fn tcp_rtt_us(fd: RawFd) -> Option<u32> {
-    // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0 && info.tcpi_min_rtt > 0).then_some(info.tcpi_min_rtt)
+/// A TCP peer on this host: a loopback address, or the address our end has (IPv4 written
+/// as IPv6, `::ffff:127.0.0.1`, counts as IPv4).
+fn same_host(peer: std::net::IpAddr, me: std::net::IpAddr) -> bool {
+    let peer = peer.to_canonical();
+    peer.is_loopback() || peer == me.to_canonical()
 }
 
 fn configure_keepalive(s: &TcpStream, info: &ConnInfo) {
@@ -1291,11 +1292,35 @@ mod tests {
         (tx, t)
     }
 
-    /// A replication stream from a near source (loopback) keeps a small receive window, and
-    /// says whether more is ready: after a read that filled the window yes, after a short
-    /// read of everything there was no. From a Unix socket it is not paced.
     #[test]
-    fn a_near_streams_window_stays_small() {
+    fn same_host_is_loopback_or_our_own_address() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert!(same_host(ip("127.0.0.1"), ip("127.0.0.1")));
+        assert!(same_host(ip("127.0.0.5"), ip("10.0.0.1")));
+        assert!(same_host(ip("::1"), ip("::1")));
+        assert!(same_host(ip("::ffff:127.0.0.1"), ip("::ffff:127.0.0.1")));
+        assert!(same_host(ip("10.0.0.1"), ip("10.0.0.1")));
+        assert!(same_host(ip("::ffff:10.0.0.1"), ip("10.0.0.1")));
+        assert!(!same_host(ip("10.0.0.2"), ip("10.0.0.1")));
+        assert!(!same_host(ip("fe80::2"), ip("fe80::1")));
+        assert!(!same_host(ip("::ffff:10.0.0.2"), ip("::ffff:10.0.0.1")));
+    }
+
+    /// Bytes waiting in a socket.
+    fn queued(fd: RawFd) -> usize {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD on a socket we own, into a c_int.
+        assert_eq!(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) }, 0);
+        n as usize
+    }
+
+    /// A replication stream from a source on this host keeps its small receive window
+    /// (the kernel would grow it to megabytes for a reader this fast), and says whether
+    /// more is ready: after a read of a window's worth, or while bytes wait in the socket,
+    /// yes; after a short read of all there was, no. From a Unix socket it is not
+    /// paced (nor over TCP to another host: `same_host_is_loopback_or_our_own_address`).
+    #[test]
+    fn a_local_streams_window_stays_small() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -1311,27 +1336,60 @@ mod tests {
                 .await
                 .unwrap();
             assert!(conn.paced());
+            let fd = conn.raw_fd();
 
-            // 4 MB in one write: the window is full at every read, and stays small (the
-            // kernel would grow an unpinned one to megabytes for a reader this fast).
+            // 4 MB in one write, more than the window holds: once the bytes waiting in the
+            // socket stop growing, the window is full; one read takes it all, and says the
+            // sender has more.
             let burst = xlogdata(4 << 20);
             let total = burst.len();
             tx.send(burst).unwrap();
-            let (mut got, mut reads) = (0, 0);
+            let mut waiting = 0;
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let now = queued(fd);
+                if now > 0 && now == waiting {
+                    break;
+                }
+                waiting = now;
+            }
+            conn.fill().await.unwrap();
+            assert!(conn.last_read >= waiting, "{} of {waiting}", conn.last_read);
+            assert!(conn.source_has_more(), "a full window of {waiting} bytes");
+            // Bytes in the socket, whatever the last read brought: more.
+            let mut got = conn.last_read;
+            conn.rbuf.clear();
+            while queued(fd) == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            conn.last_read = 0;
+            assert!(conn.source_has_more());
             while got < total {
                 conn.fill().await.unwrap();
                 got += conn.last_read;
-                reads += 1;
-                if got < total / 2 {
-                    assert!(conn.source_has_more(), "read {} of {got}", conn.last_read);
-                }
-                while conn.next_buffered_message().unwrap().is_some() {}
+                conn.rbuf.clear();
             }
+            assert_eq!(got, total);
+            // A read that took a window's worth says more is ready, even with the socket
+            // empty at that moment: a burst that fits the window, read at once.
+            let fits = xlogdata(PACED_FULL_READ + 1000);
+            let len = fits.len();
+            tx.send(fits).unwrap();
+            for _ in 0..500 {
+                if queued(fd) == len {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(queued(fd), len, "a window under {len} bytes");
+            conn.fill().await.unwrap();
+            conn.rbuf.clear();
+            assert_eq!((conn.last_read, queued(fd)), (len, 0));
+            assert!(conn.source_has_more());
             let rcvbuf = socket2::SockRef::from(conn.stream.tcp().unwrap())
                 .recv_buffer_size()
                 .unwrap();
             assert!(rcvbuf <= 2 * PACED_RCVBUF, "SO_RCVBUF grew to {rcvbuf}");
-            assert!(reads >= 16, "4 MB came in {reads} reads");
 
             // One message, read whole, nothing behind it: nothing more is ready.
             tx.send(xlogdata(1)).unwrap();

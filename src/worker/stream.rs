@@ -33,23 +33,26 @@ use std::time::{Duration, Instant};
 /// A stream that took buffered messages since it last read the socket, or read one this
 /// recently, counts as busy ([`Stream::recv`])...
 const GATHER_WHEN_BUSY: Duration = Duration::from_millis(2);
-/// ... and sleeps this long before it waits on the socket. Measured on loopback, 300 000
-/// single-row INSERT transactions, once INSERT runs went through COPY: 1 ms left the
-/// walsender at 6.5 to 7 CPU seconds (medians of 3 rounds, drains of 6.8 to 7.3 s), 3 to
-/// 15 ms at 4.6 to 5.7 s (drains of 3.7 to 5.9 s): a reader that comes back less often
-/// lets more of the walsender's messages leave together. It delays a busy stream by at
-/// most this long (so the commit that follows a burst, and the position the source is
-/// told, come up to this much later); an idle one waits on the socket.
+/// ... and, unless paced (below), sleeps this long before it waits on the socket.
+/// Measured on loopback, 300 000 single-row INSERT transactions, once INSERT runs went
+/// through COPY: 1 ms left the walsender at 6.5 to 7 CPU seconds (medians of 3 rounds,
+/// drains of 6.8 to 7.3 s), 3 to 15 ms at 4.6 to 5.7 s (drains of 3.7 to 5.9 s): a
+/// reader that comes back less often lets more of the walsender's messages leave
+/// together. It delays a busy stream by at most this long (so the commit that follows a
+/// burst, and the position the source is told, come up to this much later); an idle one
+/// waits on the socket.
 const GATHER_FOR: Duration = Duration::from_millis(8);
 
-/// A paced stream (`Connection::paced`: a near source, a small receive window) that has
-/// caught up sleeps this long instead: the walsender fills the window (a packet per
-/// message) in a few milliseconds, then its messages queue and leave together, so the
+/// A paced stream (`Connection::paced`: a source on this host, a small receive window)
+/// that has caught up sleeps this long instead: the walsender fills the window (a packet
+/// per message) in a few milliseconds, then its messages queue and leave together, so the
 /// longer the sleep, the fewer of them go one by one. Measured over loopback, 300 000
 /// single-row INSERT transactions, 3 rounds: 8 ms drained in 5.1 to 6.1 s (walsender
 /// 5.2 CPU s), 20 ms in 3.6 to 5.0 s (4.2 s), 40 ms in 3.7 to 4.7 s (3.8 s). A busy
-/// stream's changes come up to this much later (`livesync.apply_batch_delay` already
-/// holds its commits for 200 ms); an idle one waits on the socket.
+/// stream's changes come up to this much later: within the 200 ms the apply worker's
+/// batches already hold a commit (`livesync.apply_batch_delay`), a new delay for a
+/// table-sync worker's catch-up, which commits each transaction. An idle stream waits on
+/// the socket.
 const GATHER_PACED: Duration = Duration::from_millis(40);
 
 /// Seconds between status updates to the source even when nothing changed.
