@@ -978,13 +978,8 @@ impl Connection {
     /// The source has more of the stream ready for us: bytes wait in the socket, or the
     /// last read filled the window, so more is queued behind it at the sender.
     pub fn source_has_more(&self) -> bool {
-        if self.last_read >= PACED_FULL_READ {
-            return true;
-        }
-        let mut n: libc::c_int = 0;
-        // SAFETY: FIONREAD on our own socket, into a c_int.
-        let rc = unsafe { libc::ioctl(self.stream.raw_fd(), libc::FIONREAD, &mut n) };
-        rc == 0 && n > 0
+        self.last_read >= PACED_FULL_READ
+            || bytes_queued(self.stream.raw_fd()).is_some_and(|n| n > 0)
     }
 
     /// The socket's file descriptor (for `WaitLatchOrSocket`).
@@ -1184,6 +1179,14 @@ fn check_peer(s: &UnixStream, want: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Bytes waiting to be read in a socket (FIONREAD); None if the kernel would not say.
+fn bytes_queued(fd: RawFd) -> Option<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD on a socket descriptor, into a c_int.
+    let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    (rc == 0).then_some(n as usize)
+}
+
 /// A TCP peer on this host: a loopback address, or the address our end has (IPv4 written
 /// as IPv6, `::ffff:127.0.0.1`, counts as IPv4).
 fn same_host(peer: std::net::IpAddr, me: std::net::IpAddr) -> bool {
@@ -1308,10 +1311,7 @@ mod tests {
 
     /// Bytes waiting in a socket.
     fn queued(fd: RawFd) -> usize {
-        let mut n: libc::c_int = 0;
-        // SAFETY: FIONREAD on a socket we own, into a c_int.
-        assert_eq!(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) }, 0);
-        n as usize
+        bytes_queued(fd).expect("FIONREAD")
     }
 
     /// A replication stream from a source on this host keeps its small receive window
