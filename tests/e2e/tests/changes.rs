@@ -1846,6 +1846,55 @@ fn hypertable_runs_touch_only_their_chunks() {
     );
 }
 
+/// Runs of INSERTs into a hypertable are loaded by TimescaleDB's COPY from a staging file
+/// the apply worker keeps for its life, rewritten for each run: a shorter run after a
+/// longer one leaves nothing of the longer one behind (its rows would come again, or fail
+/// on the key), and the file is removed when the worker exits.
+#[test]
+fn hypertable_insert_runs_share_one_staging_file() {
+    let src = Db::fresh(source(), "ht_stage_src");
+    let tgt = Db::fresh(target(), "ht_stage_tgt");
+    daily_hypertable(&src, &tgt, "hst");
+    src.exec("CREATE PUBLICATION p FOR TABLE hst");
+    let sub = "ht_stage";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    synced(&src, &tgt, sub, &["hst"]);
+    let pid = sub_info(&tgt, sub)
+        .and_then(|i| i.pid)
+        .expect("the apply worker's pid");
+    let stage = target()
+        .datadir()
+        .join("base/pgsql_tmp")
+        .join(format!("pgsql_tmp_livesync_copy_apply_{pid}"));
+    // A long run, then shorter ones (each long enough to be written by COPY), each applied
+    // before the next is written.
+    for (from, n) in [(1, 2000), (3001, 50), (4001, 10)] {
+        src.exec(&format!(
+            "INSERT INTO hst SELECT g, timestamptz '2024-01-01 00:00:00+00' + g * interval '1 minute', g \
+               FROM generate_series({from}, {}) g",
+            from + n - 1
+        ));
+        caught_up(&src, &tgt, sub);
+        assert!(
+            stage.exists(),
+            "the apply worker keeps its staging file {} between runs",
+            stage.display()
+        );
+    }
+    assert_tables_equal(&src, &tgt, "hst");
+    assert_eq!(count_only(&tgt, "hst"), 0, "rows in the hypertable's root");
+    livesync_stop(&tgt, sub);
+    let deadline = Instant::now() + LONG;
+    while stage.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the stopped worker left its staging file {}",
+            stage.display()
+        );
+        sleep(Duration::from_millis(100));
+    }
+}
+
 /// Runs into a hypertable whose time values livesync does not read itself (BC dates,
 /// printed with a suffix) are grouped by the server instead: every change lands, and a run
 /// over both eras is split correctly.
