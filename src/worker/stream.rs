@@ -127,9 +127,6 @@ pub struct Stream {
     pub last_msg: Instant,
     /// Buffered messages were taken since the socket was last read.
     drained: bool,
-    /// The source said it has sent all it has (see [`gather_sleep`]); cleared by the next
-    /// data message.
-    source_idle: bool,
     /// When streaming started.
     pub started: Instant,
     /// The source commit time of the last transaction committed here.
@@ -279,7 +276,6 @@ impl Stream {
             last_idle_advance: Instant::now(),
             last_msg: Instant::now(),
             drained: false,
-            source_idle: false,
             started: Instant::now(),
             last_commit_time: None,
             skip_lsn: None,
@@ -321,13 +317,12 @@ impl Stream {
         // wake-ups cost the walsender more than the messages themselves (its sends then
         // slow the whole stream down); a reader that comes back after a short sleep finds
         // many messages and takes them with one read.
-        let busy = std::mem::take(&mut self.drained) || self.last_msg.elapsed() < GATHER_WHEN_BUSY;
-        let paced = self.conn.paced();
-        let sleep = gather_sleep(busy, self.source_idle, paced, || {
-            self.conn.source_has_more()
-        });
-        if let Some(d) = sleep {
-            std::thread::sleep(d);
+        if std::mem::take(&mut self.drained) || self.last_msg.elapsed() < GATHER_WHEN_BUSY {
+            if !self.conn.paced() {
+                std::thread::sleep(GATHER_FOR);
+            } else if !self.conn.source_has_more() {
+                std::thread::sleep(GATHER_PACED);
+            }
         }
         match rt.block_on(async {
             tokio::time::timeout(wait, self.conn.next_replication_message()).await
@@ -360,9 +355,6 @@ impl Stream {
             } => {
                 self.received = self.received.max(wal_end);
                 self.source_end = wal_end;
-                // The walsender pings without asking for a reply when it has run out of
-                // WAL to decode (`WalSndWaitForWal`); its timeout pings ask for one.
-                self.source_idle = !reply_requested;
                 Ok((false, reply_requested))
             }
             ReplMessage::XLogData {
@@ -371,7 +363,6 @@ impl Stream {
                 data,
                 ..
             } => {
-                self.source_idle = false;
                 self.received = self.received.max(wal_start).max(wal_end);
                 self.source_end = self.source_end.max(wal_end);
                 let raw = data.clone();
@@ -693,13 +684,6 @@ impl Stream {
         batching: Batching,
     ) -> Result<Step> {
         worker::check_interrupts()?;
-        // The source has sent everything it has: commit what is pending now rather than
-        // after waiting for more.
-        let wait = if self.source_idle && self.has_pending_commit() {
-            Duration::ZERO
-        } else {
-            wait
-        };
         match self.recv(rt, wait)? {
             Some(m) => {
                 let (committed, reply) = self.handle(rt, m, owner)?;
@@ -1012,45 +996,4 @@ pub fn drop_origin(name: &str) -> Result<()> {
         )?;
         Ok(())
     })
-}
-
-/// How long a stream with nothing buffered sleeps before it reads the socket, so that the
-/// source's messages gather ([`Stream::recv`]): not at all when it is not `busy` (it waits
-/// on the socket) or when the source said it has sent all it has (a sleep would only delay
-/// the commit of what arrived: at the end of a burst, 40 ms of a paced stream's); else
-/// [`GATHER_FOR`], or for a `paced` stream [`GATHER_PACED`] unless `source_has_more`.
-fn gather_sleep(
-    busy: bool,
-    source_idle: bool,
-    paced: bool,
-    source_has_more: impl FnOnce() -> bool,
-) -> Option<Duration> {
-    match (busy && !source_idle, paced) {
-        (false, _) => None,
-        (true, false) => Some(GATHER_FOR),
-        (true, true) if source_has_more() => None,
-        (true, true) => Some(GATHER_PACED),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_stream_whose_source_is_idle_does_not_gather() {
-        let never = || -> bool { panic!("asked the socket") };
-        // Caught up with a source that said it has nothing more: read (or commit) now.
-        assert_eq!(gather_sleep(true, true, true, never), None);
-        assert_eq!(gather_sleep(true, true, false, never), None);
-        // Not busy: wait on the socket.
-        assert_eq!(gather_sleep(false, false, true, never), None);
-        // Busy: let the messages gather, unless more is already waiting.
-        assert_eq!(gather_sleep(true, false, false, never), Some(GATHER_FOR));
-        assert_eq!(
-            gather_sleep(true, false, true, || false),
-            Some(GATHER_PACED)
-        );
-        assert_eq!(gather_sleep(true, false, true, || true), None);
-    }
 }
