@@ -238,7 +238,11 @@ pub fn copy_rows(m: &Mapping, how: RunCopy, rows: Bytes) -> Result<u64> {
             APPLY_STAGE.with(|s| {
                 let mut s = s.borrow_mut();
                 if s.is_none() {
-                    *s = Some(Stage::open(&tag)?);
+                    let stage = Stage::open(&tag)?;
+                    APPLY_STAGE_PATH.with(|p| p.set(Some(stage.path.clone())));
+                    *s = Some(stage);
+                    // SAFETY: registers a callback that only drops the file's handle.
+                    unsafe { pg_sys::on_proc_exit(Some(drop_apply_stage), pg_sys::Datum::from(0)) };
                 }
                 load_hypertable(m, s.as_mut().expect("just opened"), false, once)
             })
@@ -263,14 +267,16 @@ pub fn copy_rows(m: &Mapping, how: RunCopy, rows: Bytes) -> Result<u64> {
 const STAGE_BYTES: usize = 8 << 20;
 
 /// A staging file for TimescaleDB's COPY in `base/pgsql_tmp`, rewritten in place for each
-/// load and removed when dropped (and by PostgreSQL at restart after a crash).
+/// load, emptied after it, and removed when dropped (and by PostgreSQL at restart after a
+/// crash).
 pub struct Stage {
     path: std::path::PathBuf,
     file: std::fs::File,
 }
 
 impl Stage {
-    /// The staging file named after `tag` (unique to its user), created if missing.
+    /// The staging file named after `tag` (unique to its user), created, or emptied if a
+    /// process of the same pid left one.
     pub fn open(tag: &str) -> Result<Stage> {
         let path = std::path::PathBuf::from("base/pgsql_tmp")
             .join(format!("pgsql_tmp_livesync_copy_{tag}"));
@@ -291,12 +297,24 @@ impl Drop for Stage {
 }
 
 thread_local! {
-    /// The apply worker's staging file, kept for the worker's life: creating and removing
-    /// one for each run of INSERTs cost ext4 an inode each time (`__ext4_new_inode`
-    /// searching past recently deleted ones), 2.6 % of the apply worker's CPU on 100-row
-    /// INSERTs into a hypertable. Removed at exit (glibc runs thread-local destructors
-    /// from `exit()`, which `proc_exit` calls).
+    /// The staging file of this process's runs of INSERTs into hypertables (the apply
+    /// worker's, or a table-sync worker's catch-up), kept for the process's life: creating
+    /// and removing one for each run cost ext4 an inode each time (`__ext4_new_inode`
+    /// searching past recently deleted ones), 2.5 % of the apply worker's CPU on 100-row
+    /// INSERTs into a hypertable. Removed at exit by [`drop_apply_stage`].
     static APPLY_STAGE: RefCell<Option<Stage>> = const { RefCell::new(None) };
+    /// Its path, for [`drop_apply_stage`] (the stage itself may be borrowed by a COPY
+    /// that a FATAL error ends).
+    static APPLY_STAGE_PATH: std::cell::Cell<Option<std::path::PathBuf>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// `on_proc_exit` callback: removes [`APPLY_STAGE`]'s file. Registered with PostgreSQL
+/// rather than left to the thread-local's destructor, which C libraries other than glibc
+/// do not run for the main thread at `exit()`.
+#[pg_guard]
+unsafe extern "C-unwind" fn drop_apply_stage(_code: std::ffi::c_int, _arg: pg_sys::Datum) {
+    let _ = APPLY_STAGE_PATH.try_with(|p| p.take().map(std::fs::remove_file));
 }
 
 /// COPY the stream `next` yields into the hypertable of `m`, routed into chunks by
@@ -379,6 +397,9 @@ fn load_hypertable(
             Spi::run(&sql)?;
             loading += t.elapsed();
         }
+        // Loaded: the rows need not stay on disk (nor be written there at all, if the
+        // kernel has not flushed them yet).
+        stage.file.set_len(0)?;
     }
     pgrx::debug1!(
         "livesync: {} loaded in {:.1} s; {:.1} s waiting for the source",

@@ -1875,6 +1875,12 @@ fn hypertable_insert_runs_share_one_staging_file() {
             from + n - 1
         ));
         caught_up(&src, &tgt, sub);
+        assert_eq!(
+            sub_info(&tgt, sub).and_then(|i| i.pid),
+            Some(pid),
+            "the apply worker restarted: {:?}",
+            sub_info(&tgt, sub).and_then(|i| i.last_error)
+        );
         assert!(
             stage.exists(),
             "the apply worker keeps its staging file {} between runs",
