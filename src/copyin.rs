@@ -232,21 +232,14 @@ pub fn copy_rows(m: &Mapping, how: RunCopy, rows: Bytes) -> Result<u64> {
     let once = move || Ok(rows.take());
     match how {
         RunCopy::No => unreachable!("the caller inserts rows COPY may not write"),
-        RunCopy::Hypertable => {
-            // SAFETY: reads our own pid.
-            let tag = format!("apply_{}", unsafe { pg_sys::MyProcPid });
-            APPLY_STAGE.with(|s| {
-                let mut s = s.borrow_mut();
-                if s.is_none() {
-                    let stage = Stage::open(&tag)?;
-                    APPLY_STAGE_PATH.with(|p| p.set(Some(stage.path.clone())));
-                    *s = Some(stage);
-                    // SAFETY: registers a callback that only drops the file's handle.
-                    unsafe { pg_sys::on_proc_exit(Some(drop_apply_stage), pg_sys::Datum::from(0)) };
-                }
-                load_hypertable(m, s.as_mut().expect("just opened"), false, once)
-            })
-        }
+        RunCopy::Hypertable => APPLY_STAGE.with(|s| {
+            let mut s = s.borrow_mut();
+            let stage = match s.as_mut() {
+                Some(stage) => stage,
+                None => s.insert(Stage::open_for_process()?),
+            };
+            load_hypertable(m, stage, false, once)
+        }),
         RunCopy::Table => {
             // SAFETY: main thread, inside a transaction; the snapshot is popped below, or
             // by the abort that follows an error.
@@ -269,7 +262,7 @@ const STAGE_BYTES: usize = 8 << 20;
 /// A staging file for TimescaleDB's COPY in `base/pgsql_tmp`, rewritten in place for each
 /// load, emptied after it, and removed when dropped (and by PostgreSQL at restart after a
 /// crash).
-pub struct Stage {
+struct Stage {
     path: std::path::PathBuf,
     file: std::fs::File,
 }
@@ -277,7 +270,7 @@ pub struct Stage {
 impl Stage {
     /// The staging file named after `tag` (unique to its user), created, or emptied if a
     /// process of the same pid left one.
-    pub fn open(tag: &str) -> Result<Stage> {
+    fn open(tag: &str) -> Result<Stage> {
         let path = std::path::PathBuf::from("base/pgsql_tmp")
             .join(format!("pgsql_tmp_livesync_copy_{tag}"));
         std::fs::create_dir_all("base/pgsql_tmp")?;
@@ -287,6 +280,16 @@ impl Stage {
             .truncate(true)
             .open(&path)?;
         Ok(Stage { path, file })
+    }
+
+    /// [`APPLY_STAGE`]'s file, named after this process, and removed when it exits.
+    fn open_for_process() -> Result<Stage> {
+        // SAFETY: reads our own pid.
+        let stage = Stage::open(&format!("apply_{}", unsafe { pg_sys::MyProcPid }))?;
+        APPLY_STAGE_PATH.with(|p| p.set(Some(stage.path.clone())));
+        // SAFETY: registers a callback that only removes the file by its path.
+        unsafe { pg_sys::on_proc_exit(Some(drop_apply_stage), pg_sys::Datum::from(0)) };
+        Ok(stage)
     }
 }
 
