@@ -88,8 +88,14 @@ pub struct RunContext {
 
 /// Buffered changes of one kind to one source relation, written by one statement.
 enum Body {
-    /// New rows, column-major.
-    Insert { cols: Vec<Vec<Option<Bytes>>> },
+    /// New rows, column-major; per column, whether its values are in binary form
+    /// (pgoutput's `binary` values, loaded by binary COPY where the target column allows
+    /// it) rather than text. A column's values are all of one form: a text value joining
+    /// binary ones turns them into text.
+    Insert {
+        cols: Vec<Vec<Option<Bytes>>>,
+        binary: Vec<bool>,
+    },
     /// Rows to update, by key: the newest image of each row (remote column order) and
     /// how many source UPDATEs it stands for. Every row SETs the same columns.
     Update {
@@ -425,6 +431,12 @@ impl Applier {
 
     /// The run of `relid` (created empty with `body` if there is none).
     fn run_mut(&mut self, relid: RelId, m: &Rc<Mapping>, body: impl FnOnce() -> Body) -> &mut Run {
+        let i = self.run_index(relid, m, body);
+        &mut self.runs[i]
+    }
+
+    /// [`Applier::run_mut`]'s position in `runs`.
+    fn run_index(&mut self, relid: RelId, m: &Rc<Mapping>, body: impl FnOnce() -> Body) -> usize {
         let origin = self.current;
         let i = match self.runs.iter().position(|r| r.relid == relid) {
             Some(i) => i,
@@ -445,7 +457,7 @@ impl Applier {
         if run.origin != Some(origin) {
             run.origin = None;
         }
-        run
+        i
     }
 
     /// After a change was added to the run of `relid`: write it when it is full.
@@ -504,7 +516,7 @@ impl Applier {
         // from the run's transaction (none, where it holds several).
         let current = std::mem::replace(&mut self.current, run.origin.unwrap_or_default());
         let r = match run.body {
-            Body::Insert { cols } => self.flush_inserts(run.relid, cols, run.rows),
+            Body::Insert { cols, binary } => self.flush_inserts(run.relid, cols, binary, run.rows),
             Body::Update { set, rows, .. } => {
                 self.flush_updates(run.relid, &run.mapping, set, rows)
             }
@@ -524,47 +536,111 @@ impl Applier {
         let mut row = Vec::with_capacity(new.0.len());
         for d in &new.0 {
             row.push(match d {
-                Datum::Null => None,
-                Datum::Text(b) => Some(b.clone()),
-                Datum::UnchangedToast | Datum::Binary(_) => {
+                Datum::Null => (None, false),
+                Datum::Text(b) => (Some(b.clone()), false),
+                Datum::Binary(b) => (Some(b.clone()), true),
+                Datum::UnchangedToast => {
                     return Err(Error::user(
                         Code::ERRCODE_PROTOCOL_VIOLATION,
-                        "an inserted row holds an unchanged-TOAST or binary value",
+                        "an inserted row holds an unchanged-TOAST value",
                     ))
                 }
             });
         }
-        self.push_row(relid, row)
+        self.push(relid, row)
     }
 
-    /// Buffer one row (values in the remote relation's column order).
+    /// Buffer one row of text values (in the remote relation's column order).
     pub fn push_row(&mut self, relid: RelId, row: Vec<Option<Bytes>>) -> Result<()> {
+        self.push(relid, row.into_iter().map(|v| (v, false)).collect())
+    }
+
+    /// Buffer one row: each value with whether it is in binary form (see [`Body::Insert`]).
+    fn push(&mut self, relid: RelId, row: Vec<(Option<Bytes>, bool)>) -> Result<()> {
         let m = self.resolved(relid)?;
         self.prepare_run(relid, &m, "INSERT")?;
         let width = row.len();
-        let run = self.run_mut(relid, &m, || Body::Insert {
+        let i = self.run_index(relid, &m, || Body::Insert {
             cols: vec![Vec::with_capacity(RUN_ROWS); width],
+            binary: vec![true; width],
         });
-        let Body::Insert { cols } = &mut run.body else {
+        let (run, remote) = (&mut self.runs[i], &self.remote);
+        let Body::Insert { cols, binary } = &mut run.body else {
             unreachable!("prepare_run wrote the run of another kind")
         };
         let mut bytes = 0;
-        for (col, v) in cols.iter_mut().zip(row) {
+        for (c, (v, is_binary)) in row.into_iter().enumerate() {
+            let v = match v {
+                Some(b) if is_binary && !binary[c] => {
+                    Some(crate::binval::to_text(type_of(remote, relid, c), &b)?)
+                }
+                Some(b) if !is_binary && binary[c] => {
+                    // A text value in a column of binary ones: the column becomes text.
+                    let typ = type_of(remote, relid, c);
+                    for x in cols[c].iter_mut().flatten() {
+                        *x = crate::binval::to_text(typ, x)?;
+                    }
+                    binary[c] = false;
+                    Some(b)
+                }
+                v => v,
+            };
             bytes += v.as_ref().map_or(0, |b| b.len());
-            col.push(v);
+            cols[c].push(v);
         }
         run.rows += 1;
         self.after_push(relid, bytes)
     }
 
+    /// Turn the binary values of a change of `relid` into text, in place (see
+    /// [`crate::binval::to_text`]): every path but an INSERT run's COPY reads text.
+    pub fn text_values(&self, relid: RelId, t: &mut TupleData) -> Result<()> {
+        for (c, d) in t.0.iter_mut().enumerate() {
+            if let Datum::Binary(b) = d {
+                *d = Datum::Text(self.value_text(relid, c, b)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// The text of binary value `b` of column `c` of source relation `relid`.
+    pub fn value_text(&self, relid: RelId, c: usize, b: &[u8]) -> Result<Bytes> {
+        crate::binval::to_text(type_of(&self.remote, relid, c), b)
+    }
+
     fn flush_inserts(
         &mut self,
         relid: RelId,
-        cols: Vec<Vec<Option<Bytes>>>,
+        mut cols: Vec<Vec<Option<Bytes>>>,
+        binary: Vec<bool>,
         rows: usize,
     ) -> Result<()> {
         let m = self.mapping(relid)?;
-        // Once per batch, only for columns whose type modifier limits them.
+        // Decided per run: role memberships (the owner's privileges, pg_read_server_files)
+        // change without invalidating the table.
+        let how = if rows >= COPY_ROWS {
+            crate::copyin::run_copy(&m)
+        } else {
+            crate::copyin::RunCopy::No
+        };
+        // Binary COPY when every written column came in binary and may be loaded so;
+        // otherwise the binary values become text.
+        let written_binary = |c: usize| m.cols[c].as_ref().is_some_and(|t| t.binary) && binary[c];
+        let as_binary = how != crate::copyin::RunCopy::No
+            && (0..cols.len()).all(|c| m.cols[c].is_none() || written_binary(c));
+        if !as_binary {
+            for (c, col) in cols.iter_mut().enumerate() {
+                if binary[c] && m.cols[c].is_some() {
+                    let typ = type_of(&self.remote, relid, c);
+                    for v in col.iter_mut().flatten() {
+                        *v = crate::binval::to_text(typ, v)?;
+                    }
+                }
+            }
+        }
+        // Once per batch, only for columns whose type modifier limits them. Values still in
+        // binary form are of `varchar(n)` or `char(n)` (`Target::binary`), whose binary
+        // form is their text.
         for (t, col) in m.cols.iter().zip(&cols) {
             if let Some(t) = t.as_ref().filter(|t| t.limit.is_some()) {
                 for v in col.iter().flatten() {
@@ -573,13 +649,6 @@ impl Applier {
             }
         }
         let width = m.cols.iter().flatten().count();
-        // Decided per run: role memberships (the owner's privileges, pg_read_server_files)
-        // change without invalidating the table.
-        let how = if rows >= COPY_ROWS {
-            crate::copyin::run_copy(&m)
-        } else {
-            crate::copyin::RunCopy::No
-        };
         if how != crate::copyin::RunCopy::No {
             let written: Vec<&[Option<Bytes>]> = m
                 .cols
@@ -602,10 +671,15 @@ impl Applier {
                         .flat_map(|c| c[start..end].iter().flatten())
                         .map(|v| v.len() + 1)
                         .sum();
-                    let mut text =
-                        bytes::BytesMut::with_capacity(size + (end - start) * (width + 2));
-                    crate::copytext::encode_rows(&written, start..end, &mut text);
-                    crate::copyin::copy_rows(&m, how, text.freeze())?;
+                    let mut data = bytes::BytesMut::with_capacity(
+                        size + (end - start) * (if as_binary { 4 * width + 2 } else { width + 2 }),
+                    );
+                    if as_binary {
+                        crate::copytext::encode_binary_rows(&written, start..end, &mut data);
+                    } else {
+                        crate::copytext::encode_rows(&written, start..end, &mut data);
+                    }
+                    crate::copyin::copy_rows(&m, how, as_binary, data.freeze())?;
                     start = end;
                 }
                 Ok(())
@@ -1427,6 +1501,14 @@ fn check_limit(m: &Mapping, t: &Target, v: &[u8]) -> Result<()> {
     )))
 }
 
+/// The type of column `c` of source relation `relid` (its Relation message's).
+fn type_of(remote: &HashMap<RelId, Relation>, relid: RelId, c: usize) -> u32 {
+    remote
+        .get(&relid)
+        .and_then(|r| r.columns.get(c))
+        .map_or(0, |col| col.type_oid)
+}
+
 fn text_of(b: &[u8]) -> Result<&str> {
     std::str::from_utf8(b).map_err(|_| {
         Error::user(
@@ -2079,6 +2161,7 @@ mod tests {
             eq_op: Some(EQ.into()),
             limit: None,
             always_identity: false,
+            binary: false,
         }
     }
 

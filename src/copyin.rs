@@ -223,11 +223,13 @@ pub fn run_copy(m: &Mapping) -> RunCopy {
     }
 }
 
-/// Rows of one apply run, in COPY text format ([`crate::copytext::encode_rows`]), into the
-/// target of `m` by COPY as [`run_copy`] chose, run as a statement of the caller's
+/// Rows of one apply run, in COPY text format ([`crate::copytext::encode_rows`]) or, when
+/// `binary`, COPY's binary format without header and trailer
+/// ([`crate::copytext::encode_binary_rows`]), into the target of `m` by COPY as
+/// [`run_copy`] chose, run as a statement of the caller's
 /// transaction: PostgreSQL's COPY FROM after the command counter is advanced and with a
 /// fresh snapshot, as SPI does before each statement (TimescaleDB's COPY runs through SPI).
-pub fn copy_rows(m: &Mapping, how: RunCopy, rows: Bytes) -> Result<u64> {
+pub fn copy_rows(m: &Mapping, how: RunCopy, binary: bool, rows: Bytes) -> Result<u64> {
     let mut rows = Some(rows);
     let once = move || Ok(rows.take());
     match how {
@@ -238,7 +240,7 @@ pub fn copy_rows(m: &Mapping, how: RunCopy, rows: Bytes) -> Result<u64> {
                 Some(stage) => stage,
                 None => s.insert(Stage::open_for_process()?),
             };
-            load_hypertable(m, stage, false, once)
+            load_hypertable(m, stage, binary, once)
         }),
         RunCopy::Table => {
             // SAFETY: main thread, inside a transaction; the snapshot is popped below, or
@@ -247,7 +249,7 @@ pub fn copy_rows(m: &Mapping, how: RunCopy, rows: Bytes) -> Result<u64> {
                 pg_sys::CommandCounterIncrement();
                 pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
             }
-            let copied = copy_into(m, false, once)?;
+            let copied = copy_into(m, binary, once)?;
             // SAFETY: pairs with the push above.
             unsafe { pg_sys::PopActiveSnapshot() };
             Ok(copied)

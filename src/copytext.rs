@@ -1,10 +1,12 @@
-//! PostgreSQL's COPY text format <-> rows of optional text values (pure).
+//! PostgreSQL's COPY text format <-> rows of optional text values, and rows of binary
+//! values -> COPY's binary format (pure).
 //!
 //! The initial copy reads `COPY ... TO STDOUT` from the source; this turns that stream
 //! into column values for the same batched INSERT the apply path uses, so rows are routed
 //! into hypertable chunks by the executor. Chunks may split rows anywhere; [`CopyParser`]
 //! keeps the unfinished tail. The other way, [`encode_rows`] writes a run of inserted rows
-//! as COPY text, for the apply path's COPY (`apply::Applier`, `copyin::copy_rows`).
+//! as COPY text, for the apply path's COPY (`apply::Applier`, `copyin::copy_rows`), and
+//! [`encode_binary_rows`] a run of pgoutput's binary values as binary COPY.
 
 use bytes::{Buf, BytesMut};
 
@@ -136,6 +138,29 @@ pub fn encode_rows<T: AsRef<[u8]>>(
     }
 }
 
+/// [`encode_rows`] in COPY's binary format, without its header and trailer: per row the
+/// number of fields (int16), then each field's length (int32; -1: NULL) and bytes, the
+/// values being the types' binary forms (pgoutput's binary values as they came).
+pub fn encode_binary_rows<T: AsRef<[u8]>>(
+    cols: &[&[Option<T>]],
+    rows: std::ops::Range<usize>,
+    out: &mut BytesMut,
+) {
+    for r in rows {
+        out.extend_from_slice(&(cols.len() as i16).to_be_bytes());
+        for col in cols {
+            match &col[r] {
+                None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some(v) => {
+                    let v = v.as_ref();
+                    out.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    out.extend_from_slice(v);
+                }
+            }
+        }
+    }
+}
+
 fn escape_into(v: &[u8], out: &mut BytesMut) {
     let special = |b: &u8| matches!(b, b'\\' | b'\t' | b'\n' | b'\r');
     if !v.iter().any(special) {
@@ -156,6 +181,22 @@ fn escape_into(v: &[u8], out: &mut BytesMut) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binary_rows_are_counted_fields() {
+        let a: Vec<Option<&[u8]>> = vec![Some(&[0, 0, 0, 7]), None];
+        let b: Vec<Option<&[u8]>> = vec![Some(b""), Some(b"xy")];
+        let mut out = BytesMut::new();
+        encode_binary_rows(&[&a, &b], 0..2, &mut out);
+        assert_eq!(
+            &out[..],
+            &[
+                0, 2, 0, 0, 0, 4, 0, 0, 0, 7, 0, 0, 0, 0, // row 1: 7, ''
+                0, 2, 255, 255, 255, 255, 0, 0, 0, 2, b'x', b'y', // row 2: NULL, 'xy'
+            ][..]
+        );
+        assert_eq!(crate::slices::Format::Binary.count_rows(&out), 2);
+    }
 
     #[test]
     fn fields_nulls_and_escapes() {

@@ -32,6 +32,14 @@ pub enum Error {
     /// the sync disables itself rather than continue with a gap.
     #[error("{msg}")]
     NeedsResync { msg: String },
+    /// A stream of binary values (`crate::binval`) met a column whose type may not come
+    /// in binary form: the apply worker starts again at once, asking for text.
+    #[error("column \"{column}\" of source relation \"{rel}\" has type {type_oid}, which livesync does not read in binary form: the stream restarts with values in text")]
+    TextStream {
+        rel: String,
+        column: String,
+        type_oid: u32,
+    },
     /// The worker was asked to stop (SIGTERM) while waiting.
     #[error("terminated")]
     Terminated,
@@ -164,6 +172,12 @@ impl Error {
                 ),
             ),
             Error::Terminated => (Code::ERRCODE_ADMIN_SHUTDOWN, self.to_string(), None, None),
+            Error::TextStream { .. } => (
+                Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+                self.to_string(),
+                None,
+                Some("Nothing is lost: the changes are read again from the last commit, and values stay in text for this sync until the server restarts.".into()),
+            ),
             Error::VersionMismatch { .. } => (
                 Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
                 self.to_string(),

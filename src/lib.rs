@@ -25,6 +25,7 @@ use pgrx::prelude::*;
 
 pub mod api;
 pub mod apply;
+pub mod binval;
 pub mod catalog;
 pub mod copyin;
 pub mod copytext;

@@ -23,6 +23,8 @@ pub struct LocalCol {
     pub type_name: String,
     /// `format_type(atttypid, atttypmod)`, for messages.
     pub display_type: String,
+    /// `atttypid`.
+    pub type_oid: u32,
     /// `OPERATOR("schema".=)`: the equality of the type's default btree operator class,
     /// which native apply also uses to find rows; None for types without one (json, point).
     pub eq_op: Option<String>,
@@ -109,6 +111,11 @@ pub struct Target {
     pub eq_op: Option<String>,
     pub limit: Option<Limit>,
     pub always_identity: bool,
+    /// The source sends this column's values in pgoutput's binary format and COPY may
+    /// load them as they are: the source column has the target's own type, a built-in
+    /// one whose binary form means the same on every server ([`crate::binval::safe`]),
+    /// and no `bit(n)`/`varbit(n)` limit to check on its text.
+    pub binary: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -177,6 +184,9 @@ pub fn match_columns(
                 eq_op: lc.eq_op.clone(),
                 limit: lc.limit,
                 always_identity: lc.always_identity,
+                binary: rc.type_oid == lc.type_oid
+                    && crate::binval::safe(rc.type_oid)
+                    && !matches!(lc.limit, Some(Limit::Bits(_) | Limit::VarBits(_))),
             })),
             None => Err(rc.name.clone()),
         })
@@ -284,6 +294,7 @@ pub fn resolve(rel: &Relation) -> Result<Mapping> {
                     quote_ident_pure(&typname)
                 ),
                 display_type: row.get(9)?.unwrap_or_default(),
+                type_oid: typid.to_u32(),
                 eq_op: equality_operator(typid),
                 limit: if typschema == "pg_catalog" {
                     Limit::from_type(&typname, typmod)
@@ -512,6 +523,7 @@ mod tests {
             name: name.into(),
             type_name: "\"pg_catalog\".\"int4\"".into(),
             display_type: "integer".into(),
+            type_oid: 23,
             eq_op: Some("OPERATOR(\"pg_catalog\".=)".into()),
             limit: None,
             generated,

@@ -54,6 +54,29 @@ pub async fn publication_exists(conn: &mut Connection, publication: &str) -> Res
     Ok(!conn.simple_query(&sql).await?.is_empty())
 }
 
+/// May the apply worker ask for binary values (`crate::binval`)? The source is
+/// PostgreSQL 14 or later (pgoutput's `binary` option), and every column of every table
+/// the publication has now is of a type [`crate::binval::safe`] lists. Tables added
+/// later, or types changed, are checked again as their Relation messages arrive.
+pub async fn publication_binary_safe(conn: &mut Connection, publication: &str) -> Result<bool> {
+    if server_version(conn) < 140_000 {
+        return Ok(false);
+    }
+    let sql = format!(
+        "SELECT 1 FROM pg_catalog.pg_publication_tables p \
+           JOIN pg_catalog.pg_namespace n ON n.nspname OPERATOR(pg_catalog.=) p.schemaname \
+           JOIN pg_catalog.pg_class c ON c.relnamespace OPERATOR(pg_catalog.=) n.oid \
+                AND c.relname OPERATOR(pg_catalog.=) p.tablename \
+           JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) c.oid \
+          WHERE p.pubname OPERATOR(pg_catalog.=) {} AND a.attnum OPERATOR(pg_catalog.>) 0 \
+            AND NOT a.attisdropped \
+            AND NOT a.atttypid OPERATOR(pg_catalog.=) ANY ({}) LIMIT 1",
+        quote_literal(publication),
+        crate::binval::safe_sql_array()
+    );
+    Ok(conn.simple_query(&sql).await?.is_empty())
+}
+
 /// The source's version as `server_version_num` spells it (170012 for 17.12), from the
 /// `server_version` the server reports at startup ("17.12 (Debian 17.12-0+deb13u1)",
 /// "18beta1"); 0 when unknown.

@@ -48,6 +48,9 @@ pub struct SyncSlot {
     /// The source commit time (PostgreSQL timestamp) of the last transaction applied;
     /// 0 when unknown.
     pub last_commit_ts: i64,
+    /// The apply worker's stream met a type that may not come in binary form
+    /// (`Error::TextStream`): ask the source for text from now on.
+    pub text_only: bool,
 }
 
 /// One running table-sync worker.

@@ -177,9 +177,26 @@ impl ApplyWorker {
         }
         let start = self.check_slot(&mut conn, start)?;
         self.refresh_with(&mut conn)?;
+        // Values in binary form where every published type allows it (`crate::binval`).
+        let text_only = REGISTRY
+            .share()
+            .sync(self.dboid, self.subid)
+            .is_some_and(|s| s.text_only);
+        let binary = !text_only
+            && block_on(
+                &self.rt,
+                remote::publication_binary_safe(&mut conn, &sub.publication),
+            )??;
         let tag = format!("{}_{}_0", self.dboid, self.subid);
-        let mut stream =
-            Stream::start(&self.rt, conn, &sub.subname, start, &sub.publication, &tag)?;
+        let mut stream = Stream::start(
+            &self.rt,
+            conn,
+            &sub.subname,
+            start,
+            &sub.publication,
+            &tag,
+            binary,
+        )?;
         stream.subid = Some(self.subid);
         stream.skip_lsn = sub.skip_lsn;
         stream.progress = Some((self.dboid, self.subid));
@@ -843,6 +860,14 @@ impl ApplyWorker {
         self.tablesyncs.clear();
         match result {
             Ok(()) | Err(Error::Terminated) => {}
+            Err(e @ Error::TextStream { .. }) => {
+                // Start again at once, asking for text; nothing was committed past the
+                // last whole source transaction.
+                e.report(PgLogLevel::LOG);
+                if let Some(s) = REGISTRY.exclusive().sync_mut(self.dboid, self.subid) {
+                    s.text_only = true;
+                }
+            }
             Err(e @ Error::VersionMismatch { .. }) => {
                 // Look again in a few seconds; the catalog is left as it is.
                 e.report(PgLogLevel::LOG);

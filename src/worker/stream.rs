@@ -98,6 +98,9 @@ pub enum Step {
 pub struct Stream {
     pub conn: Connection,
     decoder: Decoder,
+    /// The source sends values in binary form (`start_command`): a Relation message with
+    /// a column whose type may not come so ends the stream ([`Error::TextStream`]).
+    binary: bool,
     /// Streamed (in-progress) transactions waiting for their commit.
     spool: Spool,
     /// The transaction of the streamed block we are in (between StreamStart and StreamStop).
@@ -205,13 +208,15 @@ impl Stream {
 /// pgoutput protocol 2: streaming of in-progress transactions.
 const PROTO_VERSION: u32 = 2;
 
-/// Options of START_REPLICATION for our pgoutput stream.
-pub fn start_command(slot: &str, start: Lsn, publication: &str) -> String {
+/// Options of START_REPLICATION for our pgoutput stream; `binary`: values in their types'
+/// binary form where they have one (`crate::binval`).
+pub fn start_command(slot: &str, start: Lsn, publication: &str, binary: bool) -> String {
     format!(
-        "START_REPLICATION SLOT {} LOGICAL {} (proto_version '2', streaming 'on', publication_names {})",
+        "START_REPLICATION SLOT {} LOGICAL {} (proto_version '2', streaming 'on', publication_names {}{})",
         quote_ident(slot),
         crate::lsn::format(start),
-        quote_literal(&quote_ident(publication))
+        quote_literal(&quote_ident(publication)),
+        if binary { ", binary 'true'" } else { "" }
     )
 }
 
@@ -223,12 +228,13 @@ impl Stream {
         start: Lsn,
         publication: &str,
         spool_tag: &str,
+        binary: bool,
     ) -> Result<Stream> {
         // Where PostgreSQL puts this session's temporary files (temp_tablespaces), with
         // its temp_file_limit; PostgreSQL empties those directories at startup.
         let (dir, limit) = worker::xact(|| Ok(super::spool::temp_location()))?;
         let spool = Spool::new(dir, spool_tag)?.with_limit(limit);
-        let cmd = start_command(slot, start, publication);
+        let cmd = start_command(slot, start, publication, binary);
         worker::block_on(rt, conn.start_replication(&cmd))?.map_err(|e| match e {
             crate::source::SourceError::Server(s) if s.code == "42704" => Error::NeedsResync {
                 msg: format!(
@@ -257,6 +263,7 @@ impl Stream {
         Ok(Stream {
             conn,
             decoder: Decoder::with_proto_version(PROTO_VERSION),
+            binary,
             spool,
             stream_xid: None,
             applier: Applier::new(),
@@ -503,14 +510,15 @@ impl Stream {
         };
         let key = if f.needs_key() {
             let i = self.applier.column_index(rel, &f.column);
-            match i.and_then(|i| row.0.get(i)) {
-                Some(Datum::Text(b)) => Some(&b[..]),
+            match i.and_then(|i| row.0.get(i).map(|d| (i, d))) {
+                Some((_, Datum::Text(b))) => Some(b.clone()),
+                Some((i, Datum::Binary(b))) => Some(self.applier.value_text(rel, i, b)?),
                 _ => None,
             }
         } else {
             None
         };
-        f.applies(self.remote_final_lsn, key)
+        f.applies(self.remote_final_lsn, key.as_deref())
     }
 
     /// A skipped transaction (`livesync_skip`) ended: the open target transaction clears
@@ -580,6 +588,19 @@ impl Stream {
                 return Ok(true);
             }
             Message::Relation { rel, .. } => {
+                if self.binary {
+                    if let Some(c) = rel
+                        .columns
+                        .iter()
+                        .find(|c| !crate::binval::safe(c.type_oid))
+                    {
+                        return Err(Error::TextStream {
+                            rel: format!("{}.{}", rel.namespace, rel.name),
+                            column: c.name.clone(),
+                            type_oid: c.type_oid,
+                        });
+                    }
+                }
                 self.ensure_xact();
                 self.applier.relation(rel)?;
             }
@@ -590,9 +611,20 @@ impl Stream {
                     self.batch_changes += 1;
                 }
             }
-            Message::Update { rel, old, new, .. } => {
+            Message::Update {
+                rel,
+                mut old,
+                mut new,
+                ..
+            } => {
                 self.doing("UPDATE", rel);
                 if owner.owns(rel, self.remote_final_lsn) {
+                    if self.binary {
+                        self.applier.text_values(rel, &mut new)?;
+                        if let Some((_, o)) = old.as_mut() {
+                            self.applier.text_values(rel, o)?;
+                        }
+                    }
                     let key = old.as_ref().map(|(_, t)| t).unwrap_or(&new);
                     // A row that moves between parts of a copy read under different
                     // snapshots is a DELETE in one and an INSERT in the other.
@@ -618,8 +650,11 @@ impl Stream {
                     self.batch_changes += 1;
                 }
             }
-            Message::Delete { rel, old, .. } => {
+            Message::Delete { rel, mut old, .. } => {
                 self.doing("DELETE", rel);
+                if self.binary {
+                    self.applier.text_values(rel, &mut old)?;
+                }
                 if owner.owns(rel, self.remote_final_lsn) && self.row_applies(owner, rel, &old)? {
                     self.applier.delete(rel, &old)?;
                     self.batch_changes += 1;

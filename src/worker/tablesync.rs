@@ -436,7 +436,7 @@ impl TableSync {
                 if stream.is_none() {
                     let conn = self.connect(sub, true)?;
                     let tag = format!("{}_{}_{}", self.dboid, self.subid, self.relid);
-                    match Stream::start(&self.rt, conn, slot, pos, &sub.publication, &tag) {
+                    match Stream::start(&self.rt, conn, slot, pos, &sub.publication, &tag, false) {
                         Ok(mut s) => {
                             s.applier.add_columns = sub.options.add_columns;
                             s.applier.set_target(self.relid, &target.0, &target.1);

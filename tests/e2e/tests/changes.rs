@@ -1246,6 +1246,148 @@ fn types_copy_and_apply_with_non_iso_target_settings() {
     types_case(true);
 }
 
+/// The START_REPLICATION command of sync `sub`'s apply worker, as its walsender shows it
+/// (waits for the walsender).
+fn apply_stream_command(src: &Db, sub: &str) -> String {
+    let sql = format!(
+        "SELECT coalesce(max(query), '') FROM pg_stat_activity \
+          WHERE backend_type = 'walsender' AND application_name = 'livesync_{sub}' \
+            AND query LIKE 'START_REPLICATION%'"
+    );
+    let mut q = String::new();
+    wait_until(LONG, "the apply worker's walsender", || {
+        q = src.query_one::<String>(&sql);
+        !q.is_empty()
+    });
+    q
+}
+
+/// The built-in types' binary values (pgoutput's `binary 'true'`), loaded as they are by
+/// binary COPY into a hypertable's chunks, and turned into text (receive, then output
+/// function) for a table whose `bit(4)` column must be checked as text, for UPDATEs and
+/// DELETEs by key and by whole row: equal to the source, also when both sides print in a
+/// target database's non-ISO settings (the worker's conversion must not print in them).
+#[test]
+fn types_in_binary_form() {
+    let src = Db::fresh(source(), "types_bin_src");
+    let tgt = Db::fresh_without_livesync(target(), "types_bin_tgt");
+    tgt.exec(&format!(
+        "ALTER DATABASE {n} SET DateStyle = 'SQL, DMY'; \
+         ALTER DATABASE {n} SET IntervalStyle = 'sql_standard'; \
+         ALTER DATABASE {n} SET TimeZone = 'America/New_York'; \
+         ALTER DATABASE {n} SET extra_float_digits = 0",
+        n = tgt.name
+    ));
+    tgt.exec("CREATE EXTENSION livesync");
+    let with_xml = src.client().batch_execute("SELECT '<a/>'::xml").is_ok()
+        && tgt.client().batch_execute("SELECT '<a/>'::xml").is_ok();
+    // Every column of `types` whose type is built in, but bit(4) (checked as text).
+    let cols = format!(
+        "id, i2, i4, i8, num, num_s, f4, f8, bo, ch, vc, tx, by, d, tm, tmtz, ts, tstz, iv, u, \
+         ip, cid, mac, mac8, vb, m, tv, tq, js, jb, {}ia, ia2, ta, tsa, fa, r4, r8, nr, dr, tsr, \
+         tstzr, pt, ln, bx, ci, pg, lsn, \"Weird \"\"Col\"\"\"",
+        if with_xml { "x, " } else { "" }
+    );
+    src.exec(&types_ddl(with_xml));
+    src.exec(&format!(
+        "CREATE TABLE types_bin AS SELECT {cols} FROM types WITH NO DATA; \
+         ALTER TABLE types_bin ADD PRIMARY KEY (id); \
+         CREATE TABLE types_bin_full AS SELECT {cols}, bt FROM types WITH NO DATA; \
+         ALTER TABLE types_bin_full REPLICA IDENTITY FULL"
+    ));
+    copy_schema(&src, &tgt, &["types_bin", "types_bin_full"]);
+    tgt.exec(
+        "SET client_min_messages = warning; \
+         SELECT create_hypertable('types_bin', 'id', chunk_time_interval => 500)",
+    );
+    // Runs long enough for COPY (8 rows and more), and short ones.
+    let fill = |base: i32| {
+        src.exec(&types_rows(base, with_xml));
+        src.exec(&format!(
+            "INSERT INTO types_bin SELECT {cols} FROM types WHERE {new}; \
+             INSERT INTO types_bin SELECT {c2} FROM types t, generate_series(1, 4) g WHERE {new}; \
+             INSERT INTO types_bin_full SELECT {cols}, bt FROM types WHERE {new}; \
+             INSERT INTO types_bin_full SELECT {c2}, bt FROM types t, generate_series(1, 4) g WHERE {new}",
+            new = format!("id BETWEEN {base} AND {}", base + 999),
+            c2 = cols.replacen("id,", "id + g * 10000,", 1)
+        ));
+    };
+    fill(0);
+    src.exec("CREATE PUBLICATION p FOR TABLE types_bin, types_bin_full");
+    let sub = "types_bin";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    wait_tables(
+        &tgt,
+        sub,
+        &["public.types_bin", "public.types_bin_full"],
+        'r',
+    );
+    caught_up(&src, &tgt, sub);
+    let cmd = apply_stream_command(&src, sub);
+    assert!(cmd.contains("binary 'true'"), "{cmd}");
+
+    fill(1000);
+    src.exec(
+        "UPDATE types_bin SET tx = tx || ' updated', tstz = tstz + interval '1 hour', iv = -iv WHERE id % 2 = 0; \
+         UPDATE types_bin SET (f8, num, d, ts) = (SELECT f8, num, d, ts FROM types_bin s WHERE s.id = 3) WHERE id IN (1, 1001, 15); \
+         DELETE FROM types_bin WHERE id % 5 = 0; \
+         UPDATE types_bin SET id = id + 5000 WHERE id IN (2, 1002); \
+         UPDATE types_bin_full SET tx = coalesce(tx, '') || ' updated' WHERE id % 2 = 0; \
+         UPDATE types_bin_full SET i2 = 0 WHERE id IN (1, 2, 3, 4, 1001, 1002, 1003, 1004); \
+         DELETE FROM types_bin_full WHERE id % 5 = 0 OR id IN (3, 1003)",
+    );
+    caught_up(&src, &tgt, sub);
+    for t in ["types_bin", "types_bin_full"] {
+        assert_same_in(&src, &tgt, t, t, ISO);
+        assert_same_in(&src, &tgt, t, t, ODD);
+    }
+    assert!(
+        tgt.query_one::<i64>("SELECT count(*) FROM types_bin") > 20
+            && chunk_count(&tgt, "types_bin") > 1,
+        "the rows went into the hypertable's chunks"
+    );
+    let cmd = apply_stream_command(&src, sub);
+    assert!(cmd.contains("binary 'true'"), "still binary: {cmd}");
+}
+
+/// A binary stream meets a column whose type may not come in binary form (an enum added
+/// to a published table, inside a transaction that inserted rows before it): the apply
+/// worker starts again asking for text, from its last commit, and nothing is lost or
+/// applied twice.
+#[test]
+fn binary_stream_restarts_in_text_for_a_user_type() {
+    let src = Db::fresh(source(), "bin_text_src");
+    let tgt = Db::fresh(target(), "bin_text_tgt");
+    ddl_both(&src, &tgt, &kv_table_ddl("a"));
+    src.exec(&kv_fill_sql("a", 100));
+    src.exec("CREATE PUBLICATION p FOR TABLE a");
+    let sub = "bin_text";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    synced(&src, &tgt, sub, &["a"]);
+    let cmd = apply_stream_command(&src, sub);
+    assert!(cmd.contains("binary 'true'"), "{cmd}");
+    src.exec("INSERT INTO a SELECT g, g, 'binary' FROM generate_series(101, 200) g");
+    synced(&src, &tgt, sub, &["a"]);
+
+    ddl_both(&src, &tgt, "CREATE TYPE mood AS ENUM ('sad', 'happy')");
+    tgt.exec("ALTER TABLE a ADD COLUMN m mood");
+    src.exec(
+        "BEGIN; \
+         INSERT INTO a SELECT g, g, 'before' FROM generate_series(201, 300) g; \
+         UPDATE a SET v = -v WHERE id <= 20; \
+         ALTER TABLE a ADD COLUMN m mood; \
+         INSERT INTO a SELECT g, g, 'after', 'happy' FROM generate_series(301, 400) g; \
+         UPDATE a SET m = 'sad' WHERE id % 3 = 0; \
+         COMMIT",
+    );
+    synced(&src, &tgt, sub, &["a"]);
+    assert_eq!(count_only(&tgt, "a"), 400);
+    let cmd = apply_stream_command(&src, sub);
+    assert!(!cmd.contains("binary"), "restarted in text: {cmd}");
+    src.exec("INSERT INTO a SELECT g, g, 'text', 'happy' FROM generate_series(401, 500) g; DELETE FROM a WHERE id % 7 = 0");
+    synced(&src, &tgt, sub, &["a"]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Many transactions, publication changes during the copy
 // ---------------------------------------------------------------------------------------------
