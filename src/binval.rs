@@ -26,7 +26,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 /// Built-in types (and their arrays) whose binary form is the same on every PostgreSQL
-/// version livesync supports and carries no catalog OID.
+/// version livesync supports and carries no catalog OID. Not `tsquery`: PostgreSQL 18
+/// refuses an empty one in the binary form 15 sends ("malformed tsquery").
 const SAFE: &[u32] = &[
     16,   // bool
     17,   // bytea
@@ -67,7 +68,6 @@ const SAFE: &[u32] = &[
     2950, // uuid
     3220, // pg_lsn
     3614, // tsvector
-    3615, // tsquery
     3802, // jsonb
     3904, // int4range
     3906, // numrange
@@ -78,12 +78,20 @@ const SAFE: &[u32] = &[
     // Arrays of the above.
     1000, 1001, 1002, 1003, 1016, 1005, 1007, 1009, 1028, 199, 143, 1017, 1018, 1019, 1027, 629,
     1020, 651, 1021, 1022, 719, 775, 791, 1040, 1041, 1014, 1015, 1182, 1183, 1115, 1185, 1187,
-    1270, 1561, 1563, 1231, 2951, 3221, 3643, 3645, 3807, 3905, 3907, 3909, 3911, 3913, 3927,
+    1270, 1561, 1563, 1231, 2951, 3221, 3643, 3807, 3905, 3907, 3909, 3911, 3913, 3927,
 ];
 
 /// May values of type `oid` travel in pgoutput's binary format (see [`SAFE`])? (pure)
 pub fn safe(oid: u32) -> bool {
     SAFE.contains(&oid)
+}
+
+/// May this server read binary values a server of `source_version` (`server_version_num`)
+/// sends? An older or the same major, whose forms every newer one reads; a newer one may
+/// send values this one cannot hold (17's infinite intervals), which its text input would
+/// refuse, but its binary receive might store as something else.
+pub fn readable_from(source_version: u32) -> bool {
+    source_version / 10_000 <= pg_sys::PG_VERSION_NUM / 10_000
 }
 
 /// [`SAFE`] as an SQL array literal, for the source's check of a publication.

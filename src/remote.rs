@@ -55,11 +55,13 @@ pub async fn publication_exists(conn: &mut Connection, publication: &str) -> Res
 }
 
 /// May the apply worker ask for binary values (`crate::binval`)? The source is
-/// PostgreSQL 14 or later (pgoutput's `binary` option), and every column of every table
-/// the publication has now is of a type [`crate::binval::safe`] lists. Tables added
-/// later, or types changed, are checked again as their Relation messages arrive.
+/// PostgreSQL 14 or later (pgoutput's `binary` option) and no newer a major than the
+/// target ([`crate::binval::readable_from`]), and every column of every table the
+/// publication has now is of a type [`crate::binval::safe`] lists. Tables added later, or
+/// types changed, are checked again as their Relation messages arrive.
 pub async fn publication_binary_safe(conn: &mut Connection, publication: &str) -> Result<bool> {
-    if server_version(conn) < 140_000 {
+    let v = server_version(conn);
+    if v < 140_000 || !crate::binval::readable_from(v) {
         return Ok(false);
     }
     let sql = format!(

@@ -177,12 +177,14 @@ impl ApplyWorker {
         }
         let start = self.check_slot(&mut conn, start)?;
         self.refresh_with(&mut conn)?;
-        // Values in binary form where every published type allows it (`crate::binval`).
+        // Values in binary form where every published type allows it (`crate::binval`),
+        // unless `livesync.binary_copy` is off.
         let text_only = REGISTRY
             .share()
             .sync(self.dboid, self.subid)
             .is_some_and(|s| s.text_only);
         let binary = !text_only
+            && crate::gucs::BINARY_COPY.get()
             && block_on(
                 &self.rt,
                 remote::publication_binary_safe(&mut conn, &sub.publication),

@@ -56,6 +56,8 @@ pub struct Meta {
     pub key: Option<(String, u32)>,
     /// Every column's type on the source.
     pub types: Vec<(String, u32)>,
+    /// The source's `server_version_num`.
+    pub source_version: u32,
 }
 
 enum Msg {
@@ -239,6 +241,7 @@ async fn read(
     let types = remote::column_types(&mut conn, src.relid).await?;
     let meta = Meta {
         types,
+        source_version: remote::server_version(&conn),
         columns,
         generated,
         partitioned,

@@ -250,6 +250,7 @@ impl Loader {
             && key
                 .as_ref()
                 .is_none_or(|k| matches!(k.1, slices::INT2 | slices::INT4 | slices::INT8))
+            && crate::binval::readable_from(meta.source_version)
             && worker::xact(|| same_builtin_types(&target, &columns, &meta.types))?
         {
             Format::Binary
@@ -727,8 +728,9 @@ pub fn start_reader(
     })
 }
 
-/// Does every copied column have the same built-in type on both sides (so that COPY's
-/// binary format, whose values are the types' send/recv forms, means the same there)?
+/// Does every copied column have the same built-in type on both sides, one whose binary
+/// form means the same on both ([`crate::binval::safe`]: so that COPY's binary format,
+/// whose values are the types' send/recv forms, means the same there)?
 /// In a transaction.
 fn same_builtin_types(m: &Mapping, columns: &[String], source: &[(String, u32)]) -> Result<bool> {
     let target: Vec<(String, pg_sys::Oid)> = Spi::connect(|c| {
@@ -756,7 +758,6 @@ fn same_builtin_types(m: &Mapping, columns: &[String], source: &[(String, u32)])
                     .find(|(n, _)| *n == t.name)
                     .map(|(_, o)| o.to_u32())
             });
-            // Built-in: below FirstGenbkiObjectId, the same OID on every server.
-            matches!((src, tgt), (Some(s), Some(t)) if s == t && s < 10_000)
+            matches!((src, tgt), (Some(s), Some(t)) if s == t && crate::binval::safe(s))
         }))
 }
