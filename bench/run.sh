@@ -23,6 +23,7 @@
 #   BENCH_PORT      source port, default 55432; the target uses BENCH_PORT+1
 #   BENCH_TIMEOUT   seconds any single measurement may take before it is a failure, default 1800
 #   BENCH_KEEP=1    leave the clusters running at the end (stop them with pg_ctl -D ... stop)
+#   BENCH_TARGET_CONF  extra postgresql.conf lines for the target (e.g. "livesync.binary_copy = off")
 #   PG_BIN          PostgreSQL 15 binaries, default /usr/lib/postgresql/15/bin
 #
 # What it does (same source, same table definitions, same rows on both sides):
@@ -163,6 +164,7 @@ port = $TGT_PORT
 shared_preload_libraries = 'timescaledb,livesync'
 max_worker_processes = 32
 timescaledb.telemetry_level = off
+${BENCH_TARGET_CONF:-}
 "
 
 init_cluster() {  # name extra-conf
@@ -546,6 +548,9 @@ consumer_drain() {  # consumer workload round
   else STATUS[apply_${w}_$c]="MISMATCH round $r: target=$got source=$WL_SRC_CHECK"; log "apply $w $c: ${STATUS[apply_${w}_$c]}"; fi
   if [ "$c" = native ]; then tgt native -c "DROP SUBSCRIPTION $sub" >/dev/null
   else tgt "$db" -c "SELECT livesync_drop('$sub')" >/dev/null; fi
+  # Vacuumed now (untimed), so that autovacuum of what this consumer updated or deleted
+  # does not run during the next consumer's drain.
+  tgt "$db" -c "VACUUM" >/dev/null
   log "apply $w round $r: $c $(elapsed "$t0" "$t1") s"
 }
 
@@ -614,6 +619,9 @@ if want apply; then
       PGOPTIONS='-c synchronous_commit=off' "$PG_BIN/pgbench" -n -h 127.0.0.1 -p "$SRC_PORT" -U postgres \
         -c "$PGBENCH_CLIENTS" -j 2 -t "$per_client" "${script[@]}" bench >"$BENCH_DIR/pgbench.log" 2>&1 \
         || { cat "$BENCH_DIR/pgbench.log"; die "pgbench ($w)"; }
+      # Vacuumed now, so that autovacuum of the backlog's table does not run during
+      # whichever consumer drains first.
+      src -c "VACUUM" >/dev/null
       MARK=$((MARK + 1))
       MARK_LSN=$(src -c "SELECT pg_current_wal_insert_lsn()")
       src -c "INSERT INTO bench_marker VALUES ($MARK)"

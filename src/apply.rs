@@ -14,8 +14,10 @@
 //!   transactions; no SQL text is built per row;
 //! - a run of UPDATEs or DELETEs is planned without its length ([`generic_plan`]), so it
 //!   finds its rows through the target's key index rather than reading the whole table;
-//! - values travel as text, exactly as the source printed them, and are converted by the
-//!   target's input functions, as COPY and native logical replication do.
+//! - values come as text, exactly as the source printed them, and are converted by the
+//!   target's input functions, as COPY and native logical replication do; or, from a
+//!   source asked for binary values (`crate::binval`), in their types' binary form, which
+//!   an INSERT run's binary COPY loads as it is, and which becomes text everywhere else.
 //!
 //! Changes that cannot join a run (a changed key, REPLICA IDENTITY FULL without a target
 //! key, tables with triggers that fire during apply) are applied one at a time, in order.
@@ -604,7 +606,7 @@ impl Applier {
     }
 
     /// The text of binary value `b` of column `c` of source relation `relid`.
-    pub fn value_text(&self, relid: RelId, c: usize, b: &[u8]) -> Result<Bytes> {
+    pub fn value_text(&self, relid: RelId, c: usize, b: &Bytes) -> Result<Bytes> {
         crate::binval::to_text(type_of(&self.remote, relid, c), b)
     }
 
@@ -662,6 +664,11 @@ impl Applier {
             } else {
                 rows
             };
+            pgrx::debug1!(
+                "livesync: {rows} rows into \"{}\" by {} COPY",
+                m.display,
+                if as_binary { "binary" } else { "text" }
+            );
             return as_owner(&m, || {
                 let mut start = 0;
                 while start < rows {

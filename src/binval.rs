@@ -5,18 +5,21 @@
 //! its type's send function instead of its output function, which is cheaper for it, and
 //! a run of INSERTs can then be loaded by `COPY ... (FORMAT binary)` without any text
 //! being parsed on the target (`apply::Applier`). A binary value means the same on both
-//! servers only for a built-in type whose OID and binary form every version shares, and
-//! whose value is not an OID of the source's catalog (`regclass` sends an OID, its text a
-//! name): [`safe`] lists those. The apply worker asks for binary only when every
-//! published column has one of them (`remote::publication_binary_safe`), and restarts in
-//! text when a Relation message brings another (`stream::Stream`).
+//! servers only for a built-in type whose OID and binary form they share, whose value is
+//! not an OID of the source's catalog (`regclass` sends an OID, its text a name), and
+//! from a source no newer than the target: [`safe`] and [`readable_from`]. The initial
+//! copy's binary COPY (`worker::loader`) follows the same rules. The apply worker asks
+//! for binary only when every published column has such a type
+//! (`remote::publication_binary_safe`), and restarts in text when a Relation message
+//! brings another (`stream::Stream`, `Error::TextStream`).
 //!
-//! Everywhere values are used as text (UPDATE and DELETE runs, short INSERT runs, key
-//! filters), [`to_text`] turns a binary value into the text its type prints, on the
-//! target: the type's receive function, then its output function, under the worker
-//! session's pinned `DateStyle`, `IntervalStyle` and `extra_float_digits`
-//! (`stream::prepare_session`), so that the target's input function reads back the
-//! same value.
+//! Wherever values are used as text (UPDATE and DELETE runs, INSERT runs too short for
+//! COPY or that COPY may not write, target columns of another type or with a `bit(n)`
+//! limit, key filters), [`to_text`] turns a binary value into the text its type prints,
+//! on the target: the type's receive function, then its output function, under the
+//! worker session's pinned `DateStyle`, `IntervalStyle` and `extra_float_digits`
+//! (`stream::prepare_session`), so that the target's input function reads back the same
+//! value.
 
 use crate::error::{Error, Result};
 use bytes::Bytes;
@@ -25,9 +28,10 @@ use pgrx::PgSqlErrorCode as Code;
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-/// Built-in types (and their arrays) whose binary form is the same on every PostgreSQL
-/// version livesync supports and carries no catalog OID. Not `tsquery`: PostgreSQL 18
-/// refuses an empty one in the binary form 15 sends ("malformed tsquery").
+/// Built-in types (and their arrays) whose binary form carries no catalog OID and is read
+/// alike by every PostgreSQL version livesync supports, from a server of the same or an
+/// older major ([`readable_from`]). Not `tsquery`: PostgreSQL 18 refuses an empty one in
+/// the binary form 15 sends ("malformed tsquery").
 const SAFE: &[u32] = &[
     16,   // bool
     17,   // bytea
@@ -75,6 +79,12 @@ const SAFE: &[u32] = &[
     3910, // tstzrange
     3912, // daterange
     3926, // int8range
+    4451, // int4multirange
+    4532, // nummultirange
+    4533, // tsmultirange
+    4534, // tstzmultirange
+    4535, // datemultirange
+    4536, // int8multirange
     // Arrays of the above.
     1000, 1001, 1002, 1003, 1016, 1005, 1007, 1009, 1028, 199, 143, 1017, 1018, 1019, 1027, 629,
     1020, 651, 1021, 1022, 719, 775, 791, 1040, 1041, 1014, 1015, 1182, 1183, 1115, 1185, 1187,
@@ -146,9 +156,16 @@ impl Drop for Switched {
     }
 }
 
+/// Types whose binary form is their text output: `pq_sendtext` of the value, in the
+/// connection's encoding (UTF8, as the text form) and, for `bpchar`, with its padding.
+const SENT_AS_TEXT: &[u32] = &[19, 25, 114, 1042, 1043];
+
 /// The text of binary value `b` of built-in type `oid` (see the module header). Must run
 /// on the main thread inside a transaction.
-pub fn to_text(oid: u32, b: &[u8]) -> Result<Bytes> {
+pub fn to_text(oid: u32, b: &Bytes) -> Result<Bytes> {
+    if SENT_AS_TEXT.contains(&oid) {
+        return Ok(b.clone());
+    }
     if !safe(oid) {
         return Err(Error::user(
             Code::ERRCODE_PROTOCOL_VIOLATION,
@@ -157,7 +174,7 @@ pub fn to_text(oid: u32, b: &[u8]) -> Result<Bytes> {
     }
     CONVS.with(|convs| {
         let mut convs = convs.borrow_mut();
-        let conv = &**convs.entry(oid).or_insert_with(|| Box::new(lookup(oid)));
+        let conv = &mut **convs.entry(oid).or_insert_with(|| Box::new(lookup(oid)));
         let cx = context();
         // SAFETY: the value is copied into a NUL-terminated buffer of our context, read by
         // the type's receive function (which must consume all of it, as COPY requires),
@@ -174,9 +191,7 @@ pub fn to_text(oid: u32, b: &[u8]) -> Result<Bytes> {
                 maxlen: b.len() as i32 + 1,
                 cursor: 0,
             };
-            let recv = &conv.recv as *const pg_sys::FmgrInfo as *mut pg_sys::FmgrInfo;
-            let out = &conv.out as *const pg_sys::FmgrInfo as *mut pg_sys::FmgrInfo;
-            let d = pg_sys::ReceiveFunctionCall(recv, &mut buf, conv.ioparam, -1);
+            let d = pg_sys::ReceiveFunctionCall(&mut conv.recv, &mut buf, conv.ioparam, -1);
             if buf.cursor != buf.len {
                 return Err(Error::user(
                     Code::ERRCODE_INVALID_BINARY_REPRESENTATION,
@@ -185,7 +200,7 @@ pub fn to_text(oid: u32, b: &[u8]) -> Result<Bytes> {
                     ),
                 ));
             }
-            let s = std::ffi::CStr::from_ptr(pg_sys::OutputFunctionCall(out, d));
+            let s = std::ffi::CStr::from_ptr(pg_sys::OutputFunctionCall(&mut conv.out, d));
             Ok(Bytes::copy_from_slice(s.to_bytes()))
         }
     })

@@ -34,7 +34,7 @@ pub enum Error {
     NeedsResync { msg: String },
     /// A stream of binary values (`crate::binval`) met a column whose type may not come
     /// in binary form: the apply worker starts again at once, asking for text.
-    #[error("column \"{column}\" of source relation \"{rel}\" has type {type_oid}, which livesync does not read in binary form: the stream restarts with values in text")]
+    #[error("column \"{column}\" of source relation \"{rel}\" has type {type_oid} on the source, which livesync does not read in binary form: the stream restarts with values in text")]
     TextStream {
         rel: String,
         column: String,
@@ -176,7 +176,7 @@ impl Error {
                 Code::ERRCODE_FEATURE_NOT_SUPPORTED,
                 self.to_string(),
                 None,
-                Some("Nothing is lost: the changes are read again from the last commit, and values stay in text for this sync until the server restarts.".into()),
+                Some("Nothing is lost: the changes are read again from the last commit, and values stay in text for this sync until the server restarts or the sync is dropped.".into()),
             ),
             Error::VersionMismatch { .. } => (
                 Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,

@@ -85,7 +85,7 @@ pub fn init() {
     GucRegistry::define_bool_guc(
         c"livesync.binary_copy",
         c"Copy tables in COPY's binary format, and stream changes in pgoutput's binary format, where the types allow it.",
-        c"Copies: both sides have the same built-in type for every column. Changes: PostgreSQL 14+ sources whose published columns all have built-in types (read when the apply worker starts). Off: always the text format.",
+        c"Copies: both sides have the same built-in type for every column, one whose binary form means the same on both. Changes: PostgreSQL 14+ sources whose published columns all have such types (read when the apply worker starts). Both: only from a source no newer than the target. Off: always the text format.",
         &BINARY_COPY,
         GucContext::Sighup,
         GucFlags::default(),

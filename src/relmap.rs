@@ -111,10 +111,10 @@ pub struct Target {
     pub eq_op: Option<String>,
     pub limit: Option<Limit>,
     pub always_identity: bool,
-    /// The source sends this column's values in pgoutput's binary format and COPY may
-    /// load them as they are: the source column has the target's own type, a built-in
-    /// one whose binary form means the same on every server ([`crate::binval::safe`]),
-    /// and no `bit(n)`/`varbit(n)` limit to check on its text.
+    /// Binary values of this column (a binary stream's) may be loaded by COPY as they
+    /// came: the source column has the target's own type, a built-in one whose binary
+    /// form means the same on both servers ([`crate::binval::safe`]), and no
+    /// `bit(n)`/`varbit(n)` limit to check on its text.
     pub binary: bool,
 }
 

@@ -652,10 +652,13 @@ impl Stream {
             }
             Message::Delete { rel, mut old, .. } => {
                 self.doing("DELETE", rel);
+                if !owner.owns(rel, self.remote_final_lsn) {
+                    return Ok(false);
+                }
                 if self.binary {
                     self.applier.text_values(rel, &mut old)?;
                 }
-                if owner.owns(rel, self.remote_final_lsn) && self.row_applies(owner, rel, &old)? {
+                if self.row_applies(owner, rel, &old)? {
                     self.applier.delete(rel, &old)?;
                     self.batch_changes += 1;
                 }

@@ -1249,9 +1249,10 @@ fn types_copy_and_apply_with_non_iso_target_settings() {
 /// The START_REPLICATION command of sync `sub`'s apply worker, as its walsender shows it
 /// (waits for the walsender).
 fn apply_stream_command(src: &Db, sub: &str) -> String {
+    // The walsender that holds the sync's slot (an earlier one may still be listed).
     let sql = format!(
         "SELECT coalesce(max(query), '') FROM pg_stat_activity \
-          WHERE backend_type = 'walsender' AND application_name = 'livesync_{sub}' \
+          WHERE pid = (SELECT active_pid FROM pg_replication_slots WHERE slot_name = '{sub}') \
             AND query LIKE 'START_REPLICATION%'"
     );
     let mut q = String::new();
@@ -1263,10 +1264,11 @@ fn apply_stream_command(src: &Db, sub: &str) -> String {
 }
 
 /// The built-in types' binary values (pgoutput's `binary 'true'`), loaded as they are by
-/// binary COPY into a hypertable's chunks, and turned into text (receive, then output
-/// function) for a table whose `bit(4)` column must be checked as text, for UPDATEs and
-/// DELETEs by key and by whole row: equal to the source, also when both sides print in a
-/// target database's non-ISO settings (the worker's conversion must not print in them).
+/// binary COPY into a hypertable's chunks and into a plain table, and turned into text
+/// (receive, then output function) for a table whose `bit(4)` column must be checked as
+/// text, and for UPDATEs and DELETEs by key and by whole row: equal to the source, also
+/// when both sides print in a target database's non-ISO settings (the worker's conversion
+/// must not print in them).
 #[test]
 fn types_in_binary_form() {
     let src = Db::fresh(source(), "types_bin_src");
@@ -1275,7 +1277,8 @@ fn types_in_binary_form() {
         "ALTER DATABASE {n} SET DateStyle = 'SQL, DMY'; \
          ALTER DATABASE {n} SET IntervalStyle = 'sql_standard'; \
          ALTER DATABASE {n} SET TimeZone = 'America/New_York'; \
-         ALTER DATABASE {n} SET extra_float_digits = 0",
+         ALTER DATABASE {n} SET extra_float_digits = 0; \
+         ALTER DATABASE {n} SET log_min_messages = debug1",
         n = tgt.name
     ));
     tgt.exec("CREATE EXTENSION livesync");
@@ -1286,41 +1289,53 @@ fn types_in_binary_form() {
     let cols = format!(
         "id, i2, i4, i8, num, num_s, f4, f8, bo, ch, vc, tx, by, d, tm, tmtz, ts, tstz, iv, u, \
          ip, cid, mac, mac8, vb, m, tv, js, jb, {}ia, ia2, ta, tsa, fa, r4, r8, nr, dr, tsr, \
-         tstzr, pt, ln, bx, ci, pg, lsn, \"Weird \"\"Col\"\"\"",
+         tstzr, mr, pt, ln, bx, ci, pg, lsn, \"Weird \"\"Col\"\"\"",
         if with_xml { "x, " } else { "" }
     );
     src.exec(&types_ddl(with_xml));
     src.exec(&format!(
         "CREATE TABLE types_bin AS SELECT {cols} FROM types WITH NO DATA; \
          ALTER TABLE types_bin ADD PRIMARY KEY (id); \
+         CREATE TABLE types_bin_plain (LIKE types_bin INCLUDING ALL); \
          CREATE TABLE types_bin_full AS SELECT {cols}, bt FROM types WITH NO DATA; \
          ALTER TABLE types_bin_full REPLICA IDENTITY FULL"
     ));
-    copy_schema(&src, &tgt, &["types_bin", "types_bin_full"]);
+    let tables = ["types_bin", "types_bin_plain", "types_bin_full"];
+    copy_schema(&src, &tgt, &tables);
     tgt.exec(
         "SET client_min_messages = warning; \
          SELECT create_hypertable('types_bin', 'id', chunk_time_interval => 500)",
     );
-    // Runs long enough for COPY (8 rows and more), and short ones.
+    // Runs long enough for COPY (8 rows and more).
     let fill = |base: i32| {
         src.exec(&types_rows(base, with_xml));
-        src.exec(&format!(
-            "INSERT INTO types_bin SELECT {cols} FROM types WHERE {new}; \
-             INSERT INTO types_bin SELECT {c2} FROM types t, generate_series(1, 4) g WHERE {new}; \
-             INSERT INTO types_bin_full SELECT {cols}, bt FROM types WHERE {new}; \
-             INSERT INTO types_bin_full SELECT {c2}, bt FROM types t, generate_series(1, 4) g WHERE {new}",
-            new = format!("id BETWEEN {base} AND {}", base + 999),
-            c2 = cols.replacen("id,", "id + g * 10000,", 1)
-        ));
+        let mut sql = String::new();
+        for (t, extra) in [
+            ("types_bin", ""),
+            ("types_bin_plain", ""),
+            ("types_bin_full", ", bt"),
+        ] {
+            sql.push_str(&format!(
+                "INSERT INTO {t} SELECT {cols}{extra} FROM types WHERE {new}; \
+                 INSERT INTO {t} SELECT {c2}{extra} FROM types t, generate_series(1, 4) g WHERE {new}; ",
+                new = format!("id BETWEEN {base} AND {}", base + 999),
+                c2 = cols.replacen("id,", "id + g * 10000,", 1)
+            ));
+        }
+        src.exec(&sql);
     };
     fill(0);
-    src.exec("CREATE PUBLICATION p FOR TABLE types_bin, types_bin_full");
+    src.exec("CREATE PUBLICATION p FOR TABLE types_bin, types_bin_plain, types_bin_full");
     let sub = "types_bin";
     let _g = start_sync(&tgt, &src.uri(), "p", sub);
     wait_tables(
         &tgt,
         sub,
-        &["public.types_bin", "public.types_bin_full"],
+        &[
+            "public.types_bin",
+            "public.types_bin_full",
+            "public.types_bin_plain",
+        ],
         'r',
     );
     caught_up(&src, &tgt, sub);
@@ -1329,6 +1344,7 @@ fn types_in_binary_form() {
     let binary = source().major() <= target().major();
     let cmd = apply_stream_command(&src, sub);
     assert_eq!(cmd.contains("binary 'true'"), binary, "{cmd}");
+    let chunks = chunk_count(&tgt, "types_bin");
 
     fill(1000);
     src.exec(
@@ -1336,20 +1352,38 @@ fn types_in_binary_form() {
          UPDATE types_bin SET (f8, num, d, ts) = (SELECT f8, num, d, ts FROM types_bin s WHERE s.id = 3) WHERE id IN (1, 1001, 15); \
          DELETE FROM types_bin WHERE id % 5 = 0; \
          UPDATE types_bin SET id = id + 5000 WHERE id IN (2, 1002); \
+         UPDATE types_bin_plain SET mr = '{}', lsn = '0/0' WHERE id % 3 = 0; \
          UPDATE types_bin_full SET tx = coalesce(tx, '') || ' updated' WHERE id % 2 = 0; \
          UPDATE types_bin_full SET i2 = 0 WHERE id IN (1, 2, 3, 4, 1001, 1002, 1003, 1004); \
          DELETE FROM types_bin_full WHERE id % 5 = 0 OR id IN (3, 1003)",
     );
     caught_up(&src, &tgt, sub);
-    for t in ["types_bin", "types_bin_full"] {
+    for t in tables {
         assert_same_in(&src, &tgt, t, t, ISO);
         assert_same_in(&src, &tgt, t, t, ODD);
     }
-    assert!(
-        tgt.query_one::<i64>("SELECT count(*) FROM types_bin") > 20
-            && chunk_count(&tgt, "types_bin") > 1,
-        "the rows went into the hypertable's chunks"
+    assert_eq!(
+        tgt.query_one::<i64>("SELECT count(*) FROM ONLY types_bin"),
+        0,
+        "rows in the hypertable's root"
     );
+    assert!(
+        chunk_count(&tgt, "types_bin") > chunks,
+        "the applied rows made chunks of their own"
+    );
+    // How the apply worker wrote its INSERT runs (its DEBUG1 lines).
+    let log = std::fs::read_to_string(target().logfile()).unwrap();
+    let copied = |table: &str, how: &str| {
+        log.lines()
+            .any(|l| l.contains(&format!("rows into \"public.{table}\" by {how} COPY")))
+    };
+    assert_eq!(copied("types_bin", "binary"), binary);
+    assert_eq!(copied("types_bin_plain", "binary"), binary);
+    assert!(
+        copied("types_bin_full", "text"),
+        "bit(4) is checked as text"
+    );
+    assert!(!copied("types_bin_full", "binary"));
     let cmd = apply_stream_command(&src, sub);
     assert_eq!(
         cmd.contains("binary 'true'"),
