@@ -1439,13 +1439,20 @@ fn catalog_oids_and_tsquery_travel_as_text() {
 }
 
 /// A binary stream meets a column whose type may not come in binary form (an enum added
-/// to a published table, inside a transaction that inserted rows before it): the apply
-/// worker starts again asking for text, from its last commit, and nothing is lost or
-/// applied twice.
+/// to a published table, inside a transaction that inserted and updated rows before it):
+/// the apply worker starts again asking for text, from its last commit, and nothing is lost
+/// or applied twice. The source streams these transactions before they commit (a
+/// `logical_decoding_work_mem` of 64 kB for its database), so binary values also go
+/// through the spool, and the Relation message with the enum comes inside a streamed
+/// transaction.
 #[test]
 fn binary_stream_restarts_in_text_for_a_user_type() {
     let src = Db::fresh(source(), "bin_text_src");
     let tgt = Db::fresh(target(), "bin_text_tgt");
+    src.exec(&format!(
+        "ALTER DATABASE {} SET logical_decoding_work_mem = '64kB'",
+        src.name
+    ));
     ddl_both(&src, &tgt, &kv_table_ddl("a"));
     src.exec(&kv_fill_sql("a", 100));
     src.exec("CREATE PUBLICATION p FOR TABLE a");
@@ -1456,25 +1463,47 @@ fn binary_stream_restarts_in_text_for_a_user_type() {
     // Text from a newer source from the start (types_in_binary_form).
     let binary = source().major() <= target().major();
     assert_eq!(cmd.contains("binary 'true'"), binary, "{cmd}");
-    src.exec("INSERT INTO a SELECT g, g, 'binary' FROM generate_series(101, 200) g");
+    src.exec(
+        "BEGIN; \
+         INSERT INTO a SELECT g, g, 'binary ' || g FROM generate_series(101, 3000) g; \
+         UPDATE a SET v = v + 1, payload = payload || ' updated' WHERE id % 2 = 0; \
+         DELETE FROM a WHERE id % 9 = 0; \
+         COMMIT",
+    );
     synced(&src, &tgt, sub, &["a"]);
+    let streamed = |src: &Db| {
+        src.query_one::<i64>(&format!(
+            "SELECT coalesce(sum(stream_txns), 0)::int8 FROM pg_stat_replication_slots WHERE slot_name = '{sub}'"
+        ))
+    };
+    // The walsender reports its slot's counters now and then.
+    wait_until(LONG, "the transaction counted as streamed", || {
+        streamed(&src) >= 1
+    });
 
     ddl_both(&src, &tgt, "CREATE TYPE mood AS ENUM ('sad', 'happy')");
     tgt.exec("ALTER TABLE a ADD COLUMN m mood");
     src.exec(
         "BEGIN; \
-         INSERT INTO a SELECT g, g, 'before' FROM generate_series(201, 300) g; \
-         UPDATE a SET v = -v WHERE id <= 20; \
+         INSERT INTO a SELECT g, g, 'before' FROM generate_series(3001, 5000) g; \
+         UPDATE a SET v = -v WHERE id <= 200; \
          ALTER TABLE a ADD COLUMN m mood; \
-         INSERT INTO a SELECT g, g, 'after', 'happy' FROM generate_series(301, 400) g; \
+         INSERT INTO a SELECT g, g, 'after', 'happy' FROM generate_series(5001, 7000) g; \
          UPDATE a SET m = 'sad' WHERE id % 3 = 0; \
          COMMIT",
     );
     synced(&src, &tgt, sub, &["a"]);
-    assert_eq!(count_only(&tgt, "a"), 400);
+    assert!(
+        streamed(&src) >= 2,
+        "the second transaction was streamed too"
+    );
+    assert_eq!(
+        count_only(&tgt, "a"),
+        src.query_one::<i64>("SELECT count(*) FROM a")
+    );
     let cmd = apply_stream_command(&src, sub);
     assert!(!cmd.contains("binary"), "restarted in text: {cmd}");
-    src.exec("INSERT INTO a SELECT g, g, 'text', 'happy' FROM generate_series(401, 500) g; DELETE FROM a WHERE id % 7 = 0");
+    src.exec("INSERT INTO a SELECT g, g, 'text', 'happy' FROM generate_series(7001, 7100) g; DELETE FROM a WHERE id % 7 = 0");
     synced(&src, &tgt, sub, &["a"]);
 }
 
