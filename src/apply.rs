@@ -578,10 +578,7 @@ impl Applier {
                 }
                 Some(b) if !is_binary && binary[c] => {
                     // A text value in a column of binary ones: the column becomes text.
-                    let typ = type_of(remote, relid, c);
-                    for x in cols[c].iter_mut().flatten() {
-                        *x = crate::binval::to_text(typ, x)?;
-                    }
+                    crate::binval::column_to_text(type_of(remote, relid, c), &mut cols[c])?;
                     binary[c] = false;
                     Some(b)
                 }
@@ -627,16 +624,15 @@ impl Applier {
         };
         // Binary COPY when every written column came in binary and may be loaded so;
         // otherwise the binary values become text.
-        let written_binary = |c: usize| m.cols[c].as_ref().is_some_and(|t| t.binary) && binary[c];
         let as_binary = how != crate::copyin::RunCopy::No
-            && (0..cols.len()).all(|c| m.cols[c].is_none() || written_binary(c));
+            && m.cols
+                .iter()
+                .zip(&binary)
+                .all(|(t, &b)| t.as_ref().is_none_or(|t| t.binary && b));
         if !as_binary {
             for (c, col) in cols.iter_mut().enumerate() {
                 if binary[c] && m.cols[c].is_some() {
-                    let typ = type_of(&self.remote, relid, c);
-                    for v in col.iter_mut().flatten() {
-                        *v = crate::binval::to_text(typ, v)?;
-                    }
+                    crate::binval::column_to_text(type_of(&self.remote, relid, c), col)?;
                 }
             }
         }
@@ -2168,6 +2164,7 @@ mod tests {
             eq_op: Some(EQ.into()),
             limit: None,
             always_identity: false,
+            type_oid: 0,
             binary: false,
         }
     }

@@ -206,6 +206,14 @@ pub fn to_text(oid: u32, b: &Bytes) -> Result<Bytes> {
     })
 }
 
+/// [`to_text`] of every value of a column of type `oid`, in place.
+pub fn column_to_text(oid: u32, col: &mut [Option<Bytes>]) -> Result<()> {
+    for v in col.iter_mut().flatten() {
+        *v = to_text(oid, v)?;
+    }
+    Ok(())
+}
+
 fn lookup(oid: u32) -> Conv {
     let typ = pg_sys::Oid::from(oid);
     // SAFETY: catalog lookups of a built-in type; the FmgrInfos live in TopMemoryContext

@@ -111,6 +111,8 @@ pub struct Target {
     pub eq_op: Option<String>,
     pub limit: Option<Limit>,
     pub always_identity: bool,
+    /// The target column's type (`atttypid`).
+    pub type_oid: u32,
     /// Binary values of this column (a binary stream's) may be loaded by COPY as they
     /// came: the source column has the target's own type, a built-in one whose binary
     /// form means the same on both servers ([`crate::binval::safe`]), and no
@@ -184,6 +186,7 @@ pub fn match_columns(
                 eq_op: lc.eq_op.clone(),
                 limit: lc.limit,
                 always_identity: lc.always_identity,
+                type_oid: lc.type_oid,
                 binary: rc.type_oid == lc.type_oid
                     && crate::binval::safe(rc.type_oid)
                     && !matches!(lc.limit, Some(Limit::Bits(_) | Limit::VarBits(_))),

@@ -251,7 +251,7 @@ impl Loader {
                 .as_ref()
                 .is_none_or(|k| matches!(k.1, slices::INT2 | slices::INT4 | slices::INT8))
             && crate::binval::readable_from(meta.source_version)
-            && worker::xact(|| same_builtin_types(&target, &columns, &meta.types))?
+            && same_builtin_types(&target, &columns, &meta.types)
         {
             Format::Binary
         } else {
@@ -730,34 +730,12 @@ pub fn start_reader(
 
 /// Does every copied column have the same built-in type on both sides, one whose binary
 /// form means the same on both ([`crate::binval::safe`]: so that COPY's binary format,
-/// whose values are the types' send/recv forms, means the same there)?
-/// In a transaction.
-fn same_builtin_types(m: &Mapping, columns: &[String], source: &[(String, u32)]) -> Result<bool> {
-    let target: Vec<(String, pg_sys::Oid)> = Spi::connect(|c| {
-        let mut out = Vec::new();
-        for r in c.select(
-            "SELECT attname::pg_catalog.text, atttypid FROM pg_catalog.pg_attribute \
-              WHERE attrelid OPERATOR(pg_catalog.=) $1 AND attnum OPERATOR(pg_catalog.>) 0 \
-                AND NOT attisdropped",
-            None,
-            &[m.local_oid.into()],
-        )? {
-            out.push((
-                r.get(1)?.unwrap_or_default(),
-                r.get(2)?.unwrap_or(pg_sys::Oid::INVALID),
-            ));
-        }
-        Ok::<_, pgrx::spi::Error>(out)
-    })?;
-    Ok(!columns.is_empty()
+/// whose values are the types' send/recv forms, means the same there)? `m` maps the
+/// relation of `columns` (the target's types from its catalog, `relmap::resolve`).
+fn same_builtin_types(m: &Mapping, columns: &[String], source: &[(String, u32)]) -> bool {
+    !columns.is_empty()
         && columns.iter().zip(&m.cols).all(|(name, t)| {
             let src = source.iter().find(|(n, _)| n == name).map(|(_, t)| *t);
-            let tgt = t.as_ref().and_then(|t| {
-                target
-                    .iter()
-                    .find(|(n, _)| *n == t.name)
-                    .map(|(_, o)| o.to_u32())
-            });
-            matches!((src, tgt), (Some(s), Some(t)) if s == t && crate::binval::safe(s))
-        }))
+            matches!((src, t), (Some(s), Some(t)) if s == t.type_oid && crate::binval::safe(s))
+        })
 }
