@@ -219,19 +219,25 @@ tgt ls_hyper -Atc "SELECT 1 FROM pg_extension WHERE extname = 'livesync'" | grep
 # bench_wait DB COND EVERY  (uses BENCH_TIMEOUT)
 bench_wait() { tgt "$1" -c "CALL bench_wait(\$q\$$2\$q\$, $3, $BENCH_TIMEOUT)"; }
 
-# RSS sampler: every 0.5 s, the anonymous/shared RSS of every replication-related child of the
-# target postmaster (livesync workers and native logical replication workers).
+# RSS sampler: every 0.25 s, the anonymous/shared RSS of every replication-related child of
+# the target postmaster (livesync workers and native logical replication workers). It forks
+# nothing but its sleep (bash builtins read /proc): an apply that keeps both cores busy would
+# otherwise share them with the sampler's own processes and be timed slower for it.
 start_sampler() {  # outfile
   local out=$1
   (
+    kids=/proc/$TGT_POSTMASTER/task/$TGT_POSTMASTER/children
     while :; do
-      for p in $(pgrep -P "$TGT_POSTMASTER"); do
-        cmd=$(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null) || continue
+      ps=(); read -r -a ps <"$kids" 2>/dev/null || true   # no newline at its end: status 1
+      for p in "${ps[@]}"; do
+        cmd=; read -r -d '' cmd <"/proc/$p/cmdline" 2>/dev/null || true
         case "$cmd" in
           *livesync*|*"logical replication"*)
-            a=$(awk '/^RssAnon/ {print $2}' "/proc/$p/status" 2>/dev/null)
-            s=$(awk '/^RssShmem/ {print $2}' "/proc/$p/status" 2>/dev/null)
-            [ -n "$a" ] && printf '%s\t%s\t%s\t%s\t%s\n' "$(date +%s.%N)" "$p" "$a" "$s" "$cmd"
+            a=; s=
+            while read -r k v _; do
+              case $k in RssAnon:) a=$v ;; RssShmem:) s=$v ;; esac
+            done <"/proc/$p/status" 2>/dev/null || true
+            [ -n "$a" ] && printf '%s\t%s\t%s\t%s\t%s\n' "$EPOCHREALTIME" "$p" "$a" "$s" "$cmd"
             ;;
         esac
       done
