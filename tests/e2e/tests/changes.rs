@@ -2107,6 +2107,56 @@ fn hypertable_runs_touch_only_their_chunks() {
     );
 }
 
+/// A hypertable's run of UPDATEs or DELETEs is written per chunk interval by a statement
+/// whose plan is kept for that interval. A plan made while the interval had no chunk
+/// (a retention policy on the target dropped it) must not stay in use once a new chunk
+/// holds rows there: its UPDATEs and DELETEs would find nothing.
+#[test]
+fn hypertable_run_plans_follow_a_chunk_dropped_and_made_again() {
+    let src = Db::fresh(source(), "ht_plans_src");
+    let tgt = Db::fresh(target(), "ht_plans_tgt");
+    daily_hypertable(&src, &tgt, "htp");
+    src.exec(
+        "INSERT INTO htp VALUES (1, '2024-01-01 10:00:00+00', 0), (2, '2024-01-01 11:00:00+00', 0), \
+                                (10, '2024-01-05 10:00:00+00', 0); \
+         CREATE PUBLICATION p FOR TABLE htp",
+    );
+    let sub = "ht_plans";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    synced(&src, &tgt, sub, &["htp"]);
+    // The target's retention drops the first day.
+    tgt.exec("SELECT drop_chunks('htp', older_than => timestamptz '2024-01-02 00:00:00+00')");
+    assert_eq!(chunk_count(&tgt, "htp"), 1);
+    // Planned with no chunk for that day: nothing to update or delete.
+    src.exec("UPDATE htp SET v = 1 WHERE id = 1");
+    src.exec("DELETE FROM htp WHERE id = 2");
+    caught_up(&src, &tgt, sub);
+    assert_eq!(
+        missing_counts(&tgt, sub),
+        (1, 1),
+        "update_missing, delete_missing"
+    );
+    // The day gets a chunk again, and rows that its runs must find.
+    src.exec(
+        "INSERT INTO htp VALUES (3, '2024-01-01 12:00:00+00', 0), (4, '2024-01-01 13:00:00+00', 0)",
+    );
+    caught_up(&src, &tgt, sub);
+    assert_eq!(chunk_count(&tgt, "htp"), 2);
+    src.exec("UPDATE htp SET v = 3 WHERE id = 3");
+    src.exec("DELETE FROM htp WHERE id = 4");
+    src.exec("UPDATE htp SET v = 10 WHERE id = 10");
+    caught_up(&src, &tgt, sub);
+    assert_eq!(
+        tgt.query_one::<String>("SELECT string_agg(id || ':' || v, ' ' ORDER BY id) FROM htp"),
+        "3:3 10:10"
+    );
+    assert_eq!(
+        missing_counts(&tgt, sub),
+        (1, 1),
+        "update_missing, delete_missing"
+    );
+}
+
 /// Runs of INSERTs into a hypertable are loaded by TimescaleDB's COPY from a staging file
 /// the apply worker keeps for its life, rewritten for each run: a shorter run after a
 /// longer one leaves nothing of the longer one behind (its rows would come again, or fail
