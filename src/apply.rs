@@ -45,8 +45,8 @@ const RUN_ROWS: usize = 2000;
 /// ... or bytes of values, over every table's run: wide rows must not build arrays near
 /// PostgreSQL's 1 GB allocation limit, and the worker's memory stays bounded.
 const PENDING_BYTES: usize = 8 << 20;
-/// Kept plans of a hypertable's per-chunk-interval statements ([`Applier::group_plan`]),
-/// per table, before they are all dropped.
+/// Kept plans of a hypertable's per-chunk-interval statements ([`Applier::group_plan`]:
+/// one per interval and statement), per table, before they are all dropped.
 const GROUP_PLANS: usize = 64;
 /// Runs of INSERTs of at least this many rows are written by COPY where it may stand in for
 /// the INSERT (`copyin::run_copy`): its per-row path is cheaper (no array to unnest, rows
@@ -795,16 +795,17 @@ impl Applier {
         self.after_push(relid, bytes)
     }
 
-    /// Write a run of UPDATEs: one statement joins the new images to the rows by key and
-    /// returns which it found. A row not found is missing, or, for a hypertable, may
-    /// have to move to another chunk: those go through [`Applier::update_now`].
     /// The kept plan of a hypertable group's statement `sql` when its bounds are a chunk
     /// interval's edges (the same text for every group of that interval); Err(sql) when
     /// they are its own values, to be planned once. Planning the statement for each group
     /// (TimescaleDB expanding the hypertable and leaving out its other chunks) was a
     /// seventh of the apply worker's CPU on UPDATEs by key into a hypertable of 4 chunks.
     /// A table's plans are dropped with its mapping ([`Applier::forget`]: a new chunk, or
-    /// any change to the table), and all of them past `GROUP_PLANS` intervals.
+    /// any change to the table), and all of them past `GROUP_PLANS` statements; a dropped
+    /// chunk invalidates the plans that read it (PostgreSQL's plan cache). A chunk another
+    /// session makes while the open target transaction already holds the hypertable's
+    /// lock may be missed by a kept plan until that transaction ends; only a row that
+    /// session wrote there, not one from the source, could be missed.
     fn group_plan(
         &mut self,
         relid: RelId,
@@ -828,6 +829,9 @@ impl Applier {
         }))
     }
 
+    /// Write a run of UPDATEs: one statement joins the new images to the rows by key and
+    /// returns which it found. A row not found is missing, or, for a hypertable, may
+    /// have to move to another chunk: those go through [`Applier::update_now`].
     fn flush_updates(
         &mut self,
         relid: RelId,
@@ -1762,7 +1766,9 @@ fn run_groups<'a>(
         return Ok(None);
     };
     let kind = match t.type_name.rsplit('.').next().map(|s| s.trim_matches('"')) {
-        Some("int2" | "int4" | "int8") if t.type_name.contains("pg_catalog") => DimKind::Int,
+        Some("int2") if t.type_name.contains("pg_catalog") => DimKind::Int2,
+        Some("int4") if t.type_name.contains("pg_catalog") => DimKind::Int4,
+        Some("int8") if t.type_name.contains("pg_catalog") => DimKind::Int8,
         Some("date") if t.type_name.contains("pg_catalog") => DimKind::Date,
         Some("timestamp") if t.type_name.contains("pg_catalog") => DimKind::Timestamp,
         Some("timestamptz") if t.type_name.contains("pg_catalog") => DimKind::TimestampTz,
@@ -1776,7 +1782,7 @@ fn run_groups<'a>(
         return Ok(Some(groups));
     }
     let internal = match kind {
-        DimKind::Int => "u.v::pg_catalog.numeric",
+        DimKind::Int2 | DimKind::Int4 | DimKind::Int8 => "u.v::pg_catalog.numeric",
         _ => "EXTRACT(epoch FROM u.v) OPERATOR(pg_catalog.*) 1000000",
     };
     let sql = format!(
@@ -1819,10 +1825,24 @@ fn run_groups<'a>(
 /// The built-in types of a hypertable's time column that [`groups_of`] reads.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum DimKind {
-    Int,
+    Int2,
+    Int4,
+    Int8,
     Date,
     Timestamp,
     TimestampTz,
+}
+
+impl DimKind {
+    /// The values an integer type holds (None: a date or time type).
+    fn int_range(self) -> Option<(i64, i64)> {
+        match self {
+            DimKind::Int2 => Some((i16::MIN.into(), i16::MAX.into())),
+            DimKind::Int4 => Some((i32::MIN.into(), i32::MAX.into())),
+            DimKind::Int8 => Some((i64::MIN, i64::MAX)),
+            _ => None,
+        }
+    }
 }
 
 /// [`run_groups`] without a query: each value's position on the dimension (the integer,
@@ -1897,11 +1917,14 @@ fn groups_of(
 
 /// A position on a dimension ([`dim_position`]) written as a value of the column's type,
 /// as the source would print it: the integer, or the date or time (in UTC for
-/// `timestamptz`, with its offset) of a proleptic Gregorian year 1 to 9999. None for a
-/// date that is not a whole day, or a year outside that range.
+/// `timestamptz`, with its offset) of a proleptic Gregorian year 1 to 9999. None for an
+/// integer its type cannot hold, a date that is not a whole day, or a year outside that
+/// range.
 fn dim_literal(pos: i64, kind: DimKind) -> Option<String> {
-    if kind == DimKind::Int {
-        return Some(pos.to_string());
+    // An interval's edge may lie beyond what the column's type holds (the last interval
+    // of an int4 column ends past 2^31 - 1): not written, the group keeps its own values.
+    if let Some((min, max)) = kind.int_range() {
+        return (min..=max).contains(&pos).then(|| pos.to_string());
     }
     const DAY: i64 = 86_400_000_000;
     let (days, us) = (pos.div_euclid(DAY), pos.rem_euclid(DAY));
@@ -1943,7 +1966,7 @@ fn dim_position(s: &str, kind: DimKind) -> Option<i64> {
             .then(|| s.parse().ok())
             .flatten()
     }
-    if kind == DimKind::Int {
+    if kind.int_range().is_some() {
         return s.parse::<i64>().ok();
     }
     // Byte offsets below are character boundaries only in ASCII text.
@@ -2203,7 +2226,7 @@ mod tests {
             dim_position("1901-01-01 00:00:00+00", TimestampTz).map(|u| u - 3_723_000_000)
         );
         assert_eq!(dim_position("12345-01-01", Date).map(|u| u > 0), Some(true));
-        assert_eq!(dim_position("-42", Int), Some(-42));
+        assert_eq!(dim_position("-42", Int8), Some(-42));
         // Not read here (the server is asked): infinity, BC, other formats, garbage.
         for s in [
             "infinity",
@@ -2226,7 +2249,7 @@ mod tests {
         assert_eq!(dim_position("2024-01-01 00:00:00", TimestampTz), None);
         assert_eq!(dim_position("2024-01-01 00:00:00+00", Timestamp), None);
         assert_eq!(dim_position("2024-01-01 00:00:00", Date), None);
-        assert_eq!(dim_position("1.5", Int), None);
+        assert_eq!(dim_position("1.5", Int8), None);
     }
 
     #[test]
@@ -2240,7 +2263,7 @@ mod tests {
             ("9999-12-31 23:59:59.999999+00", TimestampTz),
             ("2000-03-01", Date),
             ("1900-02-28", Date),
-            ("-42", Int),
+            ("-42", Int2),
         ] {
             let pos = dim_position(text, kind).unwrap();
             assert_eq!(dim_literal(pos, kind).as_deref(), Some(text), "{text}");
@@ -2251,6 +2274,13 @@ mod tests {
         let last = dim_position("9999-12-31 23:59:59.999999", Timestamp).unwrap();
         assert_eq!(dim_literal(last + 1, Timestamp), None);
         assert_eq!(dim_literal(first + 1, Date), None);
+        // Integers their type cannot hold.
+        assert_eq!(dim_literal(i64::from(i32::MAX) + 1, Int4), None);
+        assert_eq!(dim_literal(i64::from(i16::MIN) - 1, Int2), None);
+        assert_eq!(
+            dim_literal(i64::from(i32::MAX) + 1, Int8).as_deref(),
+            Some("2147483648")
+        );
     }
 
     #[test]
@@ -2300,7 +2330,7 @@ mod tests {
         // Integer dimensions, negative values included.
         let g = groups_of(
             &[Some("-1"), Some("10"), Some("0"), Some("19")],
-            DimKind::Int,
+            DimKind::Int4,
             10,
             0,
         )
@@ -2310,8 +2340,38 @@ mod tests {
             vec![vec![0], vec![2], vec![1, 3]]
         );
         // A NULL or a value not read here: the server decides.
-        assert!(groups_of(&[Some("1"), None], DimKind::Int, 10, 0).is_none());
+        assert!(groups_of(&[Some("1"), None], DimKind::Int8, 10, 0).is_none());
         assert!(groups_of(&[Some("infinity")], DimKind::TimestampTz, 10, 0).is_none());
+        // The last interval of an int4 column ends past its maximum, the first of an int2
+        // column begins below its minimum: those groups keep their own values.
+        let g = groups_of(
+            &[Some("2147000123"), Some("5")],
+            DimKind::Int4,
+            1_000_000,
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                g[0].bounds.lo.as_str(),
+                g[0].bounds.hi.as_str(),
+                g[0].bounds.slot
+            ),
+            ("'0'", "'1000000'", Some(0))
+        );
+        assert_eq!(
+            (
+                g[1].bounds.lo.as_str(),
+                g[1].bounds.hi.as_str(),
+                g[1].bounds.slot
+            ),
+            ("'2147000123'", "'2147000123'", None)
+        );
+        let g = groups_of(&[Some("-32768")], DimKind::Int2, 10_000, 0).unwrap();
+        assert_eq!(
+            (g[0].bounds.lo.as_str(), g[0].bounds.slot),
+            ("'-32768'", None)
+        );
     }
 
     fn target(name: &str, ty: &str) -> Target {

@@ -2108,26 +2108,32 @@ fn hypertable_runs_touch_only_their_chunks() {
 }
 
 /// A hypertable's run of UPDATEs or DELETEs is written per chunk interval by a statement
-/// whose plan is kept for that interval. A plan made while the interval had no chunk
-/// (a retention policy on the target dropped it) must not stay in use once a new chunk
-/// holds rows there: its UPDATEs and DELETEs would find nothing.
+/// whose plan is kept for that interval. The target's retention dropping the interval's
+/// chunk must not leave a kept plan reading it ("could not open relation"), and a plan
+/// made while the interval had no chunk must not stay in use once a new chunk holds rows
+/// there: its UPDATEs and DELETEs would find nothing.
 #[test]
 fn hypertable_run_plans_follow_a_chunk_dropped_and_made_again() {
     let src = Db::fresh(source(), "ht_plans_src");
     let tgt = Db::fresh(target(), "ht_plans_tgt");
     daily_hypertable(&src, &tgt, "htp");
     src.exec(
-        "INSERT INTO htp VALUES (1, '2024-01-01 10:00:00+00', 0), (2, '2024-01-01 11:00:00+00', 0), \
-                                (10, '2024-01-05 10:00:00+00', 0); \
+        "INSERT INTO htp SELECT id, timestamptz '2024-01-01 10:00:00+00' + id * interval '1 minute', 0 \
+           FROM generate_series(1, 6) id; \
+         INSERT INTO htp VALUES (10, '2024-01-05 10:00:00+00', 0); \
          CREATE PUBLICATION p FOR TABLE htp",
     );
     let sub = "ht_plans";
     let _g = start_sync(&tgt, &src.uri(), "p", sub);
     synced(&src, &tgt, sub, &["htp"]);
+    // Plans kept for the first day, reading its chunk.
+    src.exec("UPDATE htp SET v = 5 WHERE id = 5");
+    src.exec("DELETE FROM htp WHERE id = 6");
+    caught_up(&src, &tgt, sub);
     // The target's retention drops the first day.
     tgt.exec("SELECT drop_chunks('htp', older_than => timestamptz '2024-01-02 00:00:00+00')");
     assert_eq!(chunk_count(&tgt, "htp"), 1);
-    // Planned with no chunk for that day: nothing to update or delete.
+    // No chunk for that day now: nothing to update or delete.
     src.exec("UPDATE htp SET v = 1 WHERE id = 1");
     src.exec("DELETE FROM htp WHERE id = 2");
     caught_up(&src, &tgt, sub);
@@ -2138,21 +2144,67 @@ fn hypertable_run_plans_follow_a_chunk_dropped_and_made_again() {
     );
     // The day gets a chunk again, and rows that its runs must find.
     src.exec(
-        "INSERT INTO htp VALUES (3, '2024-01-01 12:00:00+00', 0), (4, '2024-01-01 13:00:00+00', 0)",
+        "INSERT INTO htp VALUES (7, '2024-01-01 12:00:00+00', 0), (8, '2024-01-01 13:00:00+00', 0)",
     );
     caught_up(&src, &tgt, sub);
     assert_eq!(chunk_count(&tgt, "htp"), 2);
-    src.exec("UPDATE htp SET v = 3 WHERE id = 3");
-    src.exec("DELETE FROM htp WHERE id = 4");
+    src.exec("UPDATE htp SET v = 7 WHERE id = 7");
+    src.exec("DELETE FROM htp WHERE id = 8");
     src.exec("UPDATE htp SET v = 10 WHERE id = 10");
     caught_up(&src, &tgt, sub);
     assert_eq!(
         tgt.query_one::<String>("SELECT string_agg(id || ':' || v, ' ' ORDER BY id) FROM htp"),
-        "3:3 10:10"
+        "7:7 10:10"
     );
     assert_eq!(
         missing_counts(&tgt, sub),
         (1, 1),
+        "update_missing, delete_missing"
+    );
+    assert!(
+        rel_errors(&tgt, sub).is_empty(),
+        "{:?}",
+        rel_errors(&tgt, sub)
+    );
+}
+
+/// An integer time column's chunk intervals: the last one an int4 column has ends past
+/// 2^31 - 1, the first of an int2 column begins below -2^15. Their edges cannot be
+/// written in the column's type (a statement bounded by them fails to parse), so the
+/// runs of those intervals are bounded by their own values.
+#[test]
+fn hypertable_runs_in_the_last_interval_of_an_integer_column() {
+    let src = Db::fresh(source(), "ht_int_src");
+    let tgt = Db::fresh(target(), "ht_int_tgt");
+    let ddl = "CREATE TABLE hti (id int, t int4 NOT NULL, v int, PRIMARY KEY (id, t)); \
+               CREATE TABLE hts2 (id int, t int2 NOT NULL, v int, PRIMARY KEY (id, t))";
+    src.exec(ddl);
+    tgt.exec(&format!(
+        "{ddl}; SET client_min_messages = warning; \
+         SELECT create_hypertable('hti', 't', chunk_time_interval => 1000000); \
+         SELECT create_hypertable('hts2', 't', chunk_time_interval => 10000)"
+    ));
+    src.exec(
+        "INSERT INTO hti VALUES (1, 2147483647, 0), (2, 2147000123, 0), (3, 5, 0); \
+         INSERT INTO hts2 VALUES (1, -32768, 0), (2, 32767, 0), (3, 5, 0); \
+         CREATE PUBLICATION p FOR TABLE hti, hts2",
+    );
+    let sub = "ht_int";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    synced(&src, &tgt, sub, &["hti", "hts2"]);
+    src.exec("UPDATE hti SET v = id; UPDATE hts2 SET v = id");
+    src.exec("DELETE FROM hti WHERE id = 2; DELETE FROM hts2 WHERE id = 1");
+    caught_up(&src, &tgt, sub);
+    assert!(
+        rel_errors(&tgt, sub).is_empty(),
+        "{:?}",
+        rel_errors(&tgt, sub)
+    );
+    assert_tables_equal(&src, &tgt, "hti");
+    assert_tables_equal(&src, &tgt, "hts2");
+    assert_eq!(
+        missing_counts(&tgt, sub),
+        (0, 0),
         "update_missing, delete_missing"
     );
 }
