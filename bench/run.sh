@@ -783,10 +783,15 @@ TOTAL_S=$(( $(date +%s) - RUN_START ))
           "[$(echo ${APPLY_T[$w,$c]:-} | tr ' ' ',')]" "$(echo "${APPLY_WS[$w,$c]:-}" | median)" "$(echo "${APPLY_AP[$w,$c]:-}" | median)" \
           "${APPLY_RSS[$w,$c]}" "${STATUS[apply_${w}_$c]}"
       done
+      if [ -n "${APPLY_WS[$w,ls_plain]:-}" ] && [ -n "${APPLY_T[$w,native]:-}" ]; then
+        echo "              floor: livesync's walsender CPU / native's seconds = $(div "$(echo "${APPLY_WS[$w,ls_plain]}" | median)" "$(echo "${APPLY_T[$w,native]}" | median)" %.2f)"
+      fi
     done
     echo "   changes/s: row changes of the backlog / seconds; peak MB: the apply worker's peak RssAnon;"
     echo "   wsnd CPU / apply CPU: CPU seconds (median) of the source's walsender and of the apply worker"
     echo "   during the drain: a walsender CPU near the drain's seconds means the source was the limit"
+    echo "   floor: no consumer of one pgoutput stream finishes before its walsender has sent it, so"
+    echo "   livesync's ratio cannot go below its walsender's CPU seconds / native's seconds"
     echo "   recvlogical: pg_recvlogical reading the backlog into /dev/null (no target involved): how fast"
     echo "   the source sends it to a consumer that does nothing; ratio = / native"
     echo
