@@ -228,8 +228,8 @@ start_sampler() {  # outfile
   (
     kids=/proc/$TGT_POSTMASTER/task/$TGT_POSTMASTER/children
     while :; do
-      ps=(); read -r -a ps <"$kids" 2>/dev/null || true   # no newline at its end: status 1
-      for p in "${ps[@]}"; do
+      pids=(); read -r -a pids <"$kids" 2>/dev/null || true   # no newline at its end: status 1
+      for p in "${pids[@]}"; do
         cmd=; read -r -d '' cmd <"/proc/$p/cmdline" 2>/dev/null || true
         case "$cmd" in
           *livesync*|*"logical replication"*)

@@ -795,38 +795,34 @@ impl Applier {
         self.after_push(relid, bytes)
     }
 
-    /// The kept plan of a hypertable group's statement `sql` when its bounds are a chunk
-    /// interval's edges (the same text for every group of that interval); Err(sql) when
-    /// they are its own values, to be planned once. Planning the statement for each group
-    /// (TimescaleDB expanding the hypertable and leaving out its other chunks) was a
-    /// seventh of the apply worker's CPU on UPDATEs by key into a hypertable of 4 chunks.
-    /// A table's plans are dropped with its mapping ([`Applier::forget`]: a new chunk, or
-    /// any change to the table), and all of them past `GROUP_PLANS` statements; a dropped
-    /// chunk invalidates the plans that read it (PostgreSQL's plan cache). A chunk another
-    /// session makes while the open target transaction already holds the hypertable's
-    /// lock may be missed by a kept plan until that transaction ends; only a row that
-    /// session wrote there, not one from the source, could be missed.
+    /// The kept plan of a hypertable group's statement `sql`, whose bounds are a chunk
+    /// interval's edges (`Bounds::slot`: the same text for every group of that interval).
+    /// Planning the statement for each group (TimescaleDB expanding the hypertable and
+    /// leaving out its other chunks) was a seventh of the apply worker's CPU on UPDATEs by
+    /// key into a hypertable of 4 chunks. A table's plans are dropped with its mapping
+    /// ([`Applier::forget`]: a new chunk, or any change to the table), and all of them past
+    /// `GROUP_PLANS` statements; a dropped chunk invalidates the plans that read it
+    /// (PostgreSQL's plan cache). A chunk another session makes while the open target
+    /// transaction already holds the hypertable's lock may be missed by a kept plan until
+    /// that transaction ends; only a row that session wrote there, not one from the
+    /// source, could be missed.
     fn group_plan(
         &mut self,
         relid: RelId,
-        bounds: &Bounds,
         sql: String,
         types: &[pg_sys::Oid],
-    ) -> Result<std::result::Result<&OwnedPreparedStatement, String>> {
-        if bounds.slot.is_none() {
-            return Ok(Err(sql));
-        }
+    ) -> Result<&OwnedPreparedStatement> {
         let plans = self.group_plans.entry(relid).or_default();
         if plans.len() >= GROUP_PLANS && !plans.contains_key(&sql) {
             plans.clear();
         }
-        Ok(Ok(match plans.entry(sql) {
+        Ok(match plans.entry(sql) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
                 let plan = prepare_typed(e.key(), types)?;
                 e.insert(plan)
             }
-        }))
+        })
     }
 
     /// Write a run of UPDATEs: one statement joins the new images to the rows by key and
@@ -886,13 +882,16 @@ impl Applier {
                 let (sql, n) = update_run_sql(&m, &set, std::slice::from_ref(&g.bounds));
                 let types = update_run_types(n);
                 let args = args_of(g.rows)?;
-                match self.group_plan(relid, &g.bounds, sql, &types)? {
-                    Ok(plan) => run_statement(&m, |c| mark_found(c, plan, &args, &mut found))?,
-                    Err(sql) => run_statement(&m, |c| {
-                        let stmt = c.prepare_mut(sql.as_str(), &pg_oids(&types))?;
-                        mark_found(c, &stmt, &args, &mut found)
-                    })?,
-                }
+                // Bounded by the group's own values: planned for this group only.
+                let once;
+                let plan = match g.bounds.slot {
+                    Some(_) => self.group_plan(relid, sql, &types)?,
+                    None => {
+                        once = prepare_typed(&sql, &types)?;
+                        &once
+                    }
+                };
+                run_statement(&m, |c| mark_found(c, plan, &args, &mut found))?;
             }
         } else {
             let plan = match self
@@ -1155,13 +1154,16 @@ impl Applier {
             for g in groups {
                 let sql = delete_run_sql(&m, std::slice::from_ref(&g.bounds));
                 let args = args_of(&g.rows)?;
-                deleted += match self.group_plan(relid, &g.bounds, sql, &types)? {
-                    Ok(plan) => run_statement(&m, |c| Ok(c.update(plan, None, &args)?.len()))?,
-                    Err(sql) => run_statement(&m, |c| {
-                        let stmt = c.prepare_mut(sql.as_str(), &pg_oids(&types))?;
-                        Ok(c.update(&stmt, None, &args)?.len())
-                    })?,
+                // Bounded by the group's own values: planned for this group only.
+                let once;
+                let plan = match g.bounds.slot {
+                    Some(_) => self.group_plan(relid, sql, &types)?,
+                    None => {
+                        once = prepare_typed(&sql, &types)?;
+                        &once
+                    }
                 };
+                deleted += run_statement(&m, |c| Ok(c.update(plan, None, &args)?.len()))?;
             }
         } else {
             let plan = match self.delete_run_plans.entry(relid) {
@@ -1744,9 +1746,9 @@ pub fn update_sql(m: &Mapping, set: &[bool], nulls: &[bool]) -> (String, usize) 
 }
 
 /// A run into a hypertable, split by its open (time) dimension into chunk-sized groups:
-/// each group's rows (their ordinals in the run) and the lowest and highest value the
-/// group has in that column. Written as constants into a statement planned for the one
-/// group, the bounds let TimescaleDB leave out every chunk the group cannot touch: a
+/// each group's rows (their ordinals in the run) and its [`Bounds`] in that column.
+/// Written as constants into the group's statement, the bounds let TimescaleDB leave out
+/// every chunk the group cannot touch when it plans the statement: a
 /// prepared (generic) plan of the run's join probes every chunk for every row, which on a
 /// hypertable of hundreds of chunks costs a millisecond a row. The groups follow the
 /// chunk interval from the epoch, as TimescaleDB aligns its chunks (where they are not
@@ -1847,7 +1849,8 @@ impl DimKind {
 
 /// [`run_groups`] without a query: each value's position on the dimension (the integer,
 /// or microseconds since the Unix epoch, as TimescaleDB counts), grouped by
-/// `floor(position / interval)`; each group's bounds are its lowest and highest value as
+/// `floor(position / interval)`; each group's bounds are its interval's edges, or where
+/// the column's type cannot hold them ([`dim_literal`]) its lowest and highest value as
 /// the source printed them. None when a value is NULL or not in the one format the
 /// source prints (so the caller asks the server).
 fn groups_of(
@@ -2129,9 +2132,9 @@ pub struct Bounds {
     slot: Option<i64>,
 }
 
-/// `t.dim >= CAST('lo' AS type) AND t.dim < CAST('hi' AS type)` (`<=` without a slot) for each of `bounds`: constants
-/// from the parser on, so TimescaleDB plans the run's statement for the chunks they overlap
-/// only (parameters, even of a statement planned once, are not: the cast from text is
+/// `t.dim >= CAST('lo' AS type) AND t.dim < CAST('hi' AS type)` (`<=` without a slot)
+/// for each of `bounds`: constants from the parser on, so TimescaleDB plans the run's
+/// statement for the chunks they overlap only (parameters, even of a statement planned once, are not: the cast from text is
 /// stable, not immutable).
 fn bounds_pred(m: &Mapping, bounds: &[Bounds]) -> Vec<String> {
     bounds
