@@ -42,7 +42,8 @@
 #      whose one index is its key (id, ts), as the plain table's is (id), none on time alone)
 #      are created without copy over identical rows, caught up and stopped; pgbench writes
 #      the backlog (synchronous_commit=off) and a marker row; each consumer is then started alone and
-#      timed until the marker is on its target; its tables are compared with the source's.
+#      timed until the marker is on its target (by the target's clock, in the session that starts
+#      it, polling every 20 ms); its tables are compared with the source's.
 #      Medians of BENCH_ROUNDS rounds; ratio = livesync time / native time. A fourth
 #      consumer, recvlogical, is pg_recvlogical writing the stream to /dev/null until the
 #      marker's position: the source's own limit (BENCH_CONSUMERS picks the consumers).
@@ -516,36 +517,37 @@ consumers_create() {
 
 # Drain one consumer's backlog: start it, wait for marker $MARK, check, drop.
 consumer_drain() {  # consumer workload round
-  local c=$1 w=$2 r=$3 db sub t0 t1 got
+  local c=$1 w=$2 r=$3 db sub secs got
   db=$(consumer_db "$c"); sub=$(consumer_sub "$c" "$w")
   if [ "$c" = recvlogical ]; then recvlogical_drain "$w" "$r"; return; fi
   tgt "$db" -c "CHECKPOINT"
+  local start_sql pat
   if [ "$c" = native ]; then
     # PG15's launcher starts no worker within wal_retrieve_retry_interval (5 s) of its last
     # start: let that pass so the timing does not include the wait.
     sleep "$(tgt native -c "SELECT greatest(0, 6 - extract(epoch FROM now() - '$NATIVE_DISABLED_AT'::timestamptz))")"
-    start_sampler "$BENCH_DIR/rss-$w-$c-$r.tsv"
-    t0=$(now)
-    tgt native -c "ALTER SUBSCRIPTION $sub ENABLE"
-    perf_start "logical replication worker" "$w-$c-$r"
-    bench_wait native "SELECT EXISTS (SELECT FROM bench_marker WHERE id = $MARK)" 0.05
+    start_sql="ALTER SUBSCRIPTION $sub ENABLE"; pat="logical replication"
   else
-    start_sampler "$BENCH_DIR/rss-$w-$c-$r.tsv"
-    t0=$(now)
-    tgt "$db" -c "SELECT livesync_start(source => '$SRC_CONN', publication => 'p_$w', subscription => '$sub', copy_data => false)" >/dev/null
-    perf_start "livesync apply" "$w-$c-$r"
-    bench_wait "$db" "SELECT EXISTS (SELECT FROM bench_marker WHERE id = $MARK)" 0.05 \
-      || { stop_sampler; livesync_failure "$db"; die "livesync $sub did not catch up"; }
+    start_sql="SELECT livesync_start(source => '$SRC_CONN', publication => 'p_$w', subscription => '$sub', copy_data => false)"
+    pat="livesync apply"
   fi
-  t1=$(now)
+  start_sampler "$BENCH_DIR/rss-$w-$c-$r.tsv"
+  local perf_job; perf_start "$([ "$c" = native ] && echo "logical replication.*worker for" || echo "$pat")" "$w-$c-$r" & perf_job=$!
+  # Timed by the target's clock, in one session: from just before the start command to the
+  # first poll (every 20 ms) that sees the marker. psql's own start-up and exit (30 to 40 ms
+  # on this machine) are not the apply's, for either consumer.
+  secs=$(tgt "$db" -c "SELECT set_config('bench.t0', clock_timestamp()::text, false)" -c "$start_sql" \
+    -c "CALL bench_wait(\$q\$SELECT EXISTS (SELECT FROM bench_marker WHERE id = $MARK)\$q\$, 0.02, $BENCH_TIMEOUT)" \
+    -c "SELECT round(extract(epoch FROM clock_timestamp() - current_setting('bench.t0')::timestamptz), 3)" | tail -1) \
+    || { stop_sampler; [ "$c" = native ] || livesync_failure "$db"; die "$c ($sub) did not catch up"; }
+  wait "$perf_job"
   # CPU seconds of the walsender and of the apply worker, both started for this drain.
   local ws ap; ws=$(src -c "SELECT active_pid FROM pg_replication_slots WHERE active AND slot_name LIKE 'b\_${w}\_%' LIMIT 1")
   if [ "$c" = native ]; then ap=$(pgrep -f "logical replication.*worker" | head -1); else ap=$(pgrep -f "livesync apply" | head -1); fi
   APPLY_WS[$w,$c]="${APPLY_WS[$w,$c]:-} $(cpu_s "$ws")"; APPLY_AP[$w,$c]="${APPLY_AP[$w,$c]:-} $(cpu_s "$ap")"
   stop_sampler
   perf_stop
-  APPLY_T[$w,$c]="${APPLY_T[$w,$c]:-} $(elapsed "$t0" "$t1")"
-  local pat="logical replication"; [ "$c" = native ] || pat="livesync apply"
+  APPLY_T[$w,$c]="${APPLY_T[$w,$c]:-} $(printf '%.2f' "$secs")"
   local rss; rss=$(rss_summary "$BENCH_DIR/rss-$w-$c-$r.tsv" "$pat" | cut -d/ -f2)
   [ -n "${APPLY_RSS[$w,$c]:-}" ] && [ "${APPLY_RSS[$w,$c]}" != - ] && [ "$rss" != - ] && [ "${APPLY_RSS[$w,$c]}" -gt "$rss" ] && rss=${APPLY_RSS[$w,$c]}
   APPLY_RSS[$w,$c]=$rss
@@ -557,7 +559,7 @@ consumer_drain() {  # consumer workload round
   # Vacuumed now (untimed), so that autovacuum of what this consumer updated or deleted
   # does not run during the next consumer's drain.
   tgt "$db" -c "VACUUM" >/dev/null
-  log "apply $w round $r: $c $(elapsed "$t0" "$t1") s"
+  log "apply $w round $r: $c $secs s"
 }
 
 # The source's limit: pg_recvlogical reads the same pgoutput stream (text, protocol 1) and
@@ -589,21 +591,23 @@ recvlogical_drain() {  # workload round
 
 # BENCH_PERF=1: `perf record -g` the apply worker and the walsender of each drain
 # ($BENCH_DIR/perf-<workload>-<consumer>-<round>-{apply,walsender}.data).
-PERF_PIDS=
+# perf_start runs in the background, while the drain it records starts; it leaves the pids
+# of its perf processes in $BENCH_DIR/perf.pids for perf_stop.
 perf_start() {  # process title pattern, tag
   [ "${BENCH_PERF:-0}" = 1 ] || return 0
   local p ws
   for i in $(seq 1 100); do p=$(pgrep -f "$1" | head -1); [ -n "$p" ] && break; sleep 0.02; done
   for i in $(seq 1 100); do ws=$(pgrep -f "walsender.*127.0.0.1" | head -1); [ -n "$ws" ] && break; sleep 0.02; done
-  [ -n "$p" ] && { perf record -F 2000 -g -p "$p" -o "$BENCH_DIR/perf-$2-apply.data" >/dev/null 2>&1 & PERF_PIDS="$PERF_PIDS $!"; }
-  [ -n "$ws" ] && { perf record -F 2000 -g -p "$ws" -o "$BENCH_DIR/perf-$2-walsender.data" >/dev/null 2>&1 & PERF_PIDS="$PERF_PIDS $!"; }
+  [ -n "$p" ] && { perf record -F 2000 -g -p "$p" -o "$BENCH_DIR/perf-$2-apply.data" >/dev/null 2>&1 & echo $! >>"$BENCH_DIR/perf.pids"; }
+  [ -n "$ws" ] && { perf record -F 2000 -g -p "$ws" -o "$BENCH_DIR/perf-$2-walsender.data" >/dev/null 2>&1 & echo $! >>"$BENCH_DIR/perf.pids"; }
   return 0
 }
 perf_stop() {
-  [ -n "$PERF_PIDS" ] || return 0
-  kill -INT $PERF_PIDS 2>/dev/null || true
-  wait $PERF_PIDS 2>/dev/null || true
-  PERF_PIDS=
+  [ -s "$BENCH_DIR/perf.pids" ] || return 0
+  local pids; pids=$(cat "$BENCH_DIR/perf.pids"); rm -f "$BENCH_DIR/perf.pids"
+  kill -INT $pids 2>/dev/null || true
+  # Not children of this shell: wait for them to write their files.
+  for p in $pids; do while kill -0 "$p" 2>/dev/null; do sleep 0.1; done; done
 }
 
 # cpu_s PID: user + system CPU seconds a process has used (n/a if it is gone).
@@ -770,7 +774,8 @@ TOTAL_S=$(( $(date +%s) - RUN_START ))
   fi
   if want apply; then
     echo "2. APPLY OF A BACKLOG, per workload: seconds from ALTER SUBSCRIPTION ENABLE / livesync_start"
-    echo "   until the marker written after the backlog is on the target; median of $BENCH_ROUNDS round(s)"
+    echo "   until the marker written after the backlog is on the target (target's clock, same session,"
+    echo "   polled every 20 ms); median of $BENCH_ROUNDS round(s)"
     echo "   (every round's time in brackets); ratio = livesync / native (hypertable: / livesync plain)"
     printf '   %-10s %-10s %9s %10s %7s  %-24s %9s %9s %9s  %s\n' "workload" "consumer" "seconds" "changes/s" "ratio" "rounds" "wsnd CPU" "apply CPU" "peak MB*" "check"
     for w in $BENCH_WORKLOADS; do

@@ -46,7 +46,8 @@ const DRAIN_LIMIT: usize = 4 << 20;
 /// 128 kB a socket starts with under the default `net.ipv4.tcp_rmem`: what setting it
 /// does is stop the kernel from growing it. The window it allows holds two of the sender's
 /// segments (a sender sends segments of at most half the largest window it was offered),
-/// so the sender never waits on its persist timer for room for one.
+/// so the sender never waits on its persist timer for room for one. Half of it (32 kB,
+/// session 18, 4 alternating rounds each way in one run) drained no faster.
 ///
 /// Only on the same host: there a window's worth arrives at once, as one or two segments.
 /// Over a network it arrives a packet at a time, so a reader that found the socket empty

@@ -48,11 +48,10 @@ const GATHER_FOR: Duration = Duration::from_millis(8);
 /// per message) in a few milliseconds, then its messages queue and leave together, so the
 /// longer the sleep, the fewer of them go one by one. Measured over loopback, 300 000
 /// single-row INSERT transactions, 3 rounds: 8 ms drained in 5.1 to 6.1 s (walsender
-/// 5.2 CPU s), 20 ms in 3.6 to 5.0 s (4.2 s), 40 ms in 3.7 to 4.7 s (3.8 s). A busy
-/// stream's changes come up to this much later: within the 200 ms the apply worker's
-/// batches already hold a commit (`livesync.apply_batch_delay`), a new delay for a
-/// table-sync worker's catch-up, which commits each transaction. An idle stream waits on
-/// the socket.
+/// 5.2 CPU s), 20 ms in 3.6 to 5.0 s (4.2 s), 40 ms in 3.7 to 4.7 s (3.8 s); session 18,
+/// 4 alternating rounds each way in one run: 25 and 60 ms were no faster. A busy
+/// stream's changes come up to this much later; the apply worker commits what it applied
+/// before it pauses ([`Stream::step`]). An idle stream waits on the socket.
 const GATHER_PACED: Duration = Duration::from_millis(40);
 
 /// Seconds between status updates to the source even when nothing changed.
@@ -130,6 +129,8 @@ pub struct Stream {
     pub last_msg: Instant,
     /// Buffered messages were taken since the socket was last read.
     drained: bool,
+    /// A gathering pause put off by the commit that came before it ([`Stream::step`]).
+    pause: Option<Duration>,
     /// When streaming started.
     pub started: Instant,
     /// The source commit time of the last transaction committed here.
@@ -283,6 +284,7 @@ impl Stream {
             last_idle_advance: Instant::now(),
             last_msg: Instant::now(),
             drained: false,
+            pause: None,
             started: Instant::now(),
             last_commit_time: None,
             skip_lsn: None,
@@ -295,6 +297,29 @@ impl Stream {
             last_progress: Instant::now(),
             last_published: (0, 0),
         })
+    }
+
+    /// How long to let the source's messages gather before the next read of the socket;
+    /// None: read now (a message is buffered, or the stream was quiet). A reader parked on
+    /// the socket is woken by every message the walsender sends, one packet each, and on a
+    /// busy source those wake-ups cost the walsender more than the messages themselves
+    /// (its sends then slow the whole stream down); a reader that comes back after a short
+    /// pause finds many messages and takes them with one read. A paced stream pauses only
+    /// once it has taken all the source had ready ([`Connection::source_has_more`]).
+    fn gather_pause(&mut self) -> Option<Duration> {
+        if self.conn.has_buffered_message() {
+            return None;
+        }
+        if !(std::mem::take(&mut self.drained) || self.last_msg.elapsed() < GATHER_WHEN_BUSY) {
+            return None;
+        }
+        if !self.conn.paced() {
+            Some(GATHER_FOR)
+        } else if !self.conn.source_has_more() {
+            Some(GATHER_PACED)
+        } else {
+            None
+        }
     }
 
     /// Receive one message, waiting at most `wait`. None: nothing arrived in time.
@@ -316,19 +341,6 @@ impl Stream {
                     "lost the replication stream from the source",
                     e,
                 ))
-            }
-        }
-        // Streaming, and nothing buffered: let the source's messages gather for a moment
-        // before waiting on the socket. A reader parked on the socket is woken by every
-        // message the walsender sends, one packet each, and on a busy source those
-        // wake-ups cost the walsender more than the messages themselves (its sends then
-        // slow the whole stream down); a reader that comes back after a short sleep finds
-        // many messages and takes them with one read.
-        if std::mem::take(&mut self.drained) || self.last_msg.elapsed() < GATHER_WHEN_BUSY {
-            if !self.conn.paced() {
-                std::thread::sleep(GATHER_FOR);
-            } else if !self.conn.source_has_more() {
-                std::thread::sleep(GATHER_PACED);
             }
         }
         match rt.block_on(async {
@@ -722,6 +734,18 @@ impl Stream {
         batching: Batching,
     ) -> Result<Step> {
         worker::check_interrupts()?;
+        if let Some(pause) = self.pause.take().or_else(|| self.gather_pause()) {
+            // Everything the source had ready is applied: a batch that ends on a source
+            // commit commits now, not after the pause (nor after the pause's read, when
+            // that read is the stream's last), and is visible and confirmed that much
+            // sooner. The pause follows in the next step.
+            if batching == Batching::Group && self.has_pending_commit() {
+                self.commit()?;
+                self.pause = Some(pause);
+                return Ok(Step::Committed);
+            }
+            std::thread::sleep(pause);
+        }
         match self.recv(rt, wait)? {
             Some(m) => {
                 let (committed, reply) = self.handle(rt, m, owner)?;

@@ -2512,3 +2512,37 @@ fn missing_counts(tgt: &Db, sub: &str) -> (i64, i64) {
         .expect("counters");
     (r.get(0), r.get(1))
 }
+
+/// A stream that keeps bringing small source transactions, which the worker keeps up with,
+/// commits each time it has applied all the source had sent: what is applied is visible
+/// while the source keeps writing, not once `livesync.apply_batch_delay` (here 10 s, its
+/// largest value) has passed or the source has paused. Before, a worker that had caught up
+/// paused to let the walsender's messages gather, found the next ones after the pause, and
+/// kept its target transaction open for them.
+#[test]
+fn a_busy_stream_commits_whenever_it_has_caught_up() {
+    let tc = Cluster::new_private_with(
+        ClusterSpec::new(Kind::Target, "caughtup").conf("livesync.apply_batch_delay = 10000"),
+    );
+    let src = Db::fresh(source(), "caughtup_src");
+    let tgt = Db::fresh(&tc, "caughtup_tgt");
+    ddl_both(&src, &tgt, "CREATE TABLE t (id bigint PRIMARY KEY)");
+    src.exec("CREATE PUBLICATION p FOR TABLE t");
+    let sub = "caughtup";
+    let _g = start_sync(&tgt, &src.uri(), "p", sub);
+    wait_tables(&tgt, sub, &["public.t"], 'r');
+    // A source transaction every 2 ms or so: the next one always arrives within the pause.
+    let writer = BackgroundWriter::spawn(&src, "one-row transactions into t", |c, i| {
+        c.execute("INSERT INTO t VALUES ($1)", &[&(i as i64)])
+            .map(|_| ())
+    });
+    wait_until_or(
+        Duration::from_secs(5),
+        "rows on the target while the source is still writing them",
+        || describe(&tgt, sub),
+        || count_only(&tgt, "t") > 0,
+    );
+    let written = writer.stop().inserts;
+    synced(&src, &tgt, sub, &["t"]);
+    assert_eq!(count_only(&tgt, "t"), written as i64);
+}
