@@ -109,6 +109,7 @@ SAMPLER_PID=
 cleanup() {
   local rc=$?
   if [ -n "$SAMPLER_PID" ]; then kill "$SAMPLER_PID" 2>/dev/null || true; fi
+  if declare -F perf_stop >/dev/null; then perf_stop || true; fi
   if [ "${BENCH_KEEP:-0}" = 1 ]; then
     log "BENCH_KEEP=1: clusters left running (source port $SRC_PORT, target port $TGT_PORT, $BENCH_DIR)"
   else
@@ -539,8 +540,8 @@ consumer_drain() {  # consumer workload round
   secs=$(tgt "$db" -c "SELECT set_config('bench.t0', clock_timestamp()::text, false)" -c "$start_sql" \
     -c "CALL bench_wait(\$q\$SELECT EXISTS (SELECT FROM bench_marker WHERE id = $MARK)\$q\$, 0.02, $BENCH_TIMEOUT)" \
     -c "SELECT round(extract(epoch FROM clock_timestamp() - current_setting('bench.t0')::timestamptz), 3)" | tail -1) \
-    || { stop_sampler; [ "$c" = native ] || livesync_failure "$db"; die "$c ($sub) did not catch up"; }
-  wait "$perf_job"
+    || { kill "$perf_job" 2>/dev/null || true; stop_sampler; [ "$c" = native ] || livesync_failure "$db"; die "$c ($sub) did not catch up"; }
+  wait "$perf_job" || true
   # CPU seconds of the walsender and of the apply worker, both started for this drain.
   local ws ap; ws=$(src -c "SELECT active_pid FROM pg_replication_slots WHERE active AND slot_name LIKE 'b\_${w}\_%' LIMIT 1")
   if [ "$c" = native ]; then ap=$(pgrep -f "logical replication.*worker" | head -1); else ap=$(pgrep -f "livesync apply" | head -1); fi
@@ -596,8 +597,9 @@ recvlogical_drain() {  # workload round
 perf_start() {  # process title pattern, tag
   [ "${BENCH_PERF:-0}" = 1 ] || return 0
   local p ws
-  for i in $(seq 1 100); do p=$(pgrep -f "$1" | head -1); [ -n "$p" ] && break; sleep 0.02; done
-  for i in $(seq 1 100); do ws=$(pgrep -f "walsender.*127.0.0.1" | head -1); [ -n "$ws" ] && break; sleep 0.02; done
+  # Under set -e: pgrep finds nothing until the drain's processes have started.
+  for i in $(seq 1 100); do p=$(pgrep -f "$1" | head -1 || true); [ -n "$p" ] && break; sleep 0.02; done
+  for i in $(seq 1 100); do ws=$(pgrep -f "walsender.*127.0.0.1" | head -1 || true); [ -n "$ws" ] && break; sleep 0.02; done
   [ -n "$p" ] && { perf record -F 2000 -g -p "$p" -o "$BENCH_DIR/perf-$2-apply.data" >/dev/null 2>&1 & echo $! >>"$BENCH_DIR/perf.pids"; }
   [ -n "$ws" ] && { perf record -F 2000 -g -p "$ws" -o "$BENCH_DIR/perf-$2-walsender.data" >/dev/null 2>&1 & echo $! >>"$BENCH_DIR/perf.pids"; }
   return 0

@@ -983,6 +983,12 @@ impl Connection {
             || bytes_queued(self.stream.raw_fd()).is_some_and(|n| n > 0)
     }
 
+    /// No bytes wait in the socket (the kernel says so): the source has sent nothing we
+    /// have not read.
+    pub fn socket_empty(&self) -> bool {
+        bytes_queued(self.stream.raw_fd()) == Some(0)
+    }
+
     /// The socket's file descriptor (for `WaitLatchOrSocket`).
     pub fn raw_fd(&self) -> RawFd {
         self.stream.raw_fd()

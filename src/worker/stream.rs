@@ -735,11 +735,14 @@ impl Stream {
     ) -> Result<Step> {
         worker::check_interrupts()?;
         if let Some(pause) = self.pause.take().or_else(|| self.gather_pause()) {
-            // Everything the source had ready is applied: a batch that ends on a source
-            // commit commits now, not after the pause (nor after the pause's read, when
-            // that read is the stream's last), and is visible and confirmed that much
-            // sooner. The pause follows in the next step.
-            if batching == Batching::Group && self.has_pending_commit() {
+            // Everything the source had sent is applied (nothing buffered, nothing in the
+            // socket): a batch that ends on a source commit commits now, not after the
+            // pause (nor after the pause's read, when that read is the stream's last), and
+            // is visible and confirmed that much sooner. The pause follows in the next
+            // step. A stream that pauses with bytes waiting (one not paced, over a
+            // network) keeps its batch open as before.
+            if batching == Batching::Group && self.has_pending_commit() && self.conn.socket_empty()
+            {
                 self.commit()?;
                 self.pause = Some(pause);
                 return Ok(Step::Committed);
