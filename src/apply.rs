@@ -795,8 +795,9 @@ impl Applier {
         self.after_push(relid, bytes)
     }
 
-    /// The kept plan of a hypertable group's statement `sql`, whose bounds are a chunk
-    /// interval's edges (`Bounds::slot`: the same text for every group of that interval).
+    /// The plan of a hypertable group's statement `sql`. Kept when the group's bounds are
+    /// a chunk interval's edges (`Bounds::slot`: the same text for every group of that
+    /// interval); prepared for this group alone, into `once`, when they are its own values.
     /// Planning the statement for each group (TimescaleDB expanding the hypertable and
     /// leaving out its other chunks) was a seventh of the apply worker's CPU on UPDATEs by
     /// key into a hypertable of 4 chunks. A table's plans are dropped with its mapping
@@ -806,12 +807,17 @@ impl Applier {
     /// transaction already holds the hypertable's lock may be missed by a kept plan until
     /// that transaction ends; only a row that session wrote there, not one from the
     /// source, could be missed.
-    fn group_plan(
-        &mut self,
+    fn group_plan<'a>(
+        &'a mut self,
         relid: RelId,
+        bounds: &Bounds,
         sql: String,
         types: &[pg_sys::Oid],
-    ) -> Result<&OwnedPreparedStatement> {
+        once: &'a mut Option<OwnedPreparedStatement>,
+    ) -> Result<&'a OwnedPreparedStatement> {
+        if bounds.slot.is_none() {
+            return Ok(once.insert(prepare_typed(&sql, types)?));
+        }
         let plans = self.group_plans.entry(relid).or_default();
         if plans.len() >= GROUP_PLANS && !plans.contains_key(&sql) {
             plans.clear();
@@ -882,15 +888,8 @@ impl Applier {
                 let (sql, n) = update_run_sql(&m, &set, std::slice::from_ref(&g.bounds));
                 let types = update_run_types(n);
                 let args = args_of(g.rows)?;
-                // Bounded by the group's own values: planned for this group only.
-                let once;
-                let plan = match g.bounds.slot {
-                    Some(_) => self.group_plan(relid, sql, &types)?,
-                    None => {
-                        once = prepare_typed(&sql, &types)?;
-                        &once
-                    }
-                };
+                let mut once = None;
+                let plan = self.group_plan(relid, &g.bounds, sql, &types, &mut once)?;
                 run_statement(&m, |c| mark_found(c, plan, &args, &mut found))?;
             }
         } else {
@@ -1154,15 +1153,8 @@ impl Applier {
             for g in groups {
                 let sql = delete_run_sql(&m, std::slice::from_ref(&g.bounds));
                 let args = args_of(&g.rows)?;
-                // Bounded by the group's own values: planned for this group only.
-                let once;
-                let plan = match g.bounds.slot {
-                    Some(_) => self.group_plan(relid, sql, &types)?,
-                    None => {
-                        once = prepare_typed(&sql, &types)?;
-                        &once
-                    }
-                };
+                let mut once = None;
+                let plan = self.group_plan(relid, &g.bounds, sql, &types, &mut once)?;
                 deleted += run_statement(&m, |c| Ok(c.update(plan, None, &args)?.len()))?;
             }
         } else {
