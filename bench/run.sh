@@ -591,6 +591,8 @@ recvlogical_drain() {  # workload round
 }
 
 # BENCH_PERF=1: `perf record -g` the apply worker and the walsender of each drain
+# (BENCH_PERF_G replaces `-g` for the apply worker: "--call-graph dwarf,16384" follows
+# livesync's Rust frames, which have no frame pointers in a release build)
 # ($BENCH_DIR/perf-<workload>-<consumer>-<round>-{apply,walsender}.data).
 # perf_start runs in the background, while the drain it records starts; it leaves the pids
 # of its perf processes in $BENCH_DIR/perf.pids for perf_stop.
@@ -600,7 +602,7 @@ perf_start() {  # process title pattern, tag
   # Under set -e: pgrep finds nothing until the drain's processes have started.
   for i in $(seq 1 100); do p=$(pgrep -f "$1" | head -1 || true); [ -n "$p" ] && break; sleep 0.02; done
   for i in $(seq 1 100); do ws=$(pgrep -f "walsender.*127.0.0.1" | head -1 || true); [ -n "$ws" ] && break; sleep 0.02; done
-  [ -n "$p" ] && { perf record -F 2000 -g -p "$p" -o "$BENCH_DIR/perf-$2-apply.data" >/dev/null 2>&1 & echo $! >>"$BENCH_DIR/perf.pids"; }
+  [ -n "$p" ] && { perf record -F 2000 ${BENCH_PERF_G:--g} -p "$p" -o "$BENCH_DIR/perf-$2-apply.data" >/dev/null 2>&1 & echo $! >>"$BENCH_DIR/perf.pids"; }
   [ -n "$ws" ] && { perf record -F 2000 -g -p "$ws" -o "$BENCH_DIR/perf-$2-walsender.data" >/dev/null 2>&1 & echo $! >>"$BENCH_DIR/perf.pids"; }
   return 0
 }
