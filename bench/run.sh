@@ -546,6 +546,7 @@ consumer_drain() {  # consumer workload round
   local ws ap; ws=$(src -c "SELECT active_pid FROM pg_replication_slots WHERE active AND slot_name LIKE 'b\_${w}\_%' LIMIT 1")
   if [ "$c" = native ]; then ap=$(pgrep -f "logical replication.*worker" | head -1); else ap=$(pgrep -f "livesync apply" | head -1); fi
   APPLY_WS[$w,$c]="${APPLY_WS[$w,$c]:-} $(cpu_s "$ws")"; APPLY_AP[$w,$c]="${APPLY_AP[$w,$c]:-} $(cpu_s "$ap")"
+  local ws_note; ws_note="walsender $(cpu_s "$ws") CPU s, $(ctx_switches "$ws")"
   stop_sampler
   perf_stop
   APPLY_T[$w,$c]="${APPLY_T[$w,$c]:-} $(printf '%.2f' "$secs")"
@@ -560,7 +561,7 @@ consumer_drain() {  # consumer workload round
   # Vacuumed now (untimed), so that autovacuum of what this consumer updated or deleted
   # does not run during the next consumer's drain.
   tgt "$db" -c "VACUUM" >/dev/null
-  log "apply $w round $r: $c $secs s"
+  log "apply $w round $r: $c $secs s ($ws_note)"
 }
 
 # The source's limit: pg_recvlogical reads the same pgoutput stream (text, protocol 1) and
@@ -616,6 +617,10 @@ perf_stop() {
 
 # cpu_s PID: user + system CPU seconds a process has used (n/a if it is gone).
 cpu_s() { [ -n "$1" ] && [ -r "/proc/$1/stat" ] && awk -v t="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$1/stat" || echo n/a; }
+
+# ctx_switches PID: how often a process blocked (voluntary context switches) and was
+# preempted (involuntary ones) so far.
+ctx_switches() { [ -n "$1" ] && [ -r "/proc/$1/status" ] && awk '/^voluntary_ctxt/ { v = $2 } /^nonvoluntary_ctxt/ { n = $2 } END { printf "blocked %d, preempted %d", v, n }' "/proc/$1/status" || echo "switches n/a"; }
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "n/a"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.2f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
