@@ -545,8 +545,9 @@ consumer_drain() {  # consumer workload round
   # CPU seconds of the walsender and of the apply worker, both started for this drain.
   local ws ap; ws=$(src -c "SELECT active_pid FROM pg_replication_slots WHERE active AND slot_name LIKE 'b\_${w}\_%' LIMIT 1")
   if [ "$c" = native ]; then ap=$(pgrep -f "logical replication.*worker" | head -1); else ap=$(pgrep -f "livesync apply" | head -1); fi
-  APPLY_WS[$w,$c]="${APPLY_WS[$w,$c]:-} $(cpu_s "$ws")"; APPLY_AP[$w,$c]="${APPLY_AP[$w,$c]:-} $(cpu_s "$ap")"
-  local ws_note; ws_note="walsender $(cpu_s "$ws") CPU s, $(ctx_switches "$ws")"
+  local ws_cpu; ws_cpu=$(cpu_s "$ws")
+  APPLY_WS[$w,$c]="${APPLY_WS[$w,$c]:-} $ws_cpu"; APPLY_AP[$w,$c]="${APPLY_AP[$w,$c]:-} $(cpu_s "$ap")"
+  local ws_note; ws_note="walsender $ws_cpu CPU s, $(ctx_switches "$ws")"
   stop_sampler
   perf_stop
   APPLY_T[$w,$c]="${APPLY_T[$w,$c]:-} $(printf '%.2f' "$secs")"
